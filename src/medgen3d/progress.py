@@ -1,0 +1,21 @@
+"""Progress lines for long jobs, printed to standard error so that standard output stays machine-readable."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+
+__all__ = ["progress_printer"]
+
+
+def progress_printer(task: str) -> Callable[[int, int, str], None]:
+    """A ``callback(done, total, item)`` that prints ``task [done/total] item  elapsed, eta`` to stderr."""
+    start = time.monotonic()
+
+    def report(done: int, total: int, item: str) -> None:
+        elapsed = time.monotonic() - start
+        eta = elapsed / done * (total - done) if done else float("nan")
+        print(f"{task} [{done}/{total}] {item}  {elapsed:.0f}s elapsed, ~{eta:.0f}s left", file=sys.stderr, flush=True)
+
+    return report
