@@ -32,14 +32,41 @@ def test_import_then_restore_round_trip(tmp_path, capsys):
     for case in ("a", "b"):
         save_nifti(tmp_path / "src" / "imagesTr" / f"{case}.nii.gz", label * 10.0, affine)
         save_nifti(tmp_path / "src" / "labelsTr" / f"{case}.nii.gz", label, affine)
-    args = ["data", "import", str(tmp_path / "src"), str(tmp_path / "ds"), "--modality", "MR", "--spacing", "1",
-            "--label_map", '{"4": 1}', "--labels", '{"0": "background", "1": "organ"}', "--split", "[1, 1, 0]"]
+    args = [
+        "data",
+        "import",
+        str(tmp_path / "src"),
+        str(tmp_path / "ds"),
+        "--modality",
+        "MR",
+        "--spacing",
+        "1",
+        "--label_map",
+        '{"4": 1}',
+        "--labels",
+        '{"0": "background", "1": "organ"}',
+        "--split",
+        "[1, 1, 0]",
+    ]
     assert main(args) == 0
     spec = read_dataset(tmp_path / "ds")
     assert spec.labels == {0: "background", 1: "organ"} and len(spec.training) == len(spec.validation) == 1
     case = spec.training[0]
-    assert main(["data", "restore", str(spec.root), str(spec.path(case.label)), "--case", case.case_id,
-                 "--out", str(tmp_path / "back.nii.gz")]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "restore",
+                str(spec.root),
+                str(spec.path(case.label)),
+                "--case",
+                case.case_id,
+                "--out",
+                str(tmp_path / "back.nii.gz"),
+            ]
+        )
+        == 0
+    )
     back = load_nifti(tmp_path / "back.nii.gz")
     np.testing.assert_array_equal(back.array, (label == 4).astype(np.uint8))
     np.testing.assert_allclose(back.affine, affine)
@@ -48,10 +75,44 @@ def test_import_then_restore_round_trip(tmp_path, capsys):
 def test_brain_mni_and_preview_commands(tmp_path, capsys):
     pytest.importorskip("nilearn")
     out = tmp_path / "brain"
-    assert main(["data", "brain-mni", "--out", str(out), "--preset", "tiny", "--num_training", "1",
-                 "--num_validation", "0", "--num_test", "1"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "brain-mni",
+                "--out",
+                str(out),
+                "--preset",
+                "tiny",
+                "--num_training",
+                "1",
+                "--num_validation",
+                "0",
+                "--num_test",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert main(["preview", str(out), "--max_cases", "1"]) == 0
     assert (out / "previews" / "case-000.png").is_file()
-    assert main(["data", "brain-mni", "--out", str(out), "--preset", "small", "--num_training", "1",
-                 "--num_validation", "0", "--num_test", "1"]) == 2
+    assert (
+        main(
+            [
+                "data",
+                "brain-mni",
+                "--out",
+                str(out),
+                "--preset",
+                "small",
+                "--num_training",
+                "1",
+                "--num_validation",
+                "0",
+                "--num_test",
+                "1",
+            ]
+        )
+        == 2
+    )
     assert "built with other settings" in capsys.readouterr().err

@@ -108,7 +108,9 @@ def import_data(
 
     pairs = find_pairs(source, image_glob, label_glob)
     mapping = parse_label_map(label_map)
-    label_names = {int(k): str(v) for k, v in parse_json_arg(labels).items()} if labels else infer_labels(pairs, mapping)
+    label_names = (
+        {int(k): str(v) for k, v in parse_json_arg(labels).items()} if labels else infer_labels(pairs, mapping)
+    )
     settings = ImportSettings(
         modality=modality,
         spacing=_triple(spacing, "spacing"),
@@ -118,7 +120,14 @@ def import_data(
         center=center,
     )
     spec = import_dataset(
-        source, out, name or Path(source).resolve().name, settings, pairs, tuple(split), seed, progress_printer("import")
+        source,
+        out,
+        name or Path(source).resolve().name,
+        settings,
+        pairs,
+        tuple(split),
+        seed,
+        progress_printer("import"),
     )
     print(f"imported {len(spec.cases())} cases into {spec.root}")
 

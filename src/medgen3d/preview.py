@@ -92,8 +92,16 @@ def save_case_montage(
             ax = axes[row, col]
             ax.imshow(images[view], cmap="gray", vmin=vmin, vmax=vmax, origin="lower", aspect=aspects[view])
             if row == 1:
-                ax.imshow(overlays[view], cmap=cmap, vmin=0, vmax=len(labels) - 1, alpha=0.45, origin="lower",
-                          aspect=aspects[view], interpolation="nearest")
+                ax.imshow(
+                    overlays[view],
+                    cmap=cmap,
+                    vmin=0,
+                    vmax=len(labels) - 1,
+                    alpha=0.45,
+                    origin="lower",
+                    aspect=aspects[view],
+                    interpolation="nearest",
+                )
             ax.set_axis_off()
         axes[0, col].set_title(view)
     handles = [Patch(color=cmap(v), label=f"{v} {name}") for v, name in sorted(labels.items()) if v > 0]

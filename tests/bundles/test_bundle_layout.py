@@ -28,7 +28,9 @@ def check_bundle(bundle: Path, schema: Path) -> list[str]:
     """Problems found in ``bundle``; empty when it follows the layout."""
     from monai.bundle import verify_metadata
 
-    problems = [f"{bundle.name}: {name} is missing" for name in ("LICENSE", "docs/README.md") if not (bundle / name).is_file()]
+    problems = [
+        f"{bundle.name}: {name} is missing" for name in ("LICENSE", "docs/README.md") if not (bundle / name).is_file()
+    ]
     meta = bundle / "configs" / "metadata.json"
     if not meta.is_file():
         return problems + [f"{bundle.name}: configs/metadata.json is missing"]
@@ -64,10 +66,26 @@ def _minimal_bundle(root: Path) -> Path:
         "authors": "medgen3d",
         "copyright": "medgen3d",
         "network_data_format": {
-            "inputs": {"image": {"type": "image", "format": "magnitude", "num_channels": 1,
-                                 "spatial_shape": [16, 16, 16], "dtype": "float32", "value_range": [0, 1]}},
-            "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": 2,
-                                 "spatial_shape": [16, 16, 16], "dtype": "float32", "value_range": [0, 1]}},
+            "inputs": {
+                "image": {
+                    "type": "image",
+                    "format": "magnitude",
+                    "num_channels": 1,
+                    "spatial_shape": [16, 16, 16],
+                    "dtype": "float32",
+                    "value_range": [0, 1],
+                }
+            },
+            "outputs": {
+                "pred": {
+                    "type": "image",
+                    "format": "segmentation",
+                    "num_channels": 2,
+                    "spatial_shape": [16, 16, 16],
+                    "dtype": "float32",
+                    "value_range": [0, 1],
+                }
+            },
         },
     }
     (root / "configs").mkdir(parents=True)

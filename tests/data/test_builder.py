@@ -22,8 +22,9 @@ class CountingMaker:
 
 
 def _build(root, maker, params=None, overwrite=False, sizes=SplitSizes(2, 1, 1)):
-    return build_dataset(root, "toy", "MR", TINY_LABELS, maker, sizes, 5, params or {"preset": "tiny"},
-                         overwrite=overwrite)
+    return build_dataset(
+        root, "toy", "MR", TINY_LABELS, maker, sizes, 5, params or {"preset": "tiny"}, overwrite=overwrite
+    )
 
 
 def test_case_seeds_are_distinct_and_a_larger_dataset_extends_a_smaller_one():

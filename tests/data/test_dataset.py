@@ -49,8 +49,10 @@ def test_msd_descriptive_keys_are_kept(tiny_dataset):
         ({"modality": "PET"}, r"'modality' must be one of \['CT', 'MR'\], got 'PET'"),
         ({"labels": {"0": "bg", "2": "heart"}}, r"label values must be 0..1 with 0 the background, got \[0, 2\]"),
         ({"labels": {"zero": "bg"}}, r"label key 'zero' is not an integer"),
-        ({"training": [{"image": "a.nii.gz"}], "validation": [], "test": []},
-         r"'training'\[0\] must have exactly the keys 'image' and 'label', got \['image'\]"),
+        (
+            {"training": [{"image": "a.nii.gz"}], "validation": [], "test": []},
+            r"'training'\[0\] must have exactly the keys 'image' and 'label', got \['image'\]",
+        ),
         ({"training": [{"image": "/abs/a.nii.gz", "label": "b.nii.gz"}]}, "must be relative"),
         ({"training": [], "validation": [], "test": []}, "no cases"),
         ({"test": "labels/"}, r"'test' must be a list"),

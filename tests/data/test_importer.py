@@ -12,7 +12,7 @@ from medgen3d.data.importer import (
     infer_labels,
     parse_label_map,
 )
-from medgen3d.data.io import DataError, load_nifti, save_nifti
+from medgen3d.data.io import DataError, save_nifti
 from medgen3d.data.validate import validate_dataset
 
 # An LPS, anisotropic, oddly sized source: voxel axes run to Right, Posterior, Superior.

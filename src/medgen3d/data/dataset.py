@@ -141,7 +141,9 @@ def check_pair(
     ``atol`` is the tolerance on affine entries, in millimetres: NIfTI stores them as float32.
     """
     if image.array.shape != label.array.shape:
-        raise DataError(f"{label_path}: shape {label.array.shape} differs from its image {image_path} {image.array.shape}")
+        raise DataError(
+            f"{label_path}: shape {label.array.shape} differs from its image {image_path} {image.array.shape}"
+        )
     if not np.allclose(image.affine, label.affine, atol=atol):
         raise DataError(
             f"{label_path}: affine differs from its image {image_path}:\n{np.round(label.affine, 4)}\n"
@@ -150,7 +152,9 @@ def check_pair(
     if not np.issubdtype(label.array.dtype, np.integer):
         as_int = np.rint(label.array)
         if not np.array_equal(as_int, label.array):
-            raise DataError(f"{label_path}: label values must be integers, found dtype {label.array.dtype} with fractions")
+            raise DataError(
+                f"{label_path}: label values must be integers, found dtype {label.array.dtype} with fractions"
+            )
     values = set(np.unique(label.array).astype(np.int64).tolist())
     unknown = sorted(values - set(labels))
     if unknown:

@@ -14,7 +14,6 @@ layout ``imagesTr/`` + ``labelsTr/`` is recognised.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -29,7 +28,15 @@ from medgen3d.data.geometry import SourceGeometry, grid_corners, resample, targe
 from medgen3d.data.io import DataError, Volume, load_nifti, save_nifti
 from medgen3d.data.spatial import Grid
 
-__all__ = ["SourcePair", "ImportSettings", "find_pairs", "parse_label_map", "import_case", "import_dataset", "infer_labels"]
+__all__ = [
+    "SourcePair",
+    "ImportSettings",
+    "find_pairs",
+    "parse_label_map",
+    "import_case",
+    "import_dataset",
+    "infer_labels",
+]
 
 # Fill values outside the source field of view: air for CT, zero signal for MR.
 PAD_VALUE = {"CT": -1024.0, "MR": 0.0}
@@ -95,7 +102,9 @@ def _match_keys(root: Path, pattern: str) -> dict[str, Path]:
     return keys
 
 
-def find_pairs(root: str | os.PathLike, image_glob: str | None = None, label_glob: str | None = None) -> list[SourcePair]:
+def find_pairs(
+    root: str | os.PathLike, image_glob: str | None = None, label_glob: str | None = None
+) -> list[SourcePair]:
     """Pair image and label files under ``root`` by the text their patterns' ``*`` match (see module docstring).
 
     Raises:

@@ -41,7 +41,8 @@ class DatasetSummary:
         sizes = ", ".join(f"{k} {v}" for k, v in self.split_sizes.items())
         total = sum(self.label_voxels.values()) or 1
         fractions = ", ".join(
-            f"{value} {spec.labels[value]} {100 * count / total:.1f}%" for value, count in sorted(self.label_voxels.items())
+            f"{value} {spec.labels[value]} {100 * count / total:.1f}%"
+            for value, count in sorted(self.label_voxels.items())
         )
         return "\n".join(
             [
