@@ -82,3 +82,10 @@ def test_unfinished_build_with_other_settings_is_refused(tmp_path):
         _build(tmp_path / "d", Failing())
     with pytest.raises(DataError, match="built with other settings"):
         _build(tmp_path / "d", CountingMaker(), params={"preset": "small"})
+
+
+def test_resume_with_tuple_parameters_is_the_same_build(tmp_path):
+    _build(tmp_path / "d", CountingMaker(), params={"shape": (16, 16, 12)})
+    again = CountingMaker()
+    _build(tmp_path / "d", again, params={"shape": (16, 16, 12)})
+    assert again.seeds == []

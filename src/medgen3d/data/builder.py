@@ -7,6 +7,7 @@ one folder) lives here.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -64,7 +65,7 @@ def build_dataset(
     Case ``i`` (training first, then validation, then test) is named ``case-{i:03d}`` and made by
     ``make_case(seed_i)``. Files already present are kept and not regenerated, so an interrupted build resumes;
     ``dataset.json`` records ``params`` and the seeds, and a folder built with other parameters is refused
-    unless ``overwrite`` is set (then its files are regenerated).
+    unless ``overwrite`` is set, which regenerates every case.
 
     Args:
         out_dir: the dataset folder (created if needed).
@@ -74,13 +75,14 @@ def build_dataset(
         seed: the dataset seed every case seed derives from.
         params: generator parameters that determine the content (preset, spacing, ...), recorded for provenance.
         progress: optional ``callback(done, total, case_id)``.
-        overwrite: regenerate into a folder that holds a dataset built with other parameters.
+        overwrite: regenerate every case, also into a folder built with other parameters.
 
     Returns:
         The written dataset, bound to ``out_dir``.
     """
     out = Path(out_dir)
-    provenance = {"generator": name, "seed": int(seed), "params": params}
+    # through JSON once, so that tuples compare equal to the lists read back from disk
+    provenance = json.loads(json.dumps({"generator": name, "seed": int(seed), "params": params}))
     # dataset.json is written last; the marker records the settings of a build still under way
     marker = out / _BUILD_MARKER
     recorded = out / DATASET_JSON if (out / DATASET_JSON).exists() else marker
@@ -94,7 +96,6 @@ def build_dataset(
                 f"{recorded}: this folder holds a dataset built with other settings ({previous}); "
                 "choose another output folder or pass --overwrite"
             )
-        overwrite = overwrite and not same
     write_json(marker, provenance)
     total = sum(sizes)
     seeds = case_seeds(seed, total)

@@ -1,0 +1,104 @@
+"""The Multi-Condition Diffusion UNet of MedGen3D's mask generator (paper Sec. 3.1, Fig. 2).
+
+A 2D :class:`monai.networks.nets.DiffusionModelUNet` that sees a subsequence of ``m`` consecutive mask slices as
+channels. Each slice is ``K`` one-hot channels in [-1, 1] (the clean slice where it is a condition, the noisy
+``x_t`` where it is generated), followed by ``m`` binary indicator channels, one per slice (1 = condition). The
+relative position ``z / D`` of the subsequence is embedded like a timestep and added to the time embedding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.nets import DiffusionModelUNet
+from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
+from torch import nn
+
+__all__ = ["PositionEmbedding", "MultiConditionDiffusionUNet"]
+
+# Positions live in [0, 1]; scaled like timesteps so the sinusoids of period up to 10000 still vary over them.
+POSITION_SCALE = 1000.0
+
+
+class PositionEmbedding(nn.Module):
+    """Embeds a continuous relative position ``z / D`` in [0, 1]: sinusoids, then a two-layer MLP.
+
+    Args:
+        sinusoid_channels: length of the sinusoidal code (the UNet's first channel count).
+        embed_dim: output size (the UNet's time-embedding size).
+    """
+
+    def __init__(self, sinusoid_channels: int, embed_dim: int) -> None:
+        super().__init__()
+        self.sinusoid_channels = sinusoid_channels
+        self.mlp = nn.Sequential(nn.Linear(sinusoid_channels, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
+
+    def forward(self, position: torch.Tensor) -> torch.Tensor:
+        """``position`` ``(B,)`` float -> ``(B, embed_dim)``."""
+        code = get_timestep_embedding(position.float() * POSITION_SCALE, self.sinusoid_channels)
+        return self.mlp(code.to(self.mlp[0].weight.dtype))
+
+
+class MultiConditionDiffusionUNet(DiffusionModelUNet):
+    """Denoiser for ``m``-slice mask subsequences with slice conditions and a relative position.
+
+    Input ``(B, m * (K + 1), H, W)``: ``m`` groups of ``K`` one-hot channels, then ``m`` indicator channels.
+    Output ``(B, m * K, H, W)``: the prediction (noise, ``x_0`` or velocity, as trained) for every slice.
+    ``H`` and ``W`` must be divisible by ``2 ** (len(channels) - 1)``.
+
+    Args:
+        num_classes: ``K``, the number of label values including background.
+        subsequence_length: ``m``, slices per subsequence.
+        channels: feature channels per UNet level; each a multiple of ``norm_num_groups``.
+        attention_levels: self-attention per level.
+        num_res_blocks: residual blocks per level.
+        norm_num_groups: group-norm groups.
+        num_head_channels: channels per attention head.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        subsequence_length: int = 6,
+        channels: Sequence[int] = (32, 64, 64),
+        attention_levels: Sequence[bool] = (False, False, True),
+        num_res_blocks: Sequence[int] | int = 1,
+        norm_num_groups: int = 16,
+        num_head_channels: int | Sequence[int] = 32,
+    ) -> None:
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2 (background and one structure), got {num_classes}")
+        if subsequence_length < 2:
+            raise ValueError(f"subsequence_length must be at least 2, got {subsequence_length}")
+        # num_class_embeds=1 switches on MONAI's "add a class embedding to the time embedding" branch; the
+        # embedding itself is replaced by the continuous position embedding below.
+        super().__init__(
+            spatial_dims=2,
+            in_channels=subsequence_length * (num_classes + 1),
+            out_channels=subsequence_length * num_classes,
+            num_res_blocks=num_res_blocks,
+            channels=channels,
+            attention_levels=attention_levels,
+            norm_num_groups=norm_num_groups,
+            num_head_channels=num_head_channels,
+            num_class_embeds=1,
+        )
+        self.num_classes = num_classes
+        self.subsequence_length = subsequence_length
+        self.class_embedding = PositionEmbedding(channels[0], channels[0] * 4)
+
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, timesteps: torch.Tensor, position: torch.Tensor
+    ) -> torch.Tensor:
+        """Predict for every slice of the subsequence.
+
+        Args:
+            x: ``(B, m * (K + 1), H, W)`` packed slices and indicators (see :mod:`medgen3d.diffusion.conditions`).
+            timesteps: ``(B,)`` diffusion steps.
+            position: ``(B,)`` relative position ``z / D`` of the first slice.
+
+        Returns:
+            ``(B, m * K, H, W)``.
+        """
+        return super().forward(x, timesteps, class_labels=position)
