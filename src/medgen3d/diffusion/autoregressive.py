@@ -1,0 +1,127 @@
+"""Autoregressive generation of whole mask volumes from subsequences (MedGen3D Sec. 3.1, Fig. 1).
+
+A first subsequence of ``m`` slices is generated from noise at relative position ``z / D``; the volume then grows
+forward (upwards) conditioned on its last ``n`` slices and backward conditioned on its first ``n``, until all ``D``
+slices exist. The window at each end of the volume is moved inwards so it never leaves ``[0, D)``; it is then
+conditioned on more than ``n`` known slices (up to ``m - 1``), which the model learns when trained with
+``num_known = (n, m - 1)``. Every slice is generated exactly once. Completion of a partial volume is the same
+expansion started from the known slices instead of a first subsequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+from medgen3d.diffusion.conditions import ConditionMode, condition_indicator, decode_slices, one_hot_slices
+from medgen3d.diffusion.sampler import SubsequenceDenoiser, SubsequenceSampler
+
+__all__ = ["Window", "expansion_plan", "generation_plan", "generate_volumes"]
+
+
+class Window(NamedTuple):
+    """One subsequence to generate: slices ``[start, start + m)``, of which ``num_known`` are given."""
+
+    start: int
+    num_known: int
+    mode: ConditionMode
+
+
+def expansion_plan(depth: int, known: tuple[int, int], length: int, num_condition: int) -> list[Window]:
+    """Windows that grow the known slices ``[known[0], known[1])`` to the whole depth, forward then backward.
+
+    Args:
+        depth: ``D``, slices in the volume.
+        known: the consecutive known slices, ``0 <= lo < hi <= D`` and ``hi - lo >= num_condition``.
+        length: ``m``.
+        num_condition: ``n``, known slices per window away from the ends.
+    """
+    lo, hi = known
+    if not 1 <= num_condition <= length - 1:
+        raise ValueError(f"num_condition must be in [1, {length - 1}], got {num_condition}")
+    if depth < length:
+        raise ValueError(f"the target depth {depth} is shallower than one subsequence ({length} slices)")
+    if not (0 <= lo < hi <= depth and hi - lo >= num_condition):
+        raise ValueError(f"known slices [{lo}, {hi}) must lie in [0, {depth}) and number at least {num_condition}")
+    windows = []
+    while lo > 0 or hi < depth:
+        # forward while its window fits above the known slices, else backward; windows never straddle them
+        forward_start = min(hi - num_condition, depth - length)
+        backward_stop = max(lo + num_condition, length)
+        if hi < depth and forward_start >= lo:
+            windows.append(Window(forward_start, hi - forward_start, ConditionMode.FORWARD))
+            hi = forward_start + length
+        elif lo > 0 and backward_stop <= hi:
+            windows.append(Window(backward_stop - length, backward_stop - lo, ConditionMode.BACKWARD))
+            lo = backward_stop - length
+        else:
+            raise ValueError(
+                f"known slices [{lo}, {hi}) of a {depth}-slice volume cannot grow with {length}-slice windows: "
+                "give more known slices, or a larger depth"
+            )
+    return windows
+
+
+def generation_plan(depth: int, start: int, length: int, num_condition: int) -> list[Window]:
+    """An unconditional first window at ``start``, then :func:`expansion_plan` from it."""
+    if depth < length:
+        raise ValueError(f"the target depth {depth} is shallower than one subsequence ({length} slices)")
+    if not 0 <= start <= depth - length:
+        raise ValueError(f"start must be in [0, {depth - length}] for depth {depth}, got {start}")
+    first = Window(start, 0, ConditionMode.UNCONDITIONAL)
+    return [first, *expansion_plan(depth, (start, start + length), length, num_condition)]
+
+
+@torch.no_grad()
+def generate_volumes(
+    network: SubsequenceDenoiser,
+    sampler: SubsequenceSampler,
+    plans: Sequence[Sequence[Window]],
+    depths: Sequence[int],
+    num_classes: int,
+    slice_shape: tuple[int, int],
+    known: Sequence[torch.Tensor | None] | None = None,
+    generator: torch.Generator | None = None,
+) -> list[torch.Tensor]:
+    """Generate (or complete) a batch of label volumes by running each case's plan, batched window by window.
+
+    Args:
+        network: the MC-DPM denoiser.
+        sampler: the subsequence sampler.
+        plans: per case, its windows (from :func:`generation_plan` or :func:`expansion_plan`).
+        depths: per case, ``D``.
+        num_classes: ``K``.
+        slice_shape: ``(H, W)`` the network works at.
+        known: per case, an optional ``(D, H, W)`` label volume holding the known slices (for completion).
+        generator: random source.
+
+    Returns:
+        Per case, the ``(D, H, W)`` int64 label volume.
+    """
+    device = next(iter(network.parameters())).device if isinstance(network, torch.nn.Module) else torch.device("cpu")
+    m = network.subsequence_length
+    volumes = []
+    for i, depth in enumerate(depths):
+        volume = torch.full((depth, *slice_shape), -1, dtype=torch.long, device=device)
+        if known is not None and known[i] is not None:
+            volume.copy_(known[i])
+        volumes.append(volume)
+    for step in range(max(len(p) for p in plans)):
+        cases = [i for i, plan in enumerate(plans) if step < len(plan)]
+        windows = [plans[i][step] for i in cases]
+        # 1. the known slices of each window, re-encoded one-hot from the labels generated so far
+        slices = torch.stack([volumes[i][w.start : w.start + m] for i, w in zip(cases, windows)])
+        x_known = one_hot_slices(slices.clamp(min=0), num_classes)
+        indicator = torch.stack([condition_indicator(w.mode, w.num_known, m) for w in windows]).to(device)
+        position = torch.tensor([w.start / depths[i] for i, w in zip(cases, windows)], device=device)
+        # 2. generate the window, 3. write only its new slices
+        labels = decode_slices(sampler.sample(network, x_known, indicator, position, generator))
+        for row, (i, w) in enumerate(zip(cases, windows)):
+            new = ~indicator[row].bool()
+            volumes[i][w.start : w.start + m][new] = labels[row][new]
+    for i, volume in enumerate(volumes):
+        if (volume < 0).any():
+            raise RuntimeError(f"case {i}: the plan left {(volume[:, 0, 0] < 0).sum().item()} slices ungenerated")
+    return volumes

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from monai.networks.schedulers import DDIMScheduler
+
+from medgen3d.diffusion.autoregressive import expansion_plan, generate_volumes, generation_plan
+from medgen3d.diffusion.sampler import SubsequenceSampler
+from medgen3d.networks import MultiConditionDiffusionUNet
+
+
+def _coverage(depth, windows, m, known=None):
+    writes = torch.zeros(depth, dtype=torch.long)
+    if known is not None:
+        writes[known[0] : known[1]] = 1
+    for w in windows:
+        window_known = torch.zeros(m, dtype=torch.bool)
+        if w.mode == "forward":
+            window_known[: w.num_known] = True
+        elif w.mode == "backward":
+            window_known[m - w.num_known :] = True
+        # every known slice of a window must already exist
+        assert (writes[w.start : w.start + m][window_known] == 1).all()
+        assert 0 <= w.start and w.start + m <= depth
+        assert w.mode == "unconditional" or 1 <= w.num_known <= m - 1
+        writes[w.start : w.start + m][~window_known] += 1
+    return writes
+
+
+@pytest.mark.parametrize("m, n", [(6, 2), (6, 1), (6, 5), (3, 1), (4, 3)])
+def test_expansion_writes_every_slice_exactly_once_from_any_start(m, n):
+    for depth in range(m, 40):
+        for start in range(depth - m + 1):
+            windows = generation_plan(depth, start, m, n)
+            assert _coverage(depth, windows, m).tolist() == [1] * depth, (depth, start)
+            # away from the ends every window keeps exactly n known slices
+            assert all(w.num_known == n for w in windows[1:] if 0 < w.start < depth - m)
+
+
+def test_completion_plan_grows_a_partial_volume_without_touching_it():
+    for depth, lo, hi in itertools.product([6, 7, 10, 17], range(0, 12), range(2, 17)):
+        if hi > depth or hi - lo < 2:
+            continue
+        try:
+            windows = expansion_plan(depth, (lo, hi), 6, 2)
+        except ValueError as err:
+            # only a volume shorter than two windows can leave known slices no room on either side
+            assert "cannot grow" in str(err) and depth < 12
+            continue
+        assert _coverage(depth, windows, 6, known=(lo, hi)).tolist() == [1] * depth
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((5, 0, 6, 2), "shallower than one subsequence"),
+        ((10, 5, 6, 2), r"start must be in \[0, 4\]"),
+        ((10, 0, 6, 6), r"num_condition must be in \[1, 5\]"),
+    ],
+)
+def test_impossible_plans_are_rejected(args, message):
+    with pytest.raises(ValueError, match=message):
+        generation_plan(*args)
+
+
+@pytest.fixture
+def tiny_network():
+    torch.manual_seed(0)
+    net = MultiConditionDiffusionUNet(
+        3, 4, channels=(8, 16), attention_levels=(False, False), norm_num_groups=8, num_head_channels=8
+    )
+    for p in net.parameters():  # MONAI zero-initialises the output; random weights make the test meaningful
+        torch.nn.init.normal_(p, std=0.05)
+    return net.eval()
+
+
+def _sampler(scale=1.0):
+    return SubsequenceSampler(DDIMScheduler(100, prediction_type="sample"), num_inference_steps=5, guidance_scale=scale)
+
+
+def test_generated_volumes_have_the_target_depth_labels_and_are_reproducible(tiny_network):
+    plans = [generation_plan(13, 4, 4, 2), generation_plan(9, 0, 4, 1)]
+    run = lambda seed: generate_volumes(  # noqa: E731
+        tiny_network, _sampler(2.0), plans, [13, 9], 3, (8, 8), generator=torch.Generator().manual_seed(seed)
+    )
+    a, b, c = run(0), run(0), run(1)
+    assert [v.shape for v in a] == [(13, 8, 8), (9, 8, 8)]
+    assert all(v.min() >= 0 and v.max() <= 2 for v in a)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[0], c[0])
+
+
+def test_completion_keeps_the_known_slices(tiny_network):
+    known = torch.full((12, 8, 8), -1, dtype=torch.long)
+    known[5:8] = torch.randint(0, 3, (3, 8, 8))
+    plan = expansion_plan(12, (5, 8), 4, 2)
+    [volume] = generate_volumes(tiny_network, _sampler(1.5), [plan], [12], 3, (8, 8), known=[known])
+    assert torch.equal(volume[5:8], known[5:8])
+    assert volume.min() >= 0

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+
+from medgen3d.diffusion.conditions import condition_indicator, one_hot_slices, pack
+from medgen3d.diffusion.sampler import SubsequenceSampler, guide, sampling_timesteps
+from medgen3d.networks import MultiConditionDiffusionUNet
+
+
+@pytest.fixture
+def network():
+    torch.manual_seed(0)
+    net = MultiConditionDiffusionUNet(
+        3, 4, channels=(8, 16), attention_levels=(False, False), norm_num_groups=8, num_head_channels=8
+    )
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    return net.eval()
+
+
+def _batch():
+    x_known = one_hot_slices(torch.randint(0, 3, (2, 4, 8, 8)), 3)
+    indicator = torch.stack([condition_indicator("forward", 2, 4), condition_indicator("unconditional", 0, 4)])
+    return x_known, indicator, torch.tensor([0.2, 0.5])
+
+
+def test_guide_is_linear_and_scale_one_is_the_conditional():
+    u, c = torch.randn(5), torch.randn(5)
+    assert torch.equal(guide(u, c, 1.0), c)
+    assert torch.allclose(guide(u, c, 0.0), u)
+    assert torch.allclose(guide(u, c, 3.0), u + 3 * (c - u))
+
+
+@torch.no_grad()
+def test_guidance_scale_one_gives_the_conditional_prediction_and_other_scales_extrapolate(network):
+    x_known, indicator, position = _batch()
+    x_t, t = torch.randn_like(x_known), torch.full((2,), 40)
+    conditional = network(pack(x_t, x_known, indicator), t, position).reshape(2, 4, 3, 8, 8)
+    assert torch.equal(_sampler(1.0).predict(network, x_t, x_known, indicator, position, 40), conditional)
+    sampler = _sampler(3.0)
+    guided = sampler.predict(network, x_t, x_known, indicator, position, 40, torch.Generator().manual_seed(0))
+    # the null condition: no indicator, known slices noised to step t with the same random draw
+    noise = torch.randn(x_known.shape, generator=torch.Generator().manual_seed(0))
+    null = pack(x_t, sampler.scheduler.add_noise(x_known, noise, t), indicator)
+    null[:, -4:] = 0.0
+    unconditional = network(null, t, position).reshape(2, 4, 3, 8, 8)
+    assert torch.allclose(guided[0], unconditional[0] + 3.0 * (conditional[0] - unconditional[0]), atol=1e-5)
+    # an unconditional item has nothing to guide
+    assert torch.equal(guided[1], conditional[1])
+    assert sampler.network_evaluations == 3  # both items conditioned, plus one null-condition pass
+
+
+def _sampler(scale):
+    return SubsequenceSampler(DDIMScheduler(100, prediction_type="sample"), 5, guidance_scale=scale)
+
+
+@torch.no_grad()
+def test_known_slices_come_back_exactly_and_same_seed_same_sample(network):
+    x_known, indicator, position = _batch()
+    a = _sampler(2.0).sample(network, x_known, indicator, position, torch.Generator().manual_seed(3))
+    b = _sampler(2.0).sample(network, x_known, indicator, position, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    assert torch.equal(a[0, :2], x_known[0, :2])
+    assert not torch.equal(a[1, :2], x_known[1, :2])
+
+
+def test_ddim_timesteps_lie_on_the_stride_step_expects_and_ddpm_runs_its_full_chain():
+    assert sampling_timesteps(DDIMScheduler(1000), 10).tolist() == list(range(900, -1, -100))
+    assert sampling_timesteps(DDPMScheduler(50), None).tolist() == list(range(49, -1, -1))
+    with pytest.raises(ValueError, match="full chain"):
+        sampling_timesteps(DDPMScheduler(1000), 50)
