@@ -130,7 +130,10 @@ def preview_dataset(
     for case in cases[:max_cases]:
         image, label = spec.load_case(case)
         path = out / f"{case.case_id}.png"
-        title = f"{spec.name} {case.case_id}  shape {image.array.shape}"
-        save_case_montage(path, image.array, label.array, image.affine, spec.labels, spec.modality, title)
+        title = f"{spec.name} {case.case_id}  shape {label.array.shape}"
+        # a label-only case is drawn over an empty (black) image
+        pixels = image.array if image is not None else np.full(label.array.shape, -1000.0, np.float32)
+        modality = spec.modality if image is not None else "CT"
+        save_case_montage(path, pixels, label.array, label.affine, spec.labels, modality, title)
         written.append(path)
     return written

@@ -51,7 +51,7 @@ def test_msd_descriptive_keys_are_kept(tiny_dataset):
         ({"labels": {"zero": "bg"}}, r"label key 'zero' is not an integer"),
         (
             {"training": [{"image": "a.nii.gz"}], "validation": [], "test": []},
-            r"'training'\[0\] must have exactly the keys 'image' and 'label', got \['image'\]",
+            r"'training'\[0\] must have the keys 'image' and 'label' \(or 'label' alone\), got \['image'\]",
         ),
         ({"training": [{"image": "/abs/a.nii.gz", "label": "b.nii.gz"}]}, "must be relative"),
         ({"training": [], "validation": [], "test": []}, "no cases"),
@@ -70,3 +70,17 @@ def test_missing_folder_and_missing_json(tmp_path):
         read_dataset(tmp_path / "absent")
     with pytest.raises(DataError, match=r"dataset\.json: file not found"):
         read_dataset(tmp_path)
+
+
+def test_label_only_dataset_round_trip(tmp_path):
+    from medgen3d.data.dataset import Case, DatasetSpec, write_dataset
+    from medgen3d.data.io import save_nifti
+    from medgen3d.data.validate import validate_dataset
+
+    save_nifti(tmp_path / "labels" / "m0.nii.gz", slab_label(), TINY_AFFINE)
+    write_dataset(tmp_path, DatasetSpec("masks", "MR", dict(TINY_LABELS), training=[Case(None, "labels/m0.nii.gz")]))
+    assert json.loads((tmp_path / "dataset.json").read_text())["training"] == [{"label": "labels/m0.nii.gz"}]
+    spec = read_dataset(tmp_path)
+    image, label = spec.load_case(spec.training[0])
+    assert image is None and np.array_equal(label.array, slab_label())
+    assert "label-only" in validate_dataset(tmp_path).describe()

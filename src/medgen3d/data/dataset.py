@@ -7,6 +7,7 @@ A dataset is a folder holding NIfTI files and a ``dataset.json`` in the Medical 
         "modality": "MR",                       # "CT" or "MR"
         "labels": {"0": "background", "1": "cortex", ...},
         "training":   [{"image": "images/sub-000.nii.gz", "label": "labels/sub-000.nii.gz"}, ...],
+                                                # {"label": ...} alone in a label-only dataset
         "validation": [...],
         "test":       [...],
         "medgen3d":   {...}                     # optional provenance: generator, seeds, source geometry
@@ -28,7 +29,17 @@ import numpy as np
 
 from medgen3d.data.io import DataError, Volume, load_nifti, read_json, write_json
 
-__all__ = ["DATASET_JSON", "MODALITIES", "SPLITS", "Case", "DatasetSpec", "read_dataset", "write_dataset"]
+__all__ = [
+    "DATASET_JSON",
+    "MODALITIES",
+    "SPLITS",
+    "Case",
+    "DatasetSpec",
+    "check_pair",
+    "check_labels",
+    "read_dataset",
+    "write_dataset",
+]
 
 DATASET_JSON = "dataset.json"
 MODALITIES = ("CT", "MR")
@@ -51,9 +62,10 @@ _PASSTHROUGH_KEYS = (
 
 @dataclass(frozen=True)
 class Case:
-    """One image/label pair, as paths relative to the dataset folder."""
+    """One image/label pair, as paths relative to the dataset folder; ``image`` is ``None`` in a label-only
+    dataset (generated masks waiting for their images)."""
 
-    image: str
+    image: str | None
     label: str
 
     @property
@@ -109,14 +121,17 @@ class DatasetSpec:
             raise ValueError("this DatasetSpec has no root folder yet; write or read it first")
         return self.root / relative
 
-    def load_case(self, case: Case) -> tuple[Volume, Volume]:
+    def load_case(self, case: Case) -> tuple[Volume | None, Volume]:
         """Load one pair, checking it against this dataset (same shape, same affine, declared labels only).
 
         Returns:
-            ``(image, label)``; the label array is ``int64``.
+            ``(image, label)``; the image is ``None`` for a label-only case, the label array is ``int64``.
         """
-        image = load_nifti(self.path(case.image), dtype=np.float32)
         label = load_nifti(self.path(case.label))
+        if case.image is None:
+            check_labels(self.path(case.label), label, self.labels)
+            return None, Volume(label.array.astype(np.int64), label.affine)
+        image = load_nifti(self.path(case.image), dtype=np.float32)
         check_pair(self.path(case.image), image, self.path(case.label), label, self.labels)
         return image, Volume(label.array.astype(np.int64), label.affine)
 
@@ -128,7 +143,10 @@ class DatasetSpec:
             "labels": {str(k): v for k, v in sorted(self.labels.items())},
         }
         for split in SPLITS:
-            content[split] = [{"image": c.image, "label": c.label} for c in self.split(split)]
+            content[split] = [
+                {"label": c.label} if c.image is None else {"image": c.image, "label": c.label}
+                for c in self.split(split)
+            ]
         content.update(self.extra)
         return content
 
@@ -149,6 +167,11 @@ def check_pair(
             f"{label_path}: affine differs from its image {image_path}:\n{np.round(label.affine, 4)}\n"
             f"vs\n{np.round(image.affine, 4)}"
         )
+    check_labels(label_path, label, labels)
+
+
+def check_labels(label_path: Path, label: Volume, labels: dict[int, str]) -> None:
+    """Raise :class:`DataError` unless the label volume holds integers that are declared label values."""
     if not np.issubdtype(label.array.dtype, np.integer):
         as_int = np.rint(label.array)
         if not np.array_equal(as_int, label.array):
@@ -185,12 +208,15 @@ def _parse_cases(raw: Any, split: str, where: Path) -> list[Case]:
         raise DataError(f"{where}: '{split}' must be a list of {{'image', 'label'}} entries, got {type(raw).__name__}")
     cases = []
     for i, entry in enumerate(raw):
-        if not isinstance(entry, dict) or set(entry) != {"image", "label"}:
+        if not isinstance(entry, dict) or set(entry) not in ({"image", "label"}, {"label"}):
             got = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
-            raise DataError(f"{where}: '{split}'[{i}] must have exactly the keys 'image' and 'label', got {got}")
-        if os.path.isabs(entry["image"]) or os.path.isabs(entry["label"]):
+            raise DataError(
+                f"{where}: '{split}'[{i}] must have the keys 'image' and 'label' (or 'label' alone), got {got}"
+            )
+        if any(os.path.isabs(path) for path in entry.values()):
             raise DataError(f"{where}: '{split}'[{i}] paths must be relative to the dataset folder")
-        cases.append(Case(image=str(entry["image"]), label=str(entry["label"])))
+        image = entry.get("image")
+        cases.append(Case(image=None if image is None else str(image), label=str(entry["label"])))
     return cases
 
 

@@ -25,7 +25,7 @@ class DatasetSummary:
         shapes: the distinct ``(H, W, D)`` shapes of the volumes.
         spacings: the distinct voxel sizes in mm (rounded to 1e-3).
         label_voxels: label value -> voxel count summed over all cases.
-        intensity_range: minimum and maximum image intensity over all cases.
+        intensity_range: minimum and maximum image intensity over all cases (``(inf, -inf)`` without images).
     """
 
     spec: DatasetSpec
@@ -49,7 +49,11 @@ class DatasetSummary:
                 f"dataset '{spec.name}' ({spec.modality}) at {spec.root}: valid",
                 f"  cases: {sizes}",
                 f"  shapes: {sorted(self.shapes)}; spacings (mm): {sorted(self.spacings)}",
-                f"  intensities: [{self.intensity_range[0]:.1f}, {self.intensity_range[1]:.1f}]",
+                (
+                    f"  intensities: [{self.intensity_range[0]:.1f}, {self.intensity_range[1]:.1f}]"
+                    if self.intensity_range[0] <= self.intensity_range[1]
+                    else "  intensities: none (label-only dataset)"
+                ),
                 f"  labels: {fractions}",
             ]
         )
@@ -75,7 +79,7 @@ def validate_dataset(
     seen: dict[str, str] = {}
     for split in SPLITS:
         for case in spec.split(split):
-            for path in (case.image, case.label):
+            for path in (p for p in (case.image, case.label) if p is not None):
                 key = os.path.normpath(path)
                 if key in seen:
                     raise DataError(f"{spec.path(path)}: listed twice (in '{seen[key]}' and '{split}')")
@@ -86,13 +90,14 @@ def validate_dataset(
     cases = spec.cases()
     for i, case in enumerate(cases):
         image, label = spec.load_case(case)
-        summary.shapes.add(tuple(int(s) for s in image.array.shape))
-        spacing = np.sqrt((image.affine[:3, :3] ** 2).sum(axis=0))
+        summary.shapes.add(tuple(int(s) for s in label.array.shape))
+        spacing = np.sqrt((label.affine[:3, :3] ** 2).sum(axis=0))
         summary.spacings.add(tuple(round(float(s), 3) for s in spacing))
         values, counts = np.unique(label.array, return_counts=True)
         for value, count in zip(values.tolist(), counts.tolist()):
             label_voxels[value] += count
-        low, high = min(low, float(image.array.min())), max(high, float(image.array.max()))
+        if image is not None:
+            low, high = min(low, float(image.array.min())), max(high, float(image.array.max()))
         if progress is not None:
             progress(i + 1, len(cases), Path(case.label).name)
     summary.label_voxels = label_voxels

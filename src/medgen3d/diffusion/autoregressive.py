@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 
 from medgen3d.diffusion.conditions import ConditionMode, condition_indicator, decode_slices, one_hot_slices
-from medgen3d.diffusion.sampler import SubsequenceDenoiser, SubsequenceSampler
+from medgen3d.diffusion.sampler import Generators, SubsequenceDenoiser, SubsequenceSampler
 
 __all__ = ["Window", "expansion_plan", "generation_plan", "generate_volumes"]
 
@@ -83,7 +83,7 @@ def generate_volumes(
     num_classes: int,
     slice_shape: tuple[int, int],
     known: Sequence[torch.Tensor | None] | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> list[torch.Tensor]:
     """Generate (or complete) a batch of label volumes by running each case's plan, batched window by window.
 
@@ -95,7 +95,8 @@ def generate_volumes(
         num_classes: ``K``.
         slice_shape: ``(H, W)`` the network works at.
         known: per case, an optional ``(D, H, W)`` label volume holding the known slices (for completion).
-        generator: random source.
+        generator: random source: one for the batch, or one per case (then a case's volume does not depend on
+            which other cases share its batch, up to floating point).
 
     Returns:
         Per case, the ``(D, H, W)`` int64 label volume.
@@ -117,7 +118,10 @@ def generate_volumes(
         indicator = torch.stack([condition_indicator(w.mode, w.num_known, m) for w in windows]).to(device)
         position = torch.tensor([w.start / depths[i] for i, w in zip(cases, windows)], device=device)
         # 2. generate the window, 3. write only its new slices
-        labels = decode_slices(sampler.sample(network, x_known, indicator, position, generator))
+        step_generator = (
+            generator if isinstance(generator, (torch.Generator, type(None))) else [generator[i] for i in cases]
+        )
+        labels = decode_slices(sampler.sample(network, x_known, indicator, position, step_generator))
         for row, (i, w) in enumerate(zip(cases, windows)):
             new = ~indicator[row].bool()
             volumes[i][w.start : w.start + m][new] = labels[row][new]

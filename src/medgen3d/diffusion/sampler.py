@@ -7,14 +7,26 @@ passed to every call.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Protocol, Union
 
 import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
 from medgen3d.diffusion.conditions import pack, unpack
 
-__all__ = ["SubsequenceDenoiser", "guide", "sampling_timesteps", "SubsequenceSampler"]
+__all__ = ["SubsequenceDenoiser", "Generators", "guide", "sampling_timesteps", "SubsequenceSampler"]
+
+# One generator for the whole batch, or one per item: per-item generators make an item's sample independent of
+# the rest of its batch (up to floating point), so that sharded and resumed runs draw the same noise per case.
+Generators = Union[torch.Generator, Sequence[torch.Generator], None]
+
+
+def randn(shape: Sequence[int], generator: Generators, device: torch.device) -> torch.Tensor:
+    """Standard normal noise of ``shape``, drawn per item when ``generator`` is a sequence (on the CPU)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(tuple(shape), generator=generator).to(device)
+    return torch.stack([torch.randn(tuple(shape[1:]), generator=g) for g in generator]).to(device)
 
 
 class SubsequenceDenoiser(Protocol):
@@ -89,7 +101,7 @@ class SubsequenceSampler:
         indicator: torch.Tensor,
         position: torch.Tensor,
         t: int,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
     ) -> torch.Tensor:
         """The (guided) network prediction ``(B, m, K, H, W)`` at step ``t``.
 
@@ -103,7 +115,7 @@ class SubsequenceSampler:
             self.network_evaluations += x_t.shape[0]
             return unpack(network(pack(x_t, x_known, indicator), timesteps, position), m)
         # the null condition sees every slice noisy at step t (RePaint-style replacement of the known slices)
-        noise = torch.randn(x_known.shape, generator=generator, device=x_known.device)
+        noise = randn(x_known.shape, generator, x_known.device)
         noisy_known = self.scheduler.add_noise(x_known, noise, timesteps)
         null_input = pack(x_t, noisy_known, indicator)
         null_input[:, -m:] = 0.0
@@ -125,7 +137,7 @@ class SubsequenceSampler:
         x_known: torch.Tensor,
         indicator: torch.Tensor,
         position: torch.Tensor,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
     ) -> torch.Tensor:
         """Run the reverse process for a batch of subsequences.
 
@@ -134,16 +146,26 @@ class SubsequenceSampler:
             x_known: ``(B, m, K, H, W)`` one-hot slices in [-1, 1]; only the slices under ``indicator`` are read.
             indicator: ``(B, m)``, 1 on known slices.
             position: ``(B,)`` relative position ``z / D`` of each subsequence's first slice.
-            generator: random source for the initial noise and any stochastic steps.
+            generator: random source for the initial noise and stochastic steps, one or one per item.
 
         Returns:
             ``(B, m, K, H, W)``: the generated slices, with the known slices returned exactly.
         """
-        x_t = torch.randn(x_known.shape, generator=generator, device=x_known.device)
+        x_t = randn(x_known.shape, generator, x_known.device)
         for t in self.timesteps.tolist():
             prediction = self.predict(network, x_t, x_known, indicator, position, t, generator)
             # 1. x_{t-1} from the prediction (noise, x_0 or v, as the scheduler was configured)
-            x_t, _ = self.scheduler.step(prediction, t, x_t, generator=generator, **self.step_kwargs)
+            x_t = self._step(prediction, t, x_t, generator)
         # 2. the known slices come back exactly as given
         keep = indicator.bool()[:, :, None, None, None]
         return torch.where(keep, x_known, x_t)
+
+    def _step(self, prediction: torch.Tensor, t: int, x_t: torch.Tensor, generator: Generators) -> torch.Tensor:
+        if generator is None or isinstance(generator, torch.Generator):
+            return self.scheduler.step(prediction, t, x_t, generator=generator, **self.step_kwargs)[0]
+        # MONAI's schedulers draw their step noise for the whole batch: step item by item with its own generator
+        steps = [
+            self.scheduler.step(prediction[i : i + 1], t, x_t[i : i + 1], generator=g, **self.step_kwargs)[0]
+            for i, g in enumerate(generator)
+        ]
+        return torch.cat(steps)

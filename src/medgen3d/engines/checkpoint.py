@@ -1,0 +1,117 @@
+"""Atomic checkpoints and resuming, for every MedGen3D trainer.
+
+MONAI's ``CheckpointSaver`` writes with ignite's non-atomic saver, so a run killed while saving can leave a
+truncated file under the final name. :class:`ResumableCheckpoint` writes to a temporary name and renames, keeps
+one training checkpoint (everything needed to resume) and the network weights alone as ``model.pt`` (what the
+inference configs, ``ckpt_export`` and MONAI Label load), and resumes from the training checkpoint when a run
+starts. Files are read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
+
+from medgen3d.data.io import DataError, atomic_path
+
+__all__ = ["ResumableCheckpoint", "load_weights", "save_atomically"]
+
+logger = logging.getLogger(__name__)
+
+
+def save_atomically(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary name beside ``path``, then rename."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
+
+
+def load_weights(network: torch.nn.Module, path: str | os.PathLike, key: str = "model") -> torch.nn.Module:
+    """Load weights saved as a raw state dict or under ``key``; a missing, corrupt or mismatched file raises
+    :class:`DataError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise DataError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+    if isinstance(state, Mapping) and key in state:
+        state = state[key]
+    try:
+        _unwrap(network).load_state_dict(state)
+    except (RuntimeError, TypeError) as err:
+        raise DataError(f"{path}: does not fit the configured network: {str(err).splitlines()[0]}") from err
+    return network
+
+
+class ResumableCheckpoint:
+    """Saves ``save_dict`` every ``interval`` epochs and at the end; resumes from it when the engine starts.
+
+    Args:
+        ckpt_dir: where ``checkpoint.pt`` (all of ``save_dict``) and ``model.pt`` (the network) are written.
+        save_dict: objects with ``state_dict``, e.g. ``{"model": net, "optimizer": opt, "trainer": trainer}``;
+            ``"model"`` is the network.
+        interval: epochs between saves.
+        resume: load ``checkpoint.pt`` at start when it exists.
+    """
+
+    def __init__(
+        self, ckpt_dir: str | os.PathLike, save_dict: Mapping[str, Any], interval: int = 1, resume: bool = True
+    ):
+        if "model" not in save_dict:
+            raise ValueError("save_dict must hold the network under 'model'")
+        self.ckpt_dir = Path(ckpt_dir)
+        self.save_dict = dict(save_dict)
+        self.interval = interval
+        self.resume = resume
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.ckpt_dir / "checkpoint.pt"
+
+    @property
+    def model_path(self) -> Path:
+        return self.ckpt_dir / "model.pt"
+
+    def attach(self, engine: Engine) -> None:
+        if self.resume:
+            engine.add_event_handler(Events.STARTED, self.load)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self.save)
+        engine.add_event_handler(Events.COMPLETED, self.save)
+
+    def load(self, engine: Engine) -> None:
+        if not self.checkpoint_path.is_file():
+            return
+        try:
+            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise DataError(
+                f"{self.checkpoint_path}: not a readable checkpoint ({err}); delete it to start over"
+            ) from err
+        max_epochs = engine.state.max_epochs
+        objects = {k: (_unwrap(v) if isinstance(v, torch.nn.Module) else v) for k, v in self.save_dict.items()}
+        Checkpoint.load_objects(to_load=objects, checkpoint=state)
+        if max_epochs is not None and engine.state.epoch >= max_epochs:
+            logger.warning(f"{self.checkpoint_path}: already at epoch {engine.state.epoch} of {max_epochs}")
+        engine.state.max_epochs = max(max_epochs or 0, engine.state.epoch)
+        logger.info(f"resumed from {self.checkpoint_path} at epoch {engine.state.epoch}")
+
+    def save(self, engine: Engine) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+            return  # one writer under DDP
+        state = {
+            k: (_unwrap(v) if isinstance(v, torch.nn.Module) else v).state_dict() for k, v in self.save_dict.items()
+        }
+        save_atomically(state, self.checkpoint_path)
+        save_atomically(state["model"], self.model_path)

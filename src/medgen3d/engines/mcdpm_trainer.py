@@ -1,0 +1,106 @@
+"""Ignite/MONAI trainer for the MC-DPM mask generator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.networks.schedulers import Scheduler
+from torch.utils.data import DataLoader
+
+from medgen3d.diffusion.conditions import one_hot_slices
+from medgen3d.diffusion.training import mcdpm_loss
+
+__all__ = ["MCDPMTrainer"]
+
+
+class MCDPMTrainer(SupervisedTrainer):
+    """Trains the MC-DPM on random mask subsequences (MedGen3D Sec. 3.1).
+
+    Batches hold ``"label"`` ``(B, 1, H, W, m)`` integer subsequences and ``"position"`` ``(B,)``
+    (see :class:`medgen3d.transforms.RandSubsequenced`). ``engine.state.output`` is ``{"loss": float tensor}``.
+
+    Args:
+        device: training device.
+        max_epochs: epochs to run.
+        train_data_loader: the subsequence loader.
+        network: the denoiser (or its DDP wrapper).
+        optimizer: its optimiser.
+        noise_scheduler: MONAI scheduler defining the forward process and the target.
+        num_classes: ``K``.
+        condition_probabilities: ``{"forward": p_F, "backward": p_B, "unconditional": p_U}``.
+        num_known: range of known slices in the conditional modes.
+        max_grad_norm: gradient clipping norm (``None``: no clipping).
+        train_handlers: ignite handlers.
+        amp: mixed precision (CUDA).
+        epoch_length: iterations per epoch (default: the loader's length).
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str,
+        max_epochs: int,
+        train_data_loader: Iterable | DataLoader,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        noise_scheduler: Scheduler,
+        num_classes: int,
+        condition_probabilities: Mapping[str, float],
+        num_known: Sequence[int],
+        max_grad_norm: float | None = 1.0,
+        train_handlers: Sequence | None = None,
+        amp: bool = False,
+        epoch_length: int | None = None,
+    ) -> None:
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            train_data_loader=train_data_loader,
+            network=network,
+            optimizer=optimizer,
+            loss_function=torch.nn.MSELoss(),  # unused: the MC-DPM loss is masked, see mcdpm_loss
+            train_handlers=train_handlers,
+            amp=amp,
+            epoch_length=epoch_length,
+            decollate=False,
+        )
+        self.noise_scheduler = noise_scheduler
+        self.num_classes = num_classes
+        self.condition_probabilities = dict(condition_probabilities)
+        self.num_known = (int(num_known[0]), int(num_known[1]))
+        self.max_grad_norm = max_grad_norm
+
+    def _iteration(self, engine: "MCDPMTrainer", batchdata: dict[str, Any]) -> dict[str, torch.Tensor]:
+        # 1. clean subsequences as one-hot slices (B, m, K, H, W) and their positions
+        labels = torch.as_tensor(batchdata["label"]).to(engine.state.device)
+        x_0 = one_hot_slices(labels[:, 0].permute(0, 3, 1, 2), self.num_classes)
+        position = torch.as_tensor(batchdata["position"]).to(engine.state.device).float()
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        # 2. the masked MC-DPM loss, 3. backward and step
+        with torch.autocast("cuda", enabled=engine.amp and x_0.is_cuda):
+            loss = mcdpm_loss(
+                engine.network, self.noise_scheduler, x_0, position, self.condition_probabilities, self.num_known
+            )
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        self._backward_and_step(engine, loss)
+        engine.state.output = {"loss": loss.detach()}
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
+
+    def _backward_and_step(self, engine: "MCDPMTrainer", loss: torch.Tensor) -> None:
+        scaler = engine.scaler if engine.amp and engine.scaler is not None else None
+        (scaler.scale(loss) if scaler else loss).backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        if self.max_grad_norm is not None:
+            if scaler:
+                scaler.unscale_(engine.optimizer)
+            torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.max_grad_norm)
+        if scaler:
+            scaler.step(engine.optimizer)
+            scaler.update()
+        else:
+            engine.optimizer.step()
