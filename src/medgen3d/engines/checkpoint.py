@@ -60,8 +60,8 @@ class ResumableCheckpoint:
 
     Args:
         ckpt_dir: where ``checkpoint.pt`` (all of ``save_dict``) and ``model.pt`` (the network) are written.
-        save_dict: objects with ``state_dict``, e.g. ``{"model": net, "optimizer": opt, "trainer": trainer}``;
-            ``"model"`` is the network.
+        save_dict: objects with ``state_dict``, e.g. ``{"model": net, "optimizer": opt}``; ``"model"`` is the
+            network. The engine the handler is attached to is added as ``"trainer"`` (its epoch and iteration).
         interval: epochs between saves.
         resume: load ``checkpoint.pt`` at start when it exists.
     """
@@ -85,6 +85,7 @@ class ResumableCheckpoint:
         return self.ckpt_dir / "model.pt"
 
     def attach(self, engine: Engine) -> None:
+        self.save_dict.setdefault("trainer", engine)
         if self.resume:
             engine.add_event_handler(Events.STARTED, self.load)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self.save)

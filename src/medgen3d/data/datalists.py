@@ -1,0 +1,50 @@
+"""Datalists for MONAI datasets, checked against what a bundle was configured for."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import nibabel as nib
+
+from medgen3d.data.dataset import DatasetSpec
+from medgen3d.data.io import DataError
+
+__all__ = ["check_labels_match", "label_datalist"]
+
+
+def check_labels_match(spec: DatasetSpec, labels: Mapping) -> None:
+    """Raise :class:`DataError` unless the dataset declares exactly the configured ``labels`` (value -> name)."""
+    configured = {int(k): str(v) for k, v in labels.items()}
+    if spec.labels != configured:
+        raise DataError(
+            f"{spec.path('dataset.json')}: the dataset's labels {spec.labels} differ from the configured labels "
+            f"{configured}; set the bundle's 'labels' to match (a model trained on one label set cannot use another)"
+        )
+
+
+def label_datalist(
+    spec: DatasetSpec, labels: Mapping, min_depth: int = 1, splits: tuple[str, ...] = ("training",)
+) -> list[dict[str, str]]:
+    """``[{"label": absolute path}, ...]`` for the cases of ``splits``, after checking labels and depths.
+
+    Args:
+        spec: the dataset.
+        labels: the configured label set (value -> name).
+        min_depth: fewest slices a volume may have (the subsequence length).
+        splits: which splits to list.
+    """
+    check_labels_match(spec, labels)
+    items = []
+    for split in splits:
+        for case in spec.split(split):
+            path = spec.path(case.label)
+            try:
+                shape = nib.load(path).shape
+            except Exception as err:  # missing or unreadable: say which file
+                raise DataError(f"{path}: cannot be read as NIfTI ({err})") from err
+            if len(shape) < 3 or shape[2] < min_depth:
+                raise DataError(f"{path}: {shape[2] if len(shape) > 2 else 1} slices, fewer than {min_depth} needed")
+            items.append({"label": str(path)})
+    if not items:
+        raise DataError(f"{spec.path('dataset.json')}: no cases in {list(splits)}")
+    return items

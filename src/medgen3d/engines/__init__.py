@@ -1,0 +1,1 @@
+"""Trainers and handlers (MONAI/ignite engines whose ``_iteration`` stays short)."""

@@ -1,0 +1,109 @@
+"""Validation previews during MC-DPM training: a few volumes sampled from the current weights, drawn as PNG."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from ignite.engine import Engine, Events  # noqa: E402
+
+from medgen3d.data.io import atomic_path  # noqa: E402
+from medgen3d.diffusion.autoregressive import generate_volumes, generation_plan  # noqa: E402
+from medgen3d.diffusion.sampler import SubsequenceSampler  # noqa: E402
+from medgen3d.preview import label_colormap  # noqa: E402
+
+__all__ = ["save_label_montage", "MaskSamplePreview"]
+
+logger = logging.getLogger(__name__)
+
+
+def save_label_montage(
+    path: str | os.PathLike, volumes: Sequence[torch.Tensor], labels: Mapping[int, str], title: str
+) -> None:
+    """One row per ``(D, H, W)`` label volume: the middle axial, coronal and sagittal slices."""
+    cmap = label_colormap(len(labels))
+    fig, axes = plt.subplots(len(volumes), 3, figsize=(9, 3 * len(volumes)), squeeze=False)
+    for row, volume in enumerate(volumes):
+        d, h, w = volume.shape
+        views = (volume[d // 2].T, volume[:, :, w // 2], volume[:, h // 2, :])  # axial (H-W), coronal, sagittal
+        for col, (view, name) in enumerate(zip(views, ("axial", "coronal", "sagittal"))):
+            ax = axes[row, col]
+            ax.imshow(view.cpu(), cmap=cmap, vmin=0, vmax=len(labels) - 1, origin="lower", interpolation="nearest")
+            ax.set_facecolor("black")
+            ax.set_axis_off()
+            if row == 0:
+                ax.set_title(name)
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=70)
+    plt.close(fig)
+
+
+class MaskSamplePreview:
+    """Every ``interval`` epochs, sample ``num_samples`` whole volumes and write ``previews/epoch-NNNN.png``.
+
+    Sampling uses its own seeded generator, so previews of different epochs differ only by the weights.
+
+    Args:
+        network: the denoiser being trained (unwrapped from DDP).
+        sampler: a fast sampler (e.g. DDIM with 10 steps).
+        output_dir: the previews go to ``output_dir/previews``.
+        labels: value -> name.
+        depth: slices per sampled volume.
+        image_size: network in-plane ``(h, w)``.
+        num_condition: ``n``.
+        num_samples: volumes per preview.
+        interval: epochs between previews.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        sampler: SubsequenceSampler,
+        output_dir: str | os.PathLike,
+        labels: Mapping[int, str],
+        depth: int,
+        image_size: Sequence[int],
+        num_condition: int = 2,
+        num_samples: int = 2,
+        interval: int = 1,
+    ) -> None:
+        self.network, self.sampler = network, sampler
+        self.out = Path(output_dir) / "previews"
+        self.labels = dict((int(k), v) for k, v in labels.items())
+        self.depth, self.image_size = depth, tuple(image_size)
+        self.num_condition, self.num_samples, self.interval = num_condition, num_samples, interval
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+
+    def __call__(self, engine: Engine) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+            return
+        m = self.network.subsequence_length
+        self.network.eval()
+        plans = [generation_plan(self.depth, (self.depth - m) // 2, m, self.num_condition)] * self.num_samples
+        generator = torch.Generator().manual_seed(0)
+        volumes = generate_volumes(
+            self.network,
+            self.sampler,
+            plans,
+            [self.depth] * self.num_samples,
+            len(self.labels),
+            self.image_size,
+            generator=generator,
+        )
+        self.network.train()
+        path = self.out / f"epoch-{engine.state.epoch:04d}.png"
+        save_label_montage(path, volumes, self.labels, f"MC-DPM samples after epoch {engine.state.epoch}")
+        fractions = torch.stack([torch.bincount(v.flatten(), minlength=len(self.labels)) for v in volumes]).float()
+        fractions = (fractions / fractions.sum(1, keepdim=True)).mean(0)
+        logger.info(f"preview {path}: label fractions " + " ".join(f"{f:.3f}" for f in fractions.tolist()))

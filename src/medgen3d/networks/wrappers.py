@@ -1,0 +1,28 @@
+"""Adapters that let bundle tools call networks whose forward needs more than one tensor."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["FixedConditionWrapper"]
+
+
+class FixedConditionWrapper(nn.Module):
+    """Calls ``network(x, timesteps, position)`` with a fixed timestep and position, so that single-input tools
+    (``monai.bundle verify_net_in_out``) can check shapes.
+
+    Args:
+        network: an MC-DPM denoiser.
+        timestep: diffusion step used for every item.
+        position: relative position used for every item.
+    """
+
+    def __init__(self, network: nn.Module, timestep: int = 500, position: float = 0.5) -> None:
+        super().__init__()
+        self.network, self.timestep, self.position = network, timestep, position
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        timesteps = torch.full((b,), self.timestep, device=x.device, dtype=torch.long)
+        return self.network(x, timesteps, torch.full((b,), self.position, device=x.device))
