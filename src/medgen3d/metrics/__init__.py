@@ -1,0 +1,1 @@
+"""Quality measures of synthetic data against real data."""
