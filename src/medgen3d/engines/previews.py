@@ -35,7 +35,9 @@ def save_label_montage(
         views = (volume[d // 2].T, volume[:, :, w // 2], volume[:, h // 2, :])  # axial (H-W), coronal, sagittal
         for col, (view, name) in enumerate(zip(views, ("axial", "coronal", "sagittal"))):
             ax = axes[row, col]
-            ax.imshow(view.cpu(), cmap=cmap, vmin=0, vmax=len(labels) - 1, origin="lower", interpolation="nearest")
+            ax.imshow(
+                view.cpu().numpy(), cmap=cmap, vmin=0, vmax=len(labels) - 1, origin="lower", interpolation="nearest"
+            )
             ax.set_facecolor("black")
             ax.set_axis_off()
             if row == 0:
