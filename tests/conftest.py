@@ -75,3 +75,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def random_mcdpm(num_classes: int = 3, length: int = 4):
+    """A tiny MC-DPM with random weights (MONAI zero-initialises the output layer, which would hide bugs)."""
+    from medgen3d.networks import MultiConditionDiffusionUNet
+
+    torch.manual_seed(0)
+    network = MultiConditionDiffusionUNet(
+        num_classes, length, channels=(8, 16), attention_levels=(False, False), norm_num_groups=8, num_head_channels=8
+    )
+    for parameter in network.parameters():
+        torch.nn.init.normal_(parameter, std=0.05)
+    return network.eval()

@@ -8,7 +8,7 @@ from monai.networks.schedulers import DDIMScheduler
 
 from medgen3d.diffusion.autoregressive import expansion_plan, generate_volumes, generation_plan
 from medgen3d.diffusion.sampler import SubsequenceSampler
-from medgen3d.networks import MultiConditionDiffusionUNet
+from tests.conftest import random_mcdpm
 
 
 def _coverage(depth, windows, m, known=None):
@@ -67,13 +67,7 @@ def test_impossible_plans_are_rejected(args, message):
 
 @pytest.fixture
 def tiny_network():
-    torch.manual_seed(0)
-    net = MultiConditionDiffusionUNet(
-        3, 4, channels=(8, 16), attention_levels=(False, False), norm_num_groups=8, num_head_channels=8
-    )
-    for p in net.parameters():  # MONAI zero-initialises the output; random weights make the test meaningful
-        torch.nn.init.normal_(p, std=0.05)
-    return net.eval()
+    return random_mcdpm(3, 4)
 
 
 def _sampler(scale=1.0):

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from monai.networks.schedulers import DDIMScheduler
 
 from medgen3d.data.io import DataError, load_nifti, save_nifti
@@ -10,18 +9,12 @@ from medgen3d.data.validate import validate_dataset
 from medgen3d.diffusion.mask_synthesis import complete_mask_file, plan_cases, synthesise_masks
 from medgen3d.diffusion.sampler import SubsequenceSampler
 from medgen3d.networks import MultiConditionDiffusionUNet
-from tests.conftest import TINY_AFFINE, TINY_SHAPE, slab_label
+from tests.conftest import TINY_AFFINE, TINY_SHAPE, random_mcdpm, slab_label
 
 
 @pytest.fixture
 def network():
-    torch.manual_seed(0)
-    net = MultiConditionDiffusionUNet(
-        4, 4, channels=(8, 16), attention_levels=(False, False), norm_num_groups=8, num_head_channels=8
-    )
-    for p in net.parameters():
-        torch.nn.init.normal_(p, std=0.05)
-    return net.eval()
+    return random_mcdpm(4, 4)
 
 
 def _sampler():

@@ -6,18 +6,12 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
 from medgen3d.diffusion.conditions import condition_indicator, one_hot_slices, pack
 from medgen3d.diffusion.sampler import SubsequenceSampler, guide, sampling_timesteps
-from medgen3d.networks import MultiConditionDiffusionUNet
+from tests.conftest import random_mcdpm
 
 
 @pytest.fixture
 def network():
-    torch.manual_seed(0)
-    net = MultiConditionDiffusionUNet(
-        3, 4, channels=(8, 16), attention_levels=(False, False), norm_num_groups=8, num_head_channels=8
-    )
-    for p in net.parameters():
-        torch.nn.init.normal_(p, std=0.05)
-    return net.eval()
+    return random_mcdpm(3, 4)
 
 
 def _batch():
