@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
 from ignite.engine import Engine, Events  # noqa: E402
 
 from medgen3d.data.io import atomic_path  # noqa: E402
@@ -28,7 +29,8 @@ def save_label_montage(
     path: str | os.PathLike, volumes: Sequence[torch.Tensor], labels: Mapping[int, str], title: str
 ) -> None:
     """One row per ``(D, H, W)`` label volume: the middle axial, coronal and sagittal slices."""
-    cmap = label_colormap(len(labels))
+    # background drawn black: unlike an overlay, nothing lies underneath
+    cmap = ListedColormap([(0.0, 0.0, 0.0, 1.0), *label_colormap(len(labels)).colors[1:]])
     fig, axes = plt.subplots(len(volumes), 3, figsize=(9, 3 * len(volumes)), squeeze=False)
     for row, volume in enumerate(volumes):
         d, h, w = volume.shape
@@ -38,7 +40,6 @@ def save_label_montage(
             ax.imshow(
                 view.cpu().numpy(), cmap=cmap, vmin=0, vmax=len(labels) - 1, origin="lower", interpolation="nearest"
             )
-            ax.set_facecolor("black")
             ax.set_axis_off()
             if row == 0:
                 ax.set_title(name)

@@ -1,0 +1,1 @@
+"""Losses MONAI lacks: named, weighted terms for the image sequence generator."""

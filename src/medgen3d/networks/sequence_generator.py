@@ -1,0 +1,145 @@
+"""The vid2vid-style image sequence generator of MedGen3D (paper Sec. 3.2, after Wang et al. 2018).
+
+Slice ``t`` of an image volume is made from the current and ``L`` previous mask slices and the ``L`` previous image
+slices: the network hallucinates a new slice ``h_t``, predicts a flow ``w_t`` that carries the previous slice onto
+the current one, and an occlusion weight ``m_t``; the slice is ``(1 - m_t) * warp(x_{t-1}, w_t) + m_t * h_t``.
+
+History slots before the start of a volume are marked invalid. The first slice has no valid history at all: its
+occlusion weight is forced to 1, so it is pure hallucination, and the flow branch sees which slots are missing.
+The generator is trained with truncated histories for exactly this case.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from monai.networks.blocks import Convolution, Warp
+from torch import nn
+
+__all__ = ["GeneratorOutput", "warp_slice", "composite", "SequenceGenerator"]
+
+# vid2vid scales its raw flow output so that a small activation can move many pixels
+FLOW_SCALE = 20.0
+
+
+class GeneratorOutput(NamedTuple):
+    """One generated slice and its parts, each ``(B, C, H, W)``: ``image`` and ``hallucinated`` (1 channel),
+    ``flow`` (2 channels: displacement in pixels along H then W), ``occlusion`` (1 channel, in [0, 1])."""
+
+    image: torch.Tensor
+    hallucinated: torch.Tensor
+    flow: torch.Tensor
+    occlusion: torch.Tensor
+
+
+_WARP = Warp(mode="bilinear", padding_mode="border")
+
+
+def warp_slice(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Warp ``image`` ``(B, C, H, W)`` by the displacement ``flow`` ``(B, 2, H, W)`` (pixels, H then W).
+
+    Output pixel ``p`` takes the value of ``image`` at ``p + flow(p)``; a zero flow returns the image.
+    """
+    return _WARP(image, flow)
+
+
+def composite(previous: torch.Tensor, hallucinated: torch.Tensor, flow: torch.Tensor, occlusion: torch.Tensor):
+    """``(1 - m) * warp(previous, flow) + m * h``: weight 1 gives the hallucinated slice, 0 the warped one."""
+    return (1.0 - occlusion) * warp_slice(previous, flow) + occlusion * hallucinated
+
+
+def _conv(in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, transposed: bool = False) -> nn.Module:
+    return Convolution(
+        spatial_dims=2,
+        in_channels=in_ch,
+        out_channels=out_ch,
+        kernel_size=kernel,
+        strides=stride,
+        norm="INSTANCE",
+        act="RELU",
+        is_transposed=transposed,
+        output_padding=1 if transposed and stride > 1 else None,
+    )
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            _conv(channels, channels),
+            Convolution(2, channels, channels, kernel_size=3, norm="INSTANCE", act=None, conv_only=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def _encoder(in_ch: int, ngf: int, n_down: int, n_blocks: int) -> nn.Sequential:
+    layers = [_conv(in_ch, ngf, kernel=7)]
+    for i in range(n_down):
+        layers.append(_conv(ngf * 2**i, ngf * 2 ** (i + 1), stride=2))
+    layers += [_ResBlock(ngf * 2**n_down) for _ in range(n_blocks)]
+    return nn.Sequential(*layers)
+
+
+def _decoder(ngf: int, n_down: int, n_blocks: int) -> nn.Sequential:
+    layers: list[nn.Module] = [_ResBlock(ngf * 2**n_down) for _ in range(n_blocks)]
+    for i in range(n_down, 0, -1):
+        layers.append(_conv(ngf * 2**i, ngf * 2 ** (i - 1), stride=2, transposed=True))
+    return nn.Sequential(*layers)
+
+
+class SequenceGenerator(nn.Module):
+    """Generates one image slice from mask slices and previous image slices.
+
+    Args:
+        num_classes: ``K``, label values of the one-hot masks.
+        history: ``L``, previous slices seen (default 2, as vid2vid's ``n_frames_G = 3``).
+        ngf: channels after the first convolution; doubled at each downsampling.
+        n_downsample: stride-2 levels; ``H`` and ``W`` must be divisible by ``2 ** n_downsample``.
+        n_blocks: residual blocks, half in the encoders and half in each decoder branch.
+    """
+
+    def __init__(self, num_classes: int, history: int = 2, ngf: int = 32, n_downsample: int = 3, n_blocks: int = 4):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        if history < 1:
+            raise ValueError(f"history must be at least 1, got {history}")
+        self.num_classes, self.history, self.n_downsample = num_classes, history, n_downsample
+        shared, branch = n_blocks - n_blocks // 2, n_blocks // 2
+        # masks of the current and previous slices
+        self.mask_encoder = _encoder((history + 1) * num_classes, ngf, n_downsample, shared)
+        # previous images, their masks and one validity map per history slot
+        self.history_encoder = _encoder(history * (num_classes + 2), ngf, n_downsample, shared)
+        self.image_branch = nn.Sequential(
+            _decoder(ngf, n_downsample, branch), nn.Conv2d(ngf, 1, 7, padding=3), nn.Tanh()
+        )
+        self.flow_branch = _decoder(ngf, n_downsample, branch)
+        self.flow_head = nn.Conv2d(ngf, 2, 3, padding=1)
+        self.occlusion_head = nn.Sequential(nn.Conv2d(ngf, 1, 3, padding=1), nn.Sigmoid())
+
+    def forward(self, masks: torch.Tensor, previous: torch.Tensor, valid: torch.Tensor) -> GeneratorOutput:
+        """Generate slice ``t``.
+
+        Args:
+            masks: ``(B, L + 1, K, H, W)`` one-hot masks of slices ``t - L .. t`` (current last), values in [-1, 1].
+            previous: ``(B, L, 1, H, W)`` image slices ``t - L .. t - 1`` in [-1, 1]; invalid slots are ignored.
+            valid: ``(B, L)``, 1 where the history slot exists (0 before the start of the volume).
+
+        Returns:
+            The composite slice and its parts.
+        """
+        b, _, k, h, w = masks.shape
+        keep = valid.to(previous.dtype)[:, :, None, None, None]
+        history = torch.cat([previous * keep, masks[:, :-1] * keep, keep.expand(b, self.history, 1, h, w)], dim=2)
+        features = self.mask_encoder(masks.reshape(b, -1, h, w)) + self.history_encoder(history.reshape(b, -1, h, w))
+        hallucinated = self.image_branch(features)
+        flow_features = self.flow_branch(features)
+        flow = self.flow_head(flow_features) * FLOW_SCALE
+        # without the previous slice there is nothing to warp: the slice is hallucinated outright
+        has_previous = valid[:, -1].to(previous.dtype)[:, None, None, None]
+        occlusion = self.occlusion_head(flow_features) * has_previous + (1.0 - has_previous)
+        image = composite(previous[:, -1] * has_previous, hallucinated, flow, occlusion)
+        return GeneratorOutput(image, hallucinated, flow, occlusion)

@@ -1,0 +1,133 @@
+"""Image volumes from mask volumes with the sequence generator, slice by slice (MedGen3D Sec. 3.2).
+
+Cases are generated together, slice index by slice index; a case whose volume is finished drops out of the batch.
+The generator is deterministic, so the same masks and weights give the same images. Outputs are written as a
+paired dataset: ``images/<case>.nii.gz`` beside a copy of each mask in ``labels/``, in the mask's geometry and in
+the real data's intensity scale (HU for CT).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medgen3d.data.dataset import SPLITS, Case, DatasetSpec, write_dataset
+from medgen3d.data.intensity import IntensityScale
+from medgen3d.data.io import save_nifti
+from medgen3d.diffusion.conditions import one_hot_slices
+from medgen3d.networks.sequence_generator import SequenceGenerator
+from medgen3d.transforms.subsequence import resize_label_slices
+
+__all__ = ["generate_image_volumes", "synthesise_images"]
+
+
+@torch.no_grad()
+def generate_image_volumes(
+    generator: SequenceGenerator, label_volumes: Sequence[torch.Tensor], num_classes: int
+) -> list[torch.Tensor]:
+    """Generate an image for each label volume.
+
+    Args:
+        generator: the trained sequence generator (eval mode).
+        label_volumes: per case, ``(D, H, W)`` integer labels at the generator's in-plane size.
+        num_classes: ``K``.
+
+    Returns:
+        Per case, ``(D, H, W)`` images in [-1, 1].
+    """
+    device = next(generator.parameters()).device
+    history = generator.history
+    masks = [one_hot_slices(v.long()[None].to(device), num_classes)[0] for v in label_volumes]  # (D, K, H, W)
+    images = [torch.zeros(v.shape[0], 1, *v.shape[1:], device=device) for v in label_volumes]
+    for t in range(max(v.shape[0] for v in label_volumes)):
+        cases = [i for i, v in enumerate(label_volumes) if t < v.shape[0]]
+        window, previous, valid = [], [], []
+        for i in cases:
+            # slots before the volume's first slice are zero and marked invalid
+            lo = t - history
+            pad = max(0, -lo)
+            mask = masks[i][max(lo, 0) : t + 1]
+            prev = images[i][max(lo, 0) : t]
+            window.append(torch.cat([torch.zeros(pad, *mask.shape[1:], device=device), mask]))
+            previous.append(torch.cat([torch.zeros(pad, *prev.shape[1:], device=device), prev]))
+            valid.append(torch.tensor([0.0] * pad + [1.0] * (history - pad), device=device))
+        out = generator(torch.stack(window), torch.stack(previous), torch.stack(valid))
+        for row, i in enumerate(cases):
+            images[i][t] = out.image[row]
+    return [image[:, 0] for image in images]
+
+
+def _resize_images(volume: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(D, h, w)`` -> ``(D, H, W)`` bilinear."""
+    if tuple(volume.shape[1:]) == tuple(size):
+        return volume
+    return F.interpolate(volume[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def synthesise_images(
+    generator: SequenceGenerator,
+    masks: DatasetSpec,
+    out_dir: str | os.PathLike,
+    scale: IntensityScale,
+    image_size: Sequence[int] | None = None,
+    batch_size: int = 4,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> DatasetSpec:
+    """Generate the image of every mask in ``masks`` into the paired dataset ``out_dir``; finished cases are kept.
+
+    Args:
+        generator: the trained sequence generator (eval mode, on its device).
+        masks: a dataset whose labels drive the generation (its images, if any, are ignored).
+        out_dir: the paired dataset folder (may be the mask folder itself).
+        scale: maps generated [-1, 1] intensities to saved units (HU for CT).
+        image_size: the generator's in-plane size; default the masks' own.
+        batch_size: cases generated together.
+        progress: optional ``callback(done, total, case_id)``.
+    """
+    out = Path(out_dir)
+    cases = [(split, case) for split in SPLITS for case in masks.split(split)]
+    pending = [(split, case) for split, case in cases if not (out / "images" / f"{case.case_id}.nii.gz").exists()]
+    done = len(cases) - len(pending)
+    for first in range(0, len(pending), batch_size):
+        batch = pending[first : first + batch_size]
+        volumes = [masks.load_case(case)[1] for _, case in batch]
+        shapes = [v.array.shape for v in volumes]
+        size = tuple(image_size) if image_size else shapes[0][:2]
+        inputs = [
+            resize_label_slices(torch.from_numpy(v.array).permute(2, 0, 1), size, masks.num_classes) for v in volumes
+        ]
+        generated = generate_image_volumes(generator, inputs, masks.num_classes)
+        for (split, case), volume, image in zip(batch, volumes, generated):
+            image = scale.from_network(_resize_images(image.cpu(), volume.array.shape[:2]))
+            label_path = out / "labels" / f"{case.case_id}.nii.gz"
+            if masks.path(case.label).resolve() != label_path.resolve():
+                label_path.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(masks.path(case.label), label_path)
+            save_nifti(
+                out / "images" / f"{case.case_id}.nii.gz",
+                image.permute(1, 2, 0).numpy().astype(np.float32),
+                volume.affine,
+            )
+            done += 1
+            if progress is not None:
+                progress(done, len(cases), case.case_id)
+    paired = {split: [] for split in SPLITS}
+    for split, case in cases:
+        paired[split].append(Case(f"images/{case.case_id}.nii.gz", f"labels/{case.case_id}.nii.gz"))
+    provenance = {**masks.extra.get("medgen3d", {}), "images": "image_vid2vid", "intensity_scale": list(scale)}
+    spec = DatasetSpec(
+        name=masks.name.replace("-masks", "") + "-pairs" if masks.name.endswith("-masks") else f"{masks.name}-pairs",
+        modality=masks.modality,
+        labels=dict(masks.labels),
+        training=paired["training"],
+        validation=paired["validation"],
+        test=paired["test"],
+        extra={"medgen3d": provenance},
+    )
+    return write_dataset(out, spec)
