@@ -23,7 +23,11 @@ def check_labels_match(spec: DatasetSpec, labels: Mapping) -> None:
 
 
 def label_datalist(
-    spec: DatasetSpec, labels: Mapping, min_depth: int = 1, splits: tuple[str, ...] = ("training",)
+    spec: DatasetSpec,
+    labels: Mapping,
+    min_depth: int = 1,
+    splits: tuple[str, ...] = ("training",),
+    with_images: bool = False,
 ) -> list[dict[str, str]]:
     """``[{"label": absolute path}, ...]`` for the cases of ``splits``, after checking labels and depths.
 
@@ -32,6 +36,7 @@ def label_datalist(
         labels: the configured label set (value -> name).
         min_depth: fewest slices a volume may have (the subsequence length).
         splits: which splits to list.
+        with_images: also list ``"image"`` (every case must have one).
     """
     check_labels_match(spec, labels)
     items = []
@@ -44,7 +49,12 @@ def label_datalist(
                 raise DataError(f"{path}: cannot be read as NIfTI ({err})") from err
             if len(shape) < 3 or shape[2] < min_depth:
                 raise DataError(f"{path}: {shape[2] if len(shape) > 2 else 1} slices, fewer than {min_depth} needed")
-            items.append({"label": str(path)})
+            item = {"label": str(path)}
+            if with_images:
+                if case.image is None:
+                    raise DataError(f"{spec.path('dataset.json')}: case {case.case_id} has no image")
+                item["image"] = str(spec.path(case.image))
+            items.append(item)
     if not items:
         raise DataError(f"{spec.path('dataset.json')}: no cases in {list(splits)}")
     return items

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from monai.engines import SupervisedTrainer
+from monai.utils import convert_to_tensor
 from monai.engines.utils import IterationEvents
 from monai.networks.schedulers import Scheduler
 from torch.utils.data import DataLoader
@@ -75,9 +76,9 @@ class MCDPMTrainer(SupervisedTrainer):
 
     def _iteration(self, engine: "MCDPMTrainer", batchdata: dict[str, Any]) -> dict[str, torch.Tensor]:
         # 1. clean subsequences as one-hot slices (B, m, K, H, W) and their positions
-        labels = torch.as_tensor(batchdata["label"]).to(engine.state.device)
+        labels = convert_to_tensor(batchdata["label"], track_meta=False).to(engine.state.device)
         x_0 = one_hot_slices(labels[:, 0].permute(0, 3, 1, 2), self.num_classes)
-        position = torch.as_tensor(batchdata["position"]).to(engine.state.device).float()
+        position = convert_to_tensor(batchdata["position"], track_meta=False).to(engine.state.device).float()
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         # 2. the masked MC-DPM loss, 3. backward and step

@@ -20,7 +20,7 @@ from medgen3d.diffusion.autoregressive import generate_volumes, generation_plan 
 from medgen3d.diffusion.sampler import SubsequenceSampler  # noqa: E402
 from medgen3d.preview import label_colormap  # noqa: E402
 
-__all__ = ["save_label_montage", "MaskSamplePreview"]
+__all__ = ["save_label_montage", "MaskSamplePreview", "ImageSequencePreview"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,3 +110,78 @@ class MaskSamplePreview:
         fractions = torch.stack([torch.bincount(v.flatten(), minlength=len(self.labels)) for v in volumes]).float()
         fractions = (fractions / fractions.sum(1, keepdim=True)).mean(0)
         logger.info(f"preview {path}: label fractions " + " ".join(f"{f:.3f}" for f in fractions.tolist()))
+
+
+class ImageSequencePreview:
+    """Every ``interval`` epochs, generate the image of one real mask volume and write
+    ``previews/epoch-NNNN.png``: mask | generated | real, in the axial, coronal and sagittal mid planes.
+
+    Args:
+        generator: the sequence generator being trained (unwrapped from DDP).
+        case: ``{"image": path, "label": path}`` of a real case.
+        output_dir: the previews go to ``output_dir/previews``.
+        num_classes: ``K``.
+        image_size: the generator's in-plane ``(h, w)`` (``None``: the volume's own).
+        modality: ``"CT"`` or ``"MR"`` (intensity scaling of the real image).
+        interval: epochs between previews.
+    """
+
+    def __init__(
+        self,
+        generator: torch.nn.Module,
+        case: Mapping[str, str],
+        output_dir: str | os.PathLike,
+        num_classes: int,
+        image_size: Sequence[int] | None,
+        modality: str,
+        interval: int = 1,
+    ) -> None:
+        self.generator, self.case = generator, dict(case)
+        self.out = Path(output_dir) / "previews"
+        self.num_classes, self.image_size, self.modality, self.interval = (
+            num_classes,
+            tuple(image_size),
+            modality,
+            interval,
+        )
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+
+    def __call__(self, engine: Engine) -> None:
+        from medgen3d.data.intensity import volume_scale
+        from medgen3d.data.io import load_nifti
+        from medgen3d.synthesis.image_sequences import generate_image_volumes
+        from medgen3d.transforms.subsequence import resize_label_slices
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+            return
+        label = torch.from_numpy(load_nifti(self.case["label"]).array.astype("int64")).permute(2, 0, 1)
+        real = torch.from_numpy(load_nifti(self.case["image"]).array).float().permute(2, 0, 1)
+        real = volume_scale(real, self.modality).to_network(real)
+        size = self.image_size or tuple(label.shape[1:])
+        label = resize_label_slices(label, size, self.num_classes)
+        real = torch.nn.functional.interpolate(real[:, None], size=size, mode="bilinear")[:, 0]
+        self.generator.eval()
+        [fake] = generate_image_volumes(self.generator, [label], self.num_classes)
+        self.generator.train()
+        d, h, w = label.shape
+        fig, axes = plt.subplots(3, 3, figsize=(9, 9))
+        for row, volume in enumerate((label.float(), fake.cpu(), real)):
+            views = (volume[d // 2].T, volume[:, :, w // 2], volume[:, h // 2, :])
+            for col, view in enumerate(views):
+                kwargs = (
+                    {"vmin": 0, "vmax": self.num_classes - 1, "cmap": "tab10"}
+                    if row == 0
+                    else {"vmin": -1, "vmax": 1, "cmap": "gray"}
+                )
+                axes[row, col].imshow(view.numpy(), origin="lower", interpolation="nearest", **kwargs)
+                axes[row, col].set_axis_off()
+            axes[row, 0].set_title(("mask", "generated", "real")[row], loc="left")
+        fig.suptitle(f"image sequence generator after epoch {engine.state.epoch}")
+        fig.tight_layout()
+        path = self.out / f"epoch-{engine.state.epoch:04d}.png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=70)
+        plt.close(fig)
+        logger.info(f"preview {path}: mean |generated - real| = {torch.mean(torch.abs(fake.cpu() - real)):.3f}")

@@ -7,9 +7,11 @@ from typing import Any
 
 import torch
 from monai.engines import SupervisedTrainer
+from monai.utils import convert_to_tensor
 from torch.utils.data import DataLoader
 
 from medgen3d.diffusion.conditions import one_hot_slices
+from medgen3d.engines.distributed import average_gradients, broadcast_parameters
 from medgen3d.losses.sequence import (
     AdversarialTerms,
     WeightedLosses,
@@ -86,6 +88,8 @@ class SequenceGANTrainer(SupervisedTrainer):
         self.perceptual = perceptual
         if self.losses.active("perceptual") and perceptual is None:
             raise ValueError("loss weight 'perceptual' is set but no perceptual network was given")
+        # under torchrun every process starts from rank 0's weights and averages gradients each step
+        broadcast_parameters([network, image_discriminator, temporal_discriminator])
 
     @property
     def history(self) -> int:
@@ -95,8 +99,8 @@ class SequenceGANTrainer(SupervisedTrainer):
     def _iteration(self, engine: "SequenceGANTrainer", batchdata: dict[str, Any]) -> dict[str, torch.Tensor]:
         device = engine.state.device
         # (B, S, 1, H, W) images and (B, S, K, H, W) one-hot masks, slices first
-        images = torch.as_tensor(batchdata["image"]).to(device).float().permute(0, 4, 1, 2, 3)
-        labels = torch.as_tensor(batchdata["label"]).to(device)[:, 0].permute(0, 3, 1, 2)
+        images = convert_to_tensor(batchdata["image"], track_meta=False).to(device).float().permute(0, 4, 1, 2, 3)
+        labels = convert_to_tensor(batchdata["label"], track_meta=False).to(device)[:, 0].permute(0, 3, 1, 2)
         masks = one_hot_slices(labels, self.num_classes)
         valid = self._history_validity(images.shape[0], device)
         engine.network.train()
@@ -108,6 +112,7 @@ class SequenceGANTrainer(SupervisedTrainer):
         loss = self.losses.total(terms)
         engine.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(engine.network.parameters())
         engine.optimizer.step()
         engine.state.output = {
             "loss": loss.detach(),
@@ -155,18 +160,24 @@ class SequenceGANTrainer(SupervisedTrainer):
         flows = torch.cat([outputs[start + i].flow.detach() for i in range(1, frames)], dim=1)
         return real, fake[:, start : start + frames, 0], flows
 
+    @staticmethod
+    def _judge(discriminator, real: tuple, fake: tuple) -> tuple[list, list]:
+        """One forward over real and fake inputs together, split back into the two halves."""
+        joined = discriminator(*(torch.cat([r, f]) for r, f in zip(real, fake)))
+        half = real[0].shape[0]
+        return [[x[:half] for x in scale] for scale in joined], [[x[half:] for x in scale] for scale in joined]
+
     def _discriminator_step(self, masks, images, outputs) -> torch.Tensor:
         mask, real, fake, fake_run = self._frames(masks, images, outputs, detach=True)
-        loss = self.adversarial.discriminator(
-            self.image_discriminator(mask, real), self.image_discriminator(mask, fake)
-        )
+        loss = self.adversarial.discriminator(*self._judge(self.image_discriminator, (mask, real), (mask, fake)))
         if self.losses.active("temporal_gan"):
             real_run, fake_run, flows = self._temporal_runs(images, fake_run, outputs)
             loss = loss + self.adversarial.discriminator(
-                self.temporal_discriminator(real_run, flows), self.temporal_discriminator(fake_run, flows)
+                *self._judge(self.temporal_discriminator, (real_run, flows), (fake_run, flows))
             )
         self.d_optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(p for group in self.d_optimizer.param_groups for p in group["params"])
         self.d_optimizer.step()
         return loss
 

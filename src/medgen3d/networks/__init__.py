@@ -1,6 +1,18 @@
 """Networks (``nn.Module`` only: no noise schedules, no losses)."""
 
+from medgen3d.networks.discriminators import ImageDiscriminator, MultiScaleDiscriminator, TemporalDiscriminator
 from medgen3d.networks.mcdpm_unet import MultiConditionDiffusionUNet, PositionEmbedding
-from medgen3d.networks.wrappers import FixedConditionWrapper
+from medgen3d.networks.sequence_generator import GeneratorOutput, SequenceGenerator
+from medgen3d.networks.wrappers import FixedConditionWrapper, PackedSequenceGenerator
 
-__all__ = ["FixedConditionWrapper", "MultiConditionDiffusionUNet", "PositionEmbedding"]
+__all__ = [
+    "FixedConditionWrapper",
+    "GeneratorOutput",
+    "ImageDiscriminator",
+    "MultiConditionDiffusionUNet",
+    "MultiScaleDiscriminator",
+    "PackedSequenceGenerator",
+    "PositionEmbedding",
+    "SequenceGenerator",
+    "TemporalDiscriminator",
+]

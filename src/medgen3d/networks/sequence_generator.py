@@ -11,6 +11,7 @@ The generator is trained with truncated histories for exactly this case.
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -33,7 +34,9 @@ class GeneratorOutput(NamedTuple):
     occlusion: torch.Tensor
 
 
-_WARP = Warp(mode="bilinear", padding_mode="border")
+with warnings.catch_warnings():  # MONAI announces its fallback to torch's grid_sample, which is what we want
+    warnings.simplefilter("ignore")
+    _WARP = Warp(mode="bilinear", padding_mode="border")
 
 
 def warp_slice(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["FixedConditionWrapper"]
+__all__ = ["FixedConditionWrapper", "PackedSequenceGenerator"]
 
 
 class FixedConditionWrapper(nn.Module):
@@ -26,3 +26,22 @@ class FixedConditionWrapper(nn.Module):
         b = x.shape[0]
         timesteps = torch.full((b,), self.timestep, device=x.device, dtype=torch.long)
         return self.network(x, timesteps, torch.full((b,), self.position, device=x.device))
+
+
+class PackedSequenceGenerator(nn.Module):
+    """Calls a sequence generator on one packed tensor, every history slot valid, and returns the slice.
+
+    Input ``(B, (L + 1) * K + L, H, W)``: the one-hot masks of slices ``t - L .. t``, then the ``L`` previous image
+    slices. Output ``(B, 1, H, W)``. For single-input tools such as ``verify_net_in_out``.
+    """
+
+    def __init__(self, generator: nn.Module) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        history, k = self.generator.history, self.generator.num_classes
+        b, _, h, w = x.shape
+        masks = x[:, : (history + 1) * k].reshape(b, history + 1, k, h, w)
+        previous = x[:, (history + 1) * k :].reshape(b, history, 1, h, w)
+        return self.generator(masks, previous, torch.ones(b, history, device=x.device)).image
