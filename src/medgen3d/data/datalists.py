@@ -43,10 +43,7 @@ def label_datalist(
     for split in splits:
         for case in spec.split(split):
             path = spec.path(case.label)
-            try:
-                shape = nib.load(path).shape
-            except Exception as err:  # missing or unreadable: say which file
-                raise DataError(f"{path}: cannot be read as NIfTI ({err})") from err
+            shape = _shape(path)
             if len(shape) < 3 or shape[2] < min_depth:
                 raise DataError(f"{path}: {shape[2] if len(shape) > 2 else 1} slices, fewer than {min_depth} needed")
             item = {"label": str(path)}
@@ -54,7 +51,18 @@ def label_datalist(
                 if case.image is None:
                     raise DataError(f"{spec.path('dataset.json')}: case {case.case_id} has no image")
                 item["image"] = str(spec.path(case.image))
+                image_shape = _shape(spec.path(case.image))
+                if image_shape[:3] != shape[:3]:
+                    raise DataError(f"{path}: shape {shape[:3]} differs from its image {item['image']} {image_shape[:3]}")
             items.append(item)
     if not items:
         raise DataError(f"{spec.path('dataset.json')}: no cases in {list(splits)}")
     return items
+
+
+def _shape(path) -> tuple[int, ...]:
+    """A NIfTI file's shape from its header; a missing or unreadable file raises :class:`DataError` naming it."""
+    try:
+        return tuple(nib.load(path).shape)
+    except Exception as err:  # nibabel raises several types
+        raise DataError(f"{path}: cannot be read as NIfTI ({err})") from err

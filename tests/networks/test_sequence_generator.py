@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medgen3d.networks import PackedSequenceGenerator, SequenceGenerator
+from medgen3d.networks.sequence_generator import composite, warp_slice
+
+
+def test_zero_flow_is_the_identity_and_a_known_shift_moves_the_image_by_it():
+    image = torch.rand(2, 1, 12, 10)
+    assert torch.allclose(warp_slice(image, torch.zeros(2, 2, 12, 10)), image, atol=1e-6)
+    flow = torch.zeros(2, 2, 12, 10)
+    flow[:, 0], flow[:, 1] = 2.0, -3.0  # each output pixel reads 2 rows down and 3 columns left
+    warped = warp_slice(image, flow)
+    assert torch.allclose(warped[:, :, :-2, 3:], image[:, :, 2:, :-3], atol=1e-5)
+
+
+def test_occlusion_weight_one_gives_the_hallucination_and_zero_the_warped_slice():
+    previous, hallucinated, flow = torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8), torch.randn(1, 2, 8, 8)
+    assert torch.equal(composite(previous, hallucinated, flow, torch.ones(1, 1, 8, 8)), hallucinated)
+    assert torch.equal(composite(previous, hallucinated, flow, torch.zeros(1, 1, 8, 8)), warp_slice(previous, flow))
+
+
+@pytest.fixture
+def generator():
+    torch.manual_seed(0)
+    return SequenceGenerator(3, history=2, ngf=8, n_downsample=2, n_blocks=2).eval()
+
+
+def test_first_slice_without_history_is_pure_hallucination(generator):
+    masks = torch.randn(2, 3, 3, 16, 16)
+    previous = torch.randn(2, 2, 1, 16, 16)
+    out = generator(masks, previous, torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+    assert out.image.shape == (2, 1, 16, 16) and out.flow.shape == (2, 2, 16, 16)
+    assert torch.equal(out.occlusion[0], torch.ones(1, 16, 16))
+    assert torch.equal(out.image[0], out.hallucinated[0])
+    assert (out.occlusion[1] < 1).all() and (out.occlusion[1] > 0).all()
+    # invalid history slots are ignored: whatever they hold, the output is the same
+    again = generator(masks, previous * 0 + 5.0, torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+    assert torch.allclose(again.image[0], out.image[0])
+
+
+def test_packed_wrapper_matches_the_generator(generator):
+    x = torch.randn(1, 3 * 3 + 2, 16, 16)
+    packed = PackedSequenceGenerator(generator)(x)
+    direct = generator(x[:, :9].reshape(1, 3, 3, 16, 16), x[:, 9:].reshape(1, 2, 1, 16, 16), torch.ones(1, 2)).image
+    assert torch.equal(packed, direct)
+
+
+def test_invalid_arguments_are_named():
+    with pytest.raises(ValueError, match="num_classes must be at least 2"):
+        SequenceGenerator(1)
+    with pytest.raises(ValueError, match="history must be at least 1"):
+        SequenceGenerator(3, history=0)
