@@ -1,0 +1,132 @@
+"""The image_vid2vid bundle's configs, run through monai.bundle on tiny data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Events
+
+from medgen3d.data.dataset import Case, DatasetSpec, write_dataset
+from medgen3d.data.io import load_nifti, save_nifti
+from medgen3d.data.validate import validate_dataset
+from tests.bundles.helpers import error_chain, run_torchrun, verify_net_in_out, workflow
+from tests.conftest import TINY_AFFINE, TINY_LABELS, slab_label, write_tiny_dataset
+
+TINY = {
+    "image_size": [16, 16],
+    "ngf": 8,
+    "n_downsample": 2,
+    "n_blocks": 2,
+    "labels": {"0": "background", "1": "slab_1", "2": "slab_2", "3": "slab_3"},
+}
+TRAIN = {
+    "max_epochs": 2,
+    "batch_size": 2,
+    "run_length": 4,
+    "val_interval": 2,
+    "save_interval": 1,
+    "ndf": 8,
+    "discriminator_scales": 1,
+    "discriminator_layers": 2,
+}
+
+
+def _workflow(configs, root, dataset, **overrides):
+    return workflow("image_vid2vid", configs, root, dataset_dir=str(dataset), **{**TINY, **overrides})
+
+
+def _epochs(root):
+    state = torch.load(root / "models" / "checkpoint.pt", weights_only=True)["trainer"]
+    return state["iteration"] // state["epoch_length"]
+
+
+def _mask_dataset(root, depths=(12, 10), labels=TINY_LABELS):
+    cases = []
+    for i, depth in enumerate(depths):
+        save_nifti(root / "labels" / f"synth-{i}.nii.gz", slab_label((16, 16, depth)), TINY_AFFINE)
+        cases.append(Case(None, f"labels/synth-{i}.nii.gz"))
+    return write_dataset(root, DatasetSpec("tiny-synthetic-masks", "MR", dict(labels), training=cases)).root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    base = tmp_path_factory.mktemp("vid2vid")
+    dataset = write_tiny_dataset(base / "data").root
+    wf = _workflow(["train.json"], base / "bundle", dataset, **TRAIN)
+    wf.run()
+    wf.finalize()
+    return base / "bundle", dataset
+
+
+def test_train_config_writes_checkpoints_previews_and_named_losses(trained):
+    root, _ = trained
+    state = torch.load(root / "models" / "checkpoint.pt", weights_only=True)
+    assert {"model", "optimizer", "discriminators", "d_optimizer", "trainer"} <= set(state)
+    assert _epochs(root) == 2 and (root / "models" / "model.pt").is_file()
+    assert (root / "eval" / "previews" / "epoch-0002.png").is_file()
+    assert list((root / "eval").glob("events.out.tfevents.*"))
+
+
+def test_training_resumes_from_its_checkpoint(trained):
+    root, dataset = trained
+    wf = _workflow(["train.json"], root, dataset, **{**TRAIN, "max_epochs": 3})
+    epochs = []
+    wf.parser.get_parsed_content("train#trainer").add_event_handler(
+        Events.EPOCH_STARTED, lambda engine: epochs.append(engine.state.epoch)
+    )
+    wf.run()
+    assert epochs == [3] and _epochs(root) == 3
+
+
+def test_inference_pairs_each_mask_with_a_generated_image_and_resumes(trained, tmp_path):
+    root, dataset = trained
+    masks = _mask_dataset(tmp_path / "masks")
+    out = tmp_path / "pairs"
+    _workflow(["inference.json"], root, dataset, masks_dir=str(masks), synthetic_dir=str(out)).run()
+    summary = validate_dataset(out)
+    assert summary.split_sizes["training"] == 2 and summary.shapes == {(16, 16, 12), (16, 16, 10)}
+    for i, depth in enumerate((12, 10)):
+        image, label = load_nifti(out / "images" / f"synth-{i}.nii.gz"), load_nifti(
+            out / "labels" / f"synth-{i}.nii.gz"
+        )
+        assert image.array.shape == (16, 16, depth)
+        np.testing.assert_allclose(image.affine, TINY_AFFINE)
+        assert np.array_equal(label.array, slab_label((16, 16, depth)))
+    # the real data's MR scale (0..300 in the tiny dataset), not the network's [-1, 1]
+    assert summary.intensity_range[1] > 10
+    first = out / "images" / "synth-0.nii.gz"
+    stamp = first.stat().st_mtime_ns
+    _workflow(["inference.json"], root, dataset, masks_dir=str(masks), synthetic_dir=str(out)).run()
+    assert first.stat().st_mtime_ns == stamp
+
+
+def test_bad_input_is_named(trained, tmp_path):
+    root, dataset = trained
+    masks = _mask_dataset(tmp_path / "other", labels={0: "background", 1: "a", 2: "b", 3: "c", 4: "d"})
+    with pytest.raises(Exception) as err:
+        _workflow(["inference.json"], root, dataset, masks_dir=str(masks), synthetic_dir=str(tmp_path / "x"))
+    assert "differ from the configured labels" in error_chain(err.value)
+    with pytest.raises(Exception) as err:
+        _workflow(["inference.json"], tmp_path / "no-model", dataset, masks_dir=str(_mask_dataset(tmp_path / "good")))
+    assert "model.pt: checkpoint not found" in error_chain(err.value)
+    broken = write_tiny_dataset(tmp_path / "broken")
+    save_nifti(broken.path(broken.training[0].image), np.zeros((16, 16, 10), np.float32), TINY_AFFINE)
+    with pytest.raises(Exception) as err:
+        _workflow(["train.json"], tmp_path / "t", broken.root, **TRAIN).run()
+    assert "case-0.nii.gz: shape (16, 16, 12) differs from its image" in error_chain(err.value)
+
+
+def test_verify_net_in_out_with_the_packed_wrapper(tmp_path):
+    result = verify_net_in_out("image_vid2vid", tmp_path, n=4)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "data shape of network is verified with no error" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_multi_gpu_train_config_runs_under_torchrun_with_gloo(trained, tmp_path):
+    _, dataset = trained
+    overrides = {**TINY, **TRAIN, "max_epochs": 1, "dataset_dir": str(dataset), "val_interval": 5}
+    result = run_torchrun("image_vid2vid", ["train.json", "multi_gpu_train.json"], tmp_path, **overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _epochs(tmp_path) == 1
