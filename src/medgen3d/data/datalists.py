@@ -53,7 +53,9 @@ def label_datalist(
                 item["image"] = str(spec.path(case.image))
                 image_shape = _shape(spec.path(case.image))
                 if image_shape[:3] != shape[:3]:
-                    raise DataError(f"{path}: shape {shape[:3]} differs from its image {item['image']} {image_shape[:3]}")
+                    raise DataError(
+                        f"{path}: shape {shape[:3]} differs from its image {item['image']} {image_shape[:3]}"
+                    )
             items.append(item)
     if not items:
         raise DataError(f"{spec.path('dataset.json')}: no cases in {list(splits)}")

@@ -20,7 +20,7 @@ from medgen3d.diffusion.autoregressive import generate_volumes, generation_plan 
 from medgen3d.diffusion.sampler import SubsequenceSampler  # noqa: E402
 from medgen3d.preview import label_colormap  # noqa: E402
 
-__all__ = ["save_label_montage", "MaskSamplePreview", "ImageSequencePreview"]
+__all__ = ["save_label_montage", "MaskSamplePreview", "ImageSequencePreview", "RefinementPreview"]
 
 logger = logging.getLogger(__name__)
 
@@ -185,3 +185,76 @@ class ImageSequencePreview:
             fig.savefig(tmp, dpi=70)
         plt.close(fig)
         logger.info(f"preview {path}: mean |generated - real| = {torch.mean(torch.abs(fake.cpu() - real)):.3f}")
+
+
+class RefinementPreview:
+    """Every ``interval`` epochs, noise the middle slice of a real case to step ``noise_steps``, denoise it with the
+    model being trained, and write ``previews/epoch-NNNN.png``: mask | real | noised | denoised.
+
+    Args:
+        network: the SPADE diffusion UNet being trained.
+        scheduler: its DDPM schedule.
+        case: ``{"image": path, "label": path}`` of a real case.
+        view: the view the model is trained on.
+        output_dir: the previews go to ``output_dir/previews``.
+        num_classes: ``K``.
+        modality: ``"CT"`` or ``"MR"``.
+        noise_steps: how far to noise (further than the refiner's default, so the model's work shows).
+        interval: epochs between previews.
+    """
+
+    def __init__(self, network, scheduler, case, view, output_dir, num_classes, modality, noise_steps=200, interval=1):
+        self.network, self.scheduler, self.case, self.view = network, scheduler, dict(case), view
+        self.out = Path(output_dir) / "previews"
+        self.num_classes, self.modality, self.noise_steps, self.interval = num_classes, modality, noise_steps, interval
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+
+    def __call__(self, engine: Engine) -> None:
+        from medgen3d.data.intensity import volume_scale
+        from medgen3d.data.io import load_nifti
+        from medgen3d.diffusion.refiner import SemanticRefiner, to_view
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+            return
+        image = torch.from_numpy(load_nifti(self.case["image"]).array).float()
+        label = torch.from_numpy(load_nifti(self.case["label"]).array.astype("int64"))
+        image = volume_scale(image, self.modality).to_network(image)
+        x, mask = to_view(image[None], self.view), to_view(label[None], self.view)
+        middle = x.shape[0] // 2
+        x, mask = x[middle : middle + 1], mask[middle : middle + 1]
+        seg = torch.nn.functional.one_hot(mask[:, 0], self.num_classes).permute(0, 3, 1, 2).float()
+        device = next(self.network.parameters()).device
+        generator = torch.Generator().manual_seed(0)
+        noised = self.scheduler.add_noise(
+            x, torch.randn(x.shape, generator=generator), torch.tensor([self.noise_steps - 1])
+        )
+        self.network.eval()
+        refiner = SemanticRefiner(self.scheduler, self.noise_steps)
+        refined = refiner.refine_slices(
+            self.network, x.to(device), seg.to(device), torch.Generator().manual_seed(0)
+        ).cpu()
+        self.network.train()
+        fig, axes = plt.subplots(1, 4, figsize=(12, 3.5))
+        panels = [
+            (mask[0, 0].float(), "mask"),
+            (x[0, 0], "real"),
+            (noised[0, 0], f"noised to t={self.noise_steps}"),
+            (refined[0, 0], "denoised"),
+        ]
+        for ax, (panel, title) in zip(axes, panels):
+            kwargs = (
+                {"cmap": "tab10", "vmin": 0, "vmax": 9} if title == "mask" else {"cmap": "gray", "vmin": -1, "vmax": 1}
+            )
+            ax.imshow(panel.T.numpy(), origin="lower", interpolation="nearest", **kwargs)
+            ax.set_title(title)
+            ax.set_axis_off()
+        fig.suptitle(f"{self.view} semantic diffusion model after epoch {engine.state.epoch}")
+        fig.tight_layout()
+        path = self.out / f"epoch-{engine.state.epoch:04d}.png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=70)
+        plt.close(fig)
+        error = torch.mean((refined - x) ** 2).item()
+        logger.info(f"preview {path}: MSE to the real slice {error:.4f} (noised {torch.mean((noised - x) ** 2):.4f})")

@@ -1,5 +1,11 @@
-"""MONAI dictionary transforms of MedGen3D (random ones delegate to a deterministic twin)."""
+"""MONAI dictionary transforms of MedGen3D (random ones delegate to a deterministic twin where one is useful)."""
 
-from medgen3d.transforms.subsequence import RandSubsequenced, ResizeLabelSlicesd, Subsequenced, resize_label_slices
+from medgen3d.transforms.subsequence import (
+    RandSubsequenced,
+    RandViewSliced,
+    ResizeLabelSlicesd,
+    Subsequenced,
+    resize_label_slices,
+)
 
-__all__ = ["RandSubsequenced", "ResizeLabelSlicesd", "Subsequenced", "resize_label_slices"]
+__all__ = ["RandSubsequenced", "RandViewSliced", "ResizeLabelSlicesd", "Subsequenced", "resize_label_slices"]

@@ -1,0 +1,85 @@
+"""Trainer of a semantic diffusion model (one view of the MedGen3D refiner)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.engines import SupervisedTrainer
+from monai.networks.schedulers import Scheduler
+from monai.utils import convert_to_tensor
+from torch.utils.data import DataLoader
+
+from medgen3d.diffusion.training import regression_target
+
+__all__ = ["SemanticDiffusionTrainer"]
+
+
+class SemanticDiffusionTrainer(SupervisedTrainer):
+    """Trains a SPADE diffusion UNet on (image slice, mask slice) pairs, dropping the mask with probability
+    ``condition_dropout`` so that the same network also predicts unconditionally (classifier-free guidance).
+
+    Batches hold ``"image"`` ``(B, 1, a, b)`` in [-1, 1] and ``"label"`` ``(B, 1, a, b)`` integer masks.
+    ``engine.state.output`` is ``{"loss": ...}``.
+
+    Args:
+        device, max_epochs, train_data_loader, network, optimizer: as ``SupervisedTrainer``.
+        noise_scheduler: MONAI scheduler of the forward process; its ``prediction_type`` sets the target.
+        num_classes: ``K``.
+        condition_dropout: probability of training a sample with an all-zero mask (the null condition).
+        train_handlers, amp, epoch_length: as ``SupervisedTrainer``.
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str,
+        max_epochs: int,
+        train_data_loader: Iterable | DataLoader,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        noise_scheduler: Scheduler,
+        num_classes: int,
+        condition_dropout: float = 0.2,
+        train_handlers: Sequence | None = None,
+        amp: bool = False,
+        epoch_length: int | None = None,
+    ) -> None:
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            train_data_loader=train_data_loader,
+            network=network,
+            optimizer=optimizer,
+            loss_function=torch.nn.MSELoss(),
+            train_handlers=train_handlers,
+            amp=amp,
+            epoch_length=epoch_length,
+            decollate=False,
+        )
+        if not 0.0 <= condition_dropout < 1.0:
+            raise ValueError(f"condition_dropout must be in [0, 1), got {condition_dropout}")
+        self.noise_scheduler, self.num_classes, self.condition_dropout = noise_scheduler, num_classes, condition_dropout
+
+    def _iteration(self, engine: "SemanticDiffusionTrainer", batchdata: dict[str, Any]) -> dict[str, torch.Tensor]:
+        device = engine.state.device
+        x_0 = convert_to_tensor(batchdata["image"], track_meta=False).to(device).float()
+        labels = convert_to_tensor(batchdata["label"], track_meta=False).to(device).long()[:, 0]
+        seg = F.one_hot(labels, self.num_classes).permute(0, 3, 1, 2).float()
+        # 1. the null condition for classifier-free guidance: an all-zero mask
+        keep = (torch.rand(seg.shape[0], device=device) >= self.condition_dropout).float()
+        seg = seg * keep[:, None, None, None]
+        # 2. noise to a random step and regress the target
+        noise = torch.randn_like(x_0)
+        t = torch.randint(0, self.noise_scheduler.num_train_timesteps, (x_0.shape[0],), device=device)
+        x_t = self.noise_scheduler.add_noise(x_0, noise, t)
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", enabled=engine.amp and x_0.is_cuda):
+            prediction = engine.network(x_t, t, seg=seg)
+            loss = engine.loss_function(prediction, regression_target(self.noise_scheduler, x_0, noise, t))
+        loss.backward()
+        engine.optimizer.step()
+        engine.state.output = {"loss": loss.detach()}
+        return engine.state.output
