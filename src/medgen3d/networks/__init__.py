@@ -3,7 +3,7 @@
 from medgen3d.networks.discriminators import ImageDiscriminator, MultiScaleDiscriminator, TemporalDiscriminator
 from medgen3d.networks.mcdpm_unet import MultiConditionDiffusionUNet, PositionEmbedding
 from medgen3d.networks.sequence_generator import GeneratorOutput, SequenceGenerator
-from medgen3d.networks.wrappers import FixedConditionWrapper, PackedSequenceGenerator
+from medgen3d.networks.wrappers import FixedConditionWrapper, PackedSegmentationDenoiser, PackedSequenceGenerator
 
 __all__ = [
     "FixedConditionWrapper",
@@ -11,6 +11,7 @@ __all__ = [
     "ImageDiscriminator",
     "MultiConditionDiffusionUNet",
     "MultiScaleDiscriminator",
+    "PackedSegmentationDenoiser",
     "PackedSequenceGenerator",
     "PositionEmbedding",
     "SequenceGenerator",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["FixedConditionWrapper", "PackedSequenceGenerator"]
+__all__ = ["FixedConditionWrapper", "PackedSegmentationDenoiser", "PackedSequenceGenerator"]
 
 
 class FixedConditionWrapper(nn.Module):
@@ -45,3 +45,16 @@ class PackedSequenceGenerator(nn.Module):
         masks = x[:, : (history + 1) * k].reshape(b, history + 1, k, h, w)
         previous = x[:, (history + 1) * k :].reshape(b, history, 1, h, w)
         return self.generator(masks, previous, torch.ones(b, history, device=x.device)).image
+
+
+class PackedSegmentationDenoiser(nn.Module):
+    """Calls a SPADE diffusion UNet on one packed tensor ``(B, 1 + K, H, W)`` (the noisy image, then the one-hot
+    mask) at a fixed timestep, for single-input tools such as ``verify_net_in_out``."""
+
+    def __init__(self, network: nn.Module, timestep: int = 5) -> None:
+        super().__init__()
+        self.network, self.timestep = network, timestep
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        timesteps = torch.full((x.shape[0],), self.timestep, device=x.device, dtype=torch.long)
+        return self.network(x[:, :1], timesteps, seg=x[:, 1:])

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import SPADEDiffusionModelUNet
+from monai.networks.schedulers import DDPMScheduler
+
+from medgen3d.diffusion.refiner import VIEWS, SemanticRefiner, from_view, refine_volume, to_view
+from medgen3d.engines.sdm_trainer import SemanticDiffusionTrainer
+from tests.conftest import slab_label
+
+
+def _network(k=4):
+    torch.manual_seed(0)
+    return SPADEDiffusionModelUNet(
+        2,
+        1,
+        1,
+        label_nc=k,
+        channels=(16, 32),
+        attention_levels=(False, False),
+        num_res_blocks=1,
+        norm_num_groups=8,
+        num_head_channels=8,
+        spade_intermediate_channels=16,
+    )
+
+
+@pytest.mark.parametrize("view, axis", [("axial", 2), ("coronal", 1), ("sagittal", 0)])
+def test_views_slice_along_their_axis_and_restack_exactly(view, axis):
+    volume = torch.rand(2, 5, 6, 7)
+    slices = to_view(volume, view)
+    assert slices.shape[0] == volume.shape[1 + axis] and slices.shape[1] == 2
+    assert torch.equal(slices[3], volume.select(1 + axis, 3))
+    assert torch.equal(from_view(slices, view), volume)
+
+
+def test_zero_noise_steps_return_the_input_exactly():
+    refiner = SemanticRefiner(DDPMScheduler(1000), noise_steps=0)
+    x, seg = torch.rand(3, 1, 8, 8) * 2 - 1, torch.zeros(3, 4, 8, 8)
+    assert torch.equal(refiner.refine_slices(_network(), x, seg), x)
+    image, label = torch.rand(8, 8, 6), torch.zeros(8, 8, 6, dtype=torch.long)
+    assert torch.equal(refine_volume(dict.fromkeys(VIEWS, _network()), refiner, image, label, 4), image)
+
+
+def test_the_result_is_the_mean_of_the_views(monkeypatch):
+    refiner = SemanticRefiner(DDPMScheduler(1000), noise_steps=5)
+    offsets = iter([0.1, 0.2, 0.6])
+    # a refiner that leaves every view unchanged gives back the volume; view offsets average
+    monkeypatch.setattr(refiner, "refine_slices", lambda net, x, seg, gen: x)
+    image, label = torch.rand(8, 8, 6) * 0.5, torch.zeros(8, 8, 6, dtype=torch.long)
+    networks = dict.fromkeys(VIEWS, _network())
+    assert torch.allclose(refine_volume(networks, refiner, image, label, 4), image)
+    monkeypatch.setattr(refiner, "refine_slices", lambda net, x, seg, gen: x + next(offsets))
+    assert torch.allclose(refine_volume(networks, refiner, image, label, 4), image + 0.3)
+
+
+@torch.no_grad()
+def test_guidance_scale_one_is_the_conditional_prediction():
+    network = _network().eval()
+    for p in network.parameters():  # MONAI zero-initialises the output; random weights make the check meaningful
+        torch.nn.init.normal_(p, std=0.05)
+    x, seg, t = torch.randn(2, 1, 8, 8), F.one_hot(torch.randint(0, 4, (2, 8, 8)), 4).permute(0, 3, 1, 2).float(), 7
+    conditional = network(x, torch.full((2,), t), seg=seg)
+    assert torch.equal(SemanticRefiner(DDPMScheduler(1000), 10, 1.0).predict(network, x, seg, t), conditional)
+    unconditional = network(x, torch.full((2,), t), seg=torch.zeros_like(seg))
+    guided = SemanticRefiner(DDPMScheduler(1000), 10, 3.0).predict(network, x, seg, t)
+    assert torch.allclose(guided, unconditional + 3.0 * (conditional - unconditional), atol=1e-5)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match=r"noise_steps must be in \[0, 1000\]"):
+        SemanticRefiner(DDPMScheduler(1000), noise_steps=-1)
+    refiner = SemanticRefiner(DDPMScheduler(1000), 2)
+    with pytest.raises(ValueError, match=r"image shape \(8, 8, 6\) differs from mask shape \(8, 8, 5\)"):
+        refine_volume(dict.fromkeys(VIEWS, _network()), refiner, torch.rand(8, 8, 6), torch.zeros(8, 8, 5), 4)
+    with pytest.raises(ValueError, match=r"no diffusion model for view\(s\) \['sagittal'\]"):
+        refine_volume(
+            {"axial": _network(), "coronal": _network()}, refiner, torch.rand(8, 8, 6), torch.zeros(8, 8, 6), 4
+        )
+
+
+@pytest.mark.slow
+def test_after_short_training_refining_a_degraded_image_brings_it_closer_to_the_clean_one():
+    torch.manual_seed(0)
+    label = torch.from_numpy(slab_label((16, 16, 12))).long()
+    image = label.float() / 3 * 2 - 1
+    slices = [{"image": image[None, :, :, k], "label": label[None, :, :, k]} for k in range(12)]
+    network, scheduler = _network(), DDPMScheduler(1000)
+    loader = torch.utils.data.DataLoader(slices, batch_size=6, shuffle=True)
+    trainer = SemanticDiffusionTrainer(
+        "cpu", 100, loader, network, torch.optim.AdamW(network.parameters(), 2e-3), scheduler, 4, condition_dropout=0.2
+    )
+    trainer.run()
+    clean = image.permute(2, 0, 1)[:, None]
+    seg = F.one_hot(label.permute(2, 0, 1), 4).permute(0, 3, 1, 2).float()
+    blurred = F.avg_pool2d(F.pad(clean, (1, 1, 1, 1), mode="replicate"), 3, 1)
+    degraded = (blurred + 0.15 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(1))).clamp(-1, 1)
+    refined = SemanticRefiner(scheduler, noise_steps=50).refine_slices(
+        network.eval(), degraded, seg, torch.Generator().manual_seed(0)
+    )
+    before, after = F.mse_loss(degraded, clean).item(), F.mse_loss(refined, clean).item()
+    print(f"MSE to the clean slices: degraded {before:.4f}, refined {after:.4f}")
+    assert after < 0.6 * before
