@@ -6,19 +6,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
-from monai.engines import SupervisedTrainer
-from monai.utils import convert_to_tensor
 from monai.engines.utils import IterationEvents
 from monai.networks.schedulers import Scheduler
 from torch.utils.data import DataLoader
 
 from medgen3d.diffusion.conditions import one_hot_slices
 from medgen3d.diffusion.training import mcdpm_loss
+from medgen3d.engines.base import StepTrainer
 
 __all__ = ["MCDPMTrainer"]
 
 
-class MCDPMTrainer(SupervisedTrainer):
+class MCDPMTrainer(StepTrainer):
     """Trains the MC-DPM on random mask subsequences (MedGen3D Sec. 3.1).
 
     Batches hold ``"label"`` ``(B, 1, H, W, m)`` integer subsequences and ``"position"`` ``(B,)``
@@ -56,18 +55,7 @@ class MCDPMTrainer(SupervisedTrainer):
         amp: bool = False,
         epoch_length: int | None = None,
     ) -> None:
-        super().__init__(
-            device=device,
-            max_epochs=max_epochs,
-            train_data_loader=train_data_loader,
-            network=network,
-            optimizer=optimizer,
-            loss_function=torch.nn.MSELoss(),  # unused: the MC-DPM loss is masked, see mcdpm_loss
-            train_handlers=train_handlers,
-            amp=amp,
-            epoch_length=epoch_length,
-            decollate=False,
-        )
+        super().__init__(device, max_epochs, train_data_loader, network, optimizer, train_handlers, amp, epoch_length)
         self.noise_scheduler = noise_scheduler
         self.num_classes = num_classes
         self.condition_probabilities = dict(condition_probabilities)
@@ -76,9 +64,9 @@ class MCDPMTrainer(SupervisedTrainer):
 
     def _iteration(self, engine: "MCDPMTrainer", batchdata: dict[str, Any]) -> dict[str, torch.Tensor]:
         # 1. clean subsequences as one-hot slices (B, m, K, H, W) and their positions
-        labels = convert_to_tensor(batchdata["label"], track_meta=False).to(engine.state.device)
+        labels = self.batch_tensor(batchdata, "label", engine.state.device)
         x_0 = one_hot_slices(labels[:, 0].permute(0, 3, 1, 2), self.num_classes)
-        position = convert_to_tensor(batchdata["position"], track_meta=False).to(engine.state.device).float()
+        position = self.batch_tensor(batchdata, "position", engine.state.device).float()
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         # 2. the masked MC-DPM loss, 3. backward and step

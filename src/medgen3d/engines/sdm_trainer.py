@@ -7,17 +7,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.engines import SupervisedTrainer
 from monai.networks.schedulers import Scheduler
-from monai.utils import convert_to_tensor
 from torch.utils.data import DataLoader
 
 from medgen3d.diffusion.training import regression_target
+from medgen3d.engines.base import StepTrainer
 
 __all__ = ["SemanticDiffusionTrainer"]
 
 
-class SemanticDiffusionTrainer(SupervisedTrainer):
+class SemanticDiffusionTrainer(StepTrainer):
     """Trains a SPADE diffusion UNet on (image slice, mask slice) pairs, dropping the mask with probability
     ``condition_dropout`` so that the same network also predicts unconditionally (classifier-free guidance).
 
@@ -46,26 +45,15 @@ class SemanticDiffusionTrainer(SupervisedTrainer):
         amp: bool = False,
         epoch_length: int | None = None,
     ) -> None:
-        super().__init__(
-            device=device,
-            max_epochs=max_epochs,
-            train_data_loader=train_data_loader,
-            network=network,
-            optimizer=optimizer,
-            loss_function=torch.nn.MSELoss(),
-            train_handlers=train_handlers,
-            amp=amp,
-            epoch_length=epoch_length,
-            decollate=False,
-        )
+        super().__init__(device, max_epochs, train_data_loader, network, optimizer, train_handlers, amp, epoch_length)
         if not 0.0 <= condition_dropout < 1.0:
             raise ValueError(f"condition_dropout must be in [0, 1), got {condition_dropout}")
         self.noise_scheduler, self.num_classes, self.condition_dropout = noise_scheduler, num_classes, condition_dropout
 
     def _iteration(self, engine: "SemanticDiffusionTrainer", batchdata: dict[str, Any]) -> dict[str, torch.Tensor]:
         device = engine.state.device
-        x_0 = convert_to_tensor(batchdata["image"], track_meta=False).to(device).float()
-        labels = convert_to_tensor(batchdata["label"], track_meta=False).to(device).long()[:, 0]
+        x_0 = self.batch_tensor(batchdata, "image", device).float()
+        labels = self.batch_tensor(batchdata, "label", device).long()[:, 0]
         seg = F.one_hot(labels, self.num_classes).permute(0, 3, 1, 2).float()
         # 1. the null condition for classifier-free guidance: an all-zero mask
         keep = (torch.rand(seg.shape[0], device=device) >= self.condition_dropout).float()
@@ -78,7 +66,7 @@ class SemanticDiffusionTrainer(SupervisedTrainer):
         engine.optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cuda", enabled=engine.amp and x_0.is_cuda):
             prediction = engine.network(x_t, t, seg=seg)
-            loss = engine.loss_function(prediction, regression_target(self.noise_scheduler, x_0, noise, t))
+            loss = torch.nn.functional.mse_loss(prediction, regression_target(self.noise_scheduler, x_0, noise, t))
         loss.backward()
         engine.optimizer.step()
         engine.state.output = {"loss": loss.detach()}

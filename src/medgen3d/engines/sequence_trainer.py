@@ -6,11 +6,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
-from monai.engines import SupervisedTrainer
-from monai.utils import convert_to_tensor
 from torch.utils.data import DataLoader
 
 from medgen3d.diffusion.conditions import one_hot_slices
+from medgen3d.engines.base import StepTrainer
 from medgen3d.engines.distributed import average_gradients, broadcast_parameters
 from medgen3d.losses.sequence import (
     AdversarialTerms,
@@ -25,7 +24,7 @@ from medgen3d.networks.sequence_generator import GeneratorOutput, SequenceGenera
 __all__ = ["SequenceGANTrainer"]
 
 
-class SequenceGANTrainer(SupervisedTrainer):
+class SequenceGANTrainer(StepTrainer):
     """Trains a :class:`SequenceGenerator` against an image and a temporal discriminator.
 
     Each batch holds runs of ``L + T`` consecutive real slices: ``"image"`` ``(B, 1, H, W, L + T)`` in [-1, 1]
@@ -67,17 +66,7 @@ class SequenceGANTrainer(SupervisedTrainer):
         train_handlers: Sequence | None = None,
         epoch_length: int | None = None,
     ) -> None:
-        super().__init__(
-            device=device,
-            max_epochs=max_epochs,
-            train_data_loader=train_data_loader,
-            network=network,
-            optimizer=optimizer,
-            loss_function=torch.nn.L1Loss(),  # unused: the named terms below make the loss
-            train_handlers=train_handlers,
-            epoch_length=epoch_length,
-            decollate=False,
-        )
+        super().__init__(device, max_epochs, train_data_loader, network, optimizer, train_handlers, False, epoch_length)
         self.image_discriminator = image_discriminator
         self.temporal_discriminator = temporal_discriminator
         self.d_optimizer = d_optimizer
@@ -99,8 +88,8 @@ class SequenceGANTrainer(SupervisedTrainer):
     def _iteration(self, engine: "SequenceGANTrainer", batchdata: dict[str, Any]) -> dict[str, torch.Tensor]:
         device = engine.state.device
         # (B, S, 1, H, W) images and (B, S, K, H, W) one-hot masks, slices first
-        images = convert_to_tensor(batchdata["image"], track_meta=False).to(device).float().permute(0, 4, 1, 2, 3)
-        labels = convert_to_tensor(batchdata["label"], track_meta=False).to(device)[:, 0].permute(0, 3, 1, 2)
+        images = self.batch_tensor(batchdata, "image", device).float().permute(0, 4, 1, 2, 3)
+        labels = self.batch_tensor(batchdata, "label", device)[:, 0].permute(0, 3, 1, 2)
         masks = one_hot_slices(labels, self.num_classes)
         valid = self._history_validity(images.shape[0], device)
         engine.network.train()

@@ -9,7 +9,6 @@ the real data's intensity scale (HU for CT).
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,11 +16,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medgen3d.data.dataset import SPLITS, Case, DatasetSpec, write_dataset
+from medgen3d.data.dataset import SPLITS, DatasetSpec
 from medgen3d.data.intensity import IntensityScale
 from medgen3d.data.io import save_nifti
 from medgen3d.diffusion.conditions import one_hot_slices
 from medgen3d.networks.sequence_generator import SequenceGenerator
+from medgen3d.synthesis.paired import copy_label, write_paired_dataset
 from medgen3d.transforms.subsequence import resize_label_slices
 
 __all__ = ["generate_image_volumes", "synthesise_images"]
@@ -105,10 +105,7 @@ def synthesise_images(
         generated = generate_image_volumes(generator, inputs, masks.num_classes)
         for (split, case), volume, image in zip(batch, volumes, generated):
             image = scale.from_network(_resize_images(image.cpu(), volume.array.shape[:2]))
-            label_path = out / "labels" / f"{case.case_id}.nii.gz"
-            if masks.path(case.label).resolve() != label_path.resolve():
-                label_path.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(masks.path(case.label), label_path)
+            copy_label(masks, case, out)
             save_nifti(
                 out / "images" / f"{case.case_id}.nii.gz",
                 image.permute(1, 2, 0).numpy().astype(np.float32),
@@ -117,17 +114,5 @@ def synthesise_images(
             done += 1
             if progress is not None:
                 progress(done, len(cases), case.case_id)
-    paired = {split: [] for split in SPLITS}
-    for split, case in cases:
-        paired[split].append(Case(f"images/{case.case_id}.nii.gz", f"labels/{case.case_id}.nii.gz"))
-    provenance = {**masks.extra.get("medgen3d", {}), "images": "image_vid2vid", "intensity_scale": list(scale)}
-    spec = DatasetSpec(
-        name=masks.name.replace("-masks", "") + "-pairs" if masks.name.endswith("-masks") else f"{masks.name}-pairs",
-        modality=masks.modality,
-        labels=dict(masks.labels),
-        training=paired["training"],
-        validation=paired["validation"],
-        test=paired["test"],
-        extra={"medgen3d": provenance},
-    )
-    return write_dataset(out, spec)
+    name = f"{masks.name.removesuffix('-masks')}-pairs"
+    return write_paired_dataset(out, masks, name, {"images": "image_vid2vid", "intensity_scale": list(scale)})

@@ -8,7 +8,6 @@ geometry, beside a copy of its mask. Each case draws its noise from its own seed
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -16,10 +15,11 @@ import numpy as np
 import torch
 
 from medgen3d.data.builder import case_seeds
-from medgen3d.data.dataset import SPLITS, Case, DatasetSpec, write_dataset
+from medgen3d.data.dataset import SPLITS, DatasetSpec
 from medgen3d.data.intensity import volume_scale
 from medgen3d.data.io import DataError, save_nifti
 from medgen3d.diffusion.refiner import SegmentationDenoiser, SemanticRefiner, refine_volume
+from medgen3d.synthesis.paired import copy_label, write_paired_dataset
 
 __all__ = ["refine_dataset", "load_view_networks"]
 
@@ -56,30 +56,13 @@ def refine_dataset(
         if not target.exists():
             image, label = pairs.load_case(case)  # checks shape, affine and labels, naming the files
             refined = _refine(networks, refiner, image.array, label.array, pairs, views, batch_size, case_seed)
-            label_path = out / "labels" / f"{case.case_id}.nii.gz"
-            if pairs.path(case.label).resolve() != label_path.resolve():
-                label_path.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(pairs.path(case.label), label_path)
+            copy_label(pairs, case, out)
             save_nifti(target, refined, image.affine)
         if progress is not None:
             progress(done, len(cases), case.case_id)
-    refined_cases = {split: [] for split in SPLITS}
-    for split, case in cases:
-        refined_cases[split].append(Case(f"images/{case.case_id}.nii.gz", f"labels/{case.case_id}.nii.gz"))
-    provenance = {
-        **pairs.extra.get("medgen3d", {}),
-        "refined": {"views": list(views), "noise_steps": refiner.noise_steps, "guidance_scale": refiner.guidance_scale},
-    }
-    spec = DatasetSpec(
-        name=pairs.name if pairs.name.endswith("-refined") else f"{pairs.name}-refined",
-        modality=pairs.modality,
-        labels=dict(pairs.labels),
-        training=refined_cases["training"],
-        validation=refined_cases["validation"],
-        test=refined_cases["test"],
-        extra={"medgen3d": provenance},
-    )
-    return write_dataset(out, spec)
+    settings = {"views": list(views), "noise_steps": refiner.noise_steps, "guidance_scale": refiner.guidance_scale}
+    name = pairs.name if pairs.name.endswith("-refined") else f"{pairs.name}-refined"
+    return write_paired_dataset(out, pairs, name, {"refined": settings})
 
 
 def _refine(networks, refiner, image, label, pairs, views, batch_size, seed) -> np.ndarray:
