@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -149,6 +150,7 @@ def sample(volumes: int = 4, ddpm_volumes: int = 2, prediction_types: tuple[str,
             if count <= 0:
                 continue
             out = run / "eval" / name
+            shutil.rmtree(out, ignore_errors=True)  # generation skips finished cases: time a fresh run
             overrides = dict(prediction_type=kind, num_cases=count, batch_size=count, synthetic_dir=str(out))
             if steps is not None:
                 overrides["num_inference_steps"] = steps
