@@ -12,8 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
 from ignite.engine import Engine, Events  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
 
 from medgen3d.data.io import atomic_path  # noqa: E402
 from medgen3d.diffusion.autoregressive import generate_volumes, generation_plan  # noqa: E402
