@@ -21,7 +21,7 @@ from ignite.handlers import Checkpoint
 
 from medgen3d.data.io import DataError, atomic_path
 
-__all__ = ["ResumableCheckpoint", "load_weights", "save_atomically"]
+__all__ = ["BestModelSaver", "ResumableCheckpoint", "load_weights", "save_atomically"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +64,17 @@ class ResumableCheckpoint:
             network. The engine the handler is attached to is added as ``"trainer"`` (its epoch and iteration).
         interval: epochs between saves.
         resume: load ``checkpoint.pt`` at start when it exists.
+        model_filename: name of the weights-only file (another name when a validator saves the best model as
+            ``model.pt``, see :class:`BestModelSaver`).
     """
 
     def __init__(
-        self, ckpt_dir: str | os.PathLike, save_dict: Mapping[str, Any], interval: int = 1, resume: bool = True
+        self,
+        ckpt_dir: str | os.PathLike,
+        save_dict: Mapping[str, Any],
+        interval: int = 1,
+        resume: bool = True,
+        model_filename: str = "model.pt",
     ):
         if "model" not in save_dict:
             raise ValueError("save_dict must hold the network under 'model'")
@@ -75,6 +82,7 @@ class ResumableCheckpoint:
         self.save_dict = dict(save_dict)
         self.interval = interval
         self.resume = resume
+        self.model_filename = model_filename
 
     @property
     def checkpoint_path(self) -> Path:
@@ -82,7 +90,7 @@ class ResumableCheckpoint:
 
     @property
     def model_path(self) -> Path:
-        return self.ckpt_dir / "model.pt"
+        return self.ckpt_dir / self.model_filename
 
     def attach(self, engine: Engine) -> None:
         self.save_dict.setdefault("trainer", engine)
@@ -116,3 +124,41 @@ class ResumableCheckpoint:
         }
         save_atomically(state, self.checkpoint_path)
         save_atomically(state["model"], self.model_path)
+
+
+class BestModelSaver:
+    """Attached to a validator: writes the network's weights atomically whenever ``metric_name`` improves.
+
+    The best value is kept beside the weights (``<path>.best.json``), so a resumed training does not overwrite a
+    better model with a worse one.
+
+    Args:
+        network: the network being trained (unwrapped from DDP when wrapped).
+        path: where the weights go (``models/model.pt``, what inference and MONAI Label load).
+        metric_name: the validator's key metric.
+    """
+
+    def __init__(self, network: torch.nn.Module, path: str | os.PathLike, metric_name: str = "val_mean_dice") -> None:
+        self.network, self.path, self.metric_name = network, Path(path), metric_name
+        self.record = self.path.with_name(self.path.name + ".best.json")
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    @property
+    def best(self) -> float:
+        import json
+
+        return json.loads(self.record.read_text())["value"] if self.record.is_file() else float("-inf")
+
+    def __call__(self, engine: Engine) -> None:
+        from medgen3d.data.io import write_json
+
+        value = float(engine.state.metrics[self.metric_name])
+        if value <= self.best:
+            return
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+            return
+        save_atomically(_unwrap(self.network).state_dict(), self.path)
+        write_json(self.record, {"metric": self.metric_name, "value": value})
+        logger.info(f"saved {self.path}: {self.metric_name} {value:.4f}")

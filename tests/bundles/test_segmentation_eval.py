@@ -1,0 +1,134 @@
+"""The segmentation_eval bundle's configs on tiny data, and a MONAI Label style load of its inference config."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.transforms import Compose, SaveImaged
+
+from medgen3d.data.io import load_nifti
+from tests.bundles.helpers import BUNDLES, error_chain
+from tests.conftest import write_tiny_dataset
+
+LABELS = {"0": "background", "1": "slab_1", "2": "slab_2", "3": "slab_3"}
+TRAIN = {"roi_size": [16, 16, 16], "max_epochs": 60, "val_interval": 20, "learning_rate": 0.002, "labels": LABELS}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    base = tmp_path_factory.mktemp("seg")
+    dataset = write_tiny_dataset(base / "data").root
+    # train.json is self-contained (MONAI Label reads it alone), so the workflow helper's common.json is not used
+    wf = _train_workflow(base / "bundle", dataset)
+    wf.run()
+    wf.finalize()
+    return base / "bundle", dataset
+
+
+def _train_workflow(root, dataset, extra=(), **overrides):
+    from monai.bundle import ConfigWorkflow
+
+    configs = BUNDLES / "segmentation_eval" / "configs"
+    wf = ConfigWorkflow(
+        config_file=[str(configs / c) for c in ["train.json", "unet3d.json", *extra]],
+        meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf"),
+        workflow_type="train",
+        bundle_root=str(root),
+        dataset_dir=str(dataset),
+        **{**TRAIN, **overrides},
+    )
+    wf.initialize()
+    return wf
+
+
+@pytest.mark.slow
+def test_short_training_on_an_easy_dataset_scores_above_08_on_held_out_cases(trained):
+    root, dataset = trained
+    best = json.loads((root / "models" / "model.pt.best.json").read_text())
+    assert best["metric"] == "val_mean_dice" and best["value"] > 0.8
+    assert (root / "models" / "checkpoint.pt").is_file() and (root / "models" / "model_last.pt").is_file()
+    # the held-out validation case, scored by evaluate.json with per-structure Dice
+    wf = _train_workflow(root, dataset, ["evaluate.json"], test_split="validation", network_name="unet3d")
+    wf.run()
+    rows = json.loads((root / "eval" / "evaluation" / "results.json").read_text())
+    assert len(rows) == 1 and rows[0]["network"] == "unet3d" and rows[0]["mean"] > 0.8
+    assert set(rows[0]["dice"]) == {"slab_1", "slab_2", "slab_3"}
+    assert (root / "eval" / "evaluation" / "results.png").is_file()
+
+
+def test_monai_label_style_load_segments_a_volume_in_its_own_geometry(trained, tmp_path):
+    root, dataset = trained
+    # as MONAI Label's BundleInferTask does: inference.json alone, bundle_root overridden, no metadata references,
+    # network_def + models/model.pt, then preprocessing -> inferer(inputs, network) -> postprocessing without SaveImaged
+    inference = BUNDLES / "segmentation_eval" / "configs" / "inference.json"
+    assert "@_meta_" not in inference.read_text()
+    parser = ConfigParser()
+    parser.read_config(str(inference))
+    parser.update(
+        {
+            "bundle_root": str(root),
+            "device": torch.device("cpu"),
+            "num_classes": 4,
+            "roi_size": [16, 16, 16],
+            "network_def": ConfigParser.load_config_file(
+                str(BUNDLES / "segmentation_eval" / "configs" / "unet3d.json")
+            )["network_def"],
+        }
+    )
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
+    network.eval()
+    pre = parser.get_parsed_content("preprocessing")
+    inferer = parser.get_parsed_content("inferer")
+    post = Compose([t for t in parser.get_parsed_content("postprocessing").transforms if not isinstance(t, SaveImaged)])
+    data = pre({"image": str(dataset / "images" / "case-3.nii.gz")})
+    with torch.no_grad():
+        data["pred"] = inferer(data["image"][None], network)[0]
+    pred = post(data)["pred"]
+    source = load_nifti(dataset / "images" / "case-3.nii.gz")
+    assert tuple(pred.shape[1:]) == source.array.shape
+    np.testing.assert_allclose(pred.affine, source.affine, atol=1e-4)
+    truth = load_nifti(dataset / "labels" / "case-3.nii.gz").array
+    assert (pred[0].numpy() == truth).mean() > 0.9
+
+
+def test_inference_config_writes_segmentations_with_the_input_geometry(trained, tmp_path):
+    root, dataset = trained
+    from monai.bundle import ConfigWorkflow
+
+    configs = BUNDLES / "segmentation_eval" / "configs"
+    wf = ConfigWorkflow(
+        config_file=[str(configs / "inference.json"), str(configs / "unet3d.json")],
+        meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf"),
+        workflow_type="infer",
+        bundle_root=str(root),
+        dataset_dir=str(dataset),
+        num_classes=4,
+        roi_size=[16, 16, 16],
+        output_dir=str(tmp_path / "pred"),
+    )
+    wf.initialize()
+    wf.run()
+    for case in range(5):
+        pred = load_nifti(tmp_path / "pred" / f"case-{case}_seg.nii.gz")
+        image = load_nifti(dataset / "images" / f"case-{case}.nii.gz")
+        assert pred.array.shape == image.array.shape and set(np.unique(pred.array)) <= {0, 1, 2, 3}
+        np.testing.assert_allclose(pred.affine, image.affine, atol=1e-4)
+
+
+def test_a_test_set_with_other_labels_is_refused(trained, tmp_path):
+    root, dataset = trained
+    other = write_tiny_dataset(tmp_path / "other")
+    content = json.loads(other.path("dataset.json").read_text())
+    content["labels"]["3"] = "liver"
+    other.path("dataset.json").write_text(json.dumps(content))
+    wf = _train_workflow(root, dataset, ["evaluate.json"], test_sets={"other": str(other.root)})
+    with pytest.raises(Exception) as err:
+        wf.run()
+    assert "differ from the configured labels" in error_chain(err.value)
