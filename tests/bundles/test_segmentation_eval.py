@@ -132,3 +132,50 @@ def test_a_test_set_with_other_labels_is_refused(trained, tmp_path):
     with pytest.raises(Exception) as err:
         wf.run()
     assert "differ from the configured labels" in error_chain(err.value)
+
+
+STRATEGIES = [
+    "e2_1_real",
+    "e2_2_synthetic",
+    "e2_3_mixed",
+    "e2_4_finetune_synthetic",
+    "e2_5_finetune_mixed",
+    "e3_transfer",
+]
+
+
+def test_every_strategy_overlay_composes_runs_and_fine_tunes_from_its_checkpoint(tmp_path):
+    from ignite.engine import Events
+
+    real = write_tiny_dataset(tmp_path / "real").root
+    synthetic = write_tiny_dataset(tmp_path / "synthetic", splits=(4, 0, 0)).root
+    target = write_tiny_dataset(tmp_path / "target", splits=(2, 1, 1)).root
+    root = tmp_path / "bundle"
+    quick = {"max_epochs": 1, "val_interval": 1, "synthetic_dir": str(synthetic), "target_dir": str(target)}
+    for name in STRATEGIES:
+        wf = _train_workflow(root, real, [f"strategies/{name}.json"], **quick)
+        strategy = wf.parser.get_parsed_content("strategy")
+        pretrained = wf.parser.get_parsed_content("pretrained_checkpoint")
+        trainer = wf.parser.get_parsed_content("train#trainer")
+        network = wf.parser.get_parsed_content("network")
+        first_weights = {}
+        trainer.add_event_handler(
+            Events.ITERATION_STARTED(once=1),
+            lambda e: first_weights.update({k: v.clone() for k, v in network.state_dict().items()}),
+        )
+        size = len(wf.parser.get_parsed_content("train#dataset"))
+        wf.run()
+        assert (root / "models" / strategy / "checkpoint.pt").is_file(), name
+        expected_cases = {"E2-1": 3, "E2-2": 4, "E2-3": 7, "E2-4": 3, "E2-5": 3, "E3": 2}[strategy]
+        assert size == expected_cases, name
+        if pretrained is not None:
+            # fine-tuning starts from the given model: the weights before the first step are exactly its weights
+            given = torch.load(pretrained, weights_only=True)
+            assert all(torch.equal(first_weights[k], given[k]) for k in given), name
+
+
+def test_fine_tuning_without_its_checkpoint_is_a_clear_error(tmp_path):
+    real = write_tiny_dataset(tmp_path / "real").root
+    with pytest.raises(Exception) as err:
+        _train_workflow(tmp_path / "bundle", real, ["strategies/e2_4_finetune_synthetic.json"], max_epochs=1)
+    assert "E2-2/model.pt: checkpoint not found" in error_chain(err.value)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 
 import nibabel as nib
 
 from medgen3d.data.dataset import DatasetSpec
 from medgen3d.data.io import DataError
 
-__all__ = ["check_labels_match", "label_datalist"]
+__all__ = ["check_labels_match", "label_datalist", "combined_datalist"]
 
 
 def check_labels_match(spec: DatasetSpec, labels: Mapping) -> None:
@@ -68,3 +69,15 @@ def _shape(path) -> tuple[int, ...]:
         return tuple(nib.load(path).shape)
     except Exception as err:  # nibabel raises several types
         raise DataError(f"{path}: cannot be read as NIfTI ({err})") from err
+
+
+def combined_datalist(
+    folders: Sequence[str | os.PathLike], labels: Mapping, splits: tuple[str, ...] = ("training",)
+) -> list[dict[str, str]]:
+    """The image/label pairs of ``splits`` of several dataset folders (real, synthetic or both), each checked
+    against the configured ``labels``."""
+    from medgen3d.data.dataset import read_dataset
+
+    if not folders:
+        raise ValueError("no training datasets given")
+    return [item for folder in folders for item in label_datalist(read_dataset(folder), labels, 1, splits, True)]
