@@ -179,3 +179,96 @@ def test_fine_tuning_without_its_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(Exception) as err:
         _train_workflow(tmp_path / "bundle", real, ["strategies/e2_4_finetune_synthetic.json"], max_epochs=1)
     assert "E2-2/model.pt: checkpoint not found" in error_chain(err.value)
+
+
+@pytest.mark.slow
+def test_multi_gpu_train_config_runs_under_torchrun_with_gloo(tmp_path):
+    import subprocess
+    import sys
+
+    real = write_tiny_dataset(tmp_path / "real").root
+    configs = BUNDLES / "segmentation_eval" / "configs"
+    files = ",".join(f"'{configs / c}'" for c in ["train.json", "unet3d.json", "multi_gpu_train.json"])
+    overrides = {**TRAIN, "max_epochs": 1, "val_interval": 1}
+    args = [a for k, v in overrides.items() for a in (f"--{k}", json.dumps(v))]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        f"[{files}]",
+        "--meta_file",
+        str(configs / "metadata.json"),
+        "--logging_file",
+        str(configs / "logging.conf"),
+        "--bundle_root",
+        str(tmp_path / "bundle"),
+        "--dataset_dir",
+        str(real),
+        *args,
+    ]
+    result = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "bundle" / "models" / "model.pt").is_file()
+
+
+@pytest.mark.parametrize("overlay", [[], ["unetr.json"]], ids=["swin_unetr", "unetr"])
+def test_networks_verify_and_export(tmp_path, overlay):
+    import subprocess
+    import sys
+
+    configs = BUNDLES / "segmentation_eval" / "configs"
+    files = "[" + ",".join(f"'{configs / c}'" for c in ["inference.json", *overlay]) + "]"
+    meta = str(configs / "metadata.json")
+    verify = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "verify_net_in_out",
+        "network_def",
+        "--meta_file",
+        meta,
+        "--config_file",
+        files,
+        "--device",
+        "cpu",
+    ]
+    result = subprocess.run(verify, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0 and "verified with no error" in result.stdout + result.stderr, result.stderr[-2000:]
+    parser = ConfigParser()
+    parser.read_config([str(configs / "inference.json"), *[str(configs / c) for c in overlay]])
+    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "model.pt")
+    export = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "ckpt_export",
+        "network_def",
+        "--filepath",
+        str(tmp_path / "model.ts"),
+        "--ckpt_file",
+        str(tmp_path / "model.pt"),
+        "--meta_file",
+        meta,
+        "--config_file",
+        files,
+        "--use_trace",
+        "True",
+        "--input_shape",
+        "[1, 1, 64, 64, 64]",
+    ]
+    result = subprocess.run(export, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    traced = torch.jit.load(str(tmp_path / "model.ts"))
+    assert traced(torch.zeros(1, 1, 64, 64, 64)).shape == (1, 5, 64, 64, 64)
