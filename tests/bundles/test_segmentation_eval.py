@@ -272,3 +272,45 @@ def test_networks_verify_and_export(tmp_path, overlay):
     assert result.returncode == 0, result.stderr[-2000:]
     traced = torch.jit.load(str(tmp_path / "model.ts"))
     assert traced(torch.zeros(1, 1, 64, 64, 64)).shape == (1, 5, 64, 64, 64)
+
+
+def test_unet2d_overlay_trains_on_slices_and_segments_volumes_slice_by_slice(tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    real = write_tiny_dataset(tmp_path / "real").root
+    root = tmp_path / "bundle"
+    configs = BUNDLES / "segmentation_eval" / "configs"
+    wf = ConfigWorkflow(
+        config_file=[str(configs / "train.json"), str(configs / "unet2d.json")],
+        meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf"),
+        workflow_type="train",
+        bundle_root=str(root),
+        dataset_dir=str(real),
+        **{
+            **{k: v for k, v in TRAIN.items() if k != "roi_size"},
+            "slice_size": [16, 16],
+            "max_epochs": 2,
+            "val_interval": 1,
+        },
+    )
+    wf.initialize()
+    sample = wf.parser.get_parsed_content("train#dataset")[0][0]
+    assert tuple(sample["image"].shape) == (1, 16, 16)  # the network sees 2D slices
+    wf.run()
+    infer = ConfigWorkflow(
+        config_file=[str(configs / "inference.json"), str(configs / "unet2d.json")],
+        meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf"),
+        workflow_type="infer",
+        bundle_root=str(root),
+        dataset_dir=str(real),
+        num_classes=4,
+        slice_size=[16, 16],
+        output_dir=str(tmp_path / "pred"),
+    )
+    infer.initialize()
+    infer.run()
+    pred, image = load_nifti(tmp_path / "pred" / "case-0_seg.nii.gz"), load_nifti(real / "images" / "case-0.nii.gz")
+    assert pred.array.shape == image.array.shape
+    np.testing.assert_allclose(pred.affine, image.affine, atol=1e-4)
