@@ -72,47 +72,28 @@ def test_import_then_restore_round_trip(tmp_path, capsys):
     np.testing.assert_allclose(back.affine, affine)
 
 
+def _brain_mni(out, preset):
+    return [
+        "data",
+        "brain-mni",
+        "--out",
+        str(out),
+        "--preset",
+        preset,
+        "--num_training",
+        "1",
+        "--num_validation",
+        "0",
+        "--num_test",
+        "1",
+    ]
+
+
 def test_brain_mni_and_preview_commands(tmp_path, capsys):
     pytest.importorskip("nilearn")
     out = tmp_path / "brain"
-    assert (
-        main(
-            [
-                "data",
-                "brain-mni",
-                "--out",
-                str(out),
-                "--preset",
-                "tiny",
-                "--num_training",
-                "1",
-                "--num_validation",
-                "0",
-                "--num_test",
-                "1",
-            ]
-        )
-        == 0
-    )
+    assert main(_brain_mni(out, "tiny")) == 0
     assert main(["preview", str(out), "--max_cases", "1"]) == 0
     assert (out / "previews" / "case-000.png").is_file()
-    assert (
-        main(
-            [
-                "data",
-                "brain-mni",
-                "--out",
-                str(out),
-                "--preset",
-                "small",
-                "--num_training",
-                "1",
-                "--num_validation",
-                "0",
-                "--num_test",
-                "1",
-            ]
-        )
-        == 2
-    )
+    assert main(_brain_mni(out, "small")) == 2
     assert "built with other settings" in capsys.readouterr().err

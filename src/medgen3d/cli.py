@@ -104,12 +104,21 @@ def import_data(
         split: training/validation/test fractions, or counts adding up to the number of cases.
         seed: seed for shuffling cases into splits.
     """
-    from medgen3d.data.importer import ImportSettings, find_pairs, import_dataset, infer_labels, parse_label_map
+    from medgen3d.data.importer import (
+        ImportSettings,
+        find_pairs,
+        import_dataset,
+        infer_labels,
+        parse_label_map,
+        read_json_argument,
+    )
 
     pairs = find_pairs(source, image_glob, label_glob)
     mapping = parse_label_map(label_map)
     label_names = (
-        {int(k): str(v) for k, v in parse_json_arg(labels).items()} if labels else infer_labels(pairs, mapping)
+        {int(k): str(v) for k, v in read_json_argument(labels, "labels").items()}
+        if labels
+        else infer_labels(pairs, mapping)
     )
     settings = ImportSettings(
         modality=modality,
@@ -130,16 +139,6 @@ def import_data(
         progress_printer("import"),
     )
     print(f"imported {len(spec.cases())} cases into {spec.root}")
-
-
-def parse_json_arg(value: dict | str) -> dict:
-    """A mapping given on the command line as a dict, a JSON string or a JSON file path."""
-    import json
-
-    if isinstance(value, dict):
-        return value
-    path = Path(value)
-    return json.loads(path.read_text() if path.is_file() else value)
 
 
 def validate(dataset: str) -> None:

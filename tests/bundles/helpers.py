@@ -13,11 +13,14 @@ from monai.bundle import ConfigWorkflow
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 
 
-def workflow(bundle: str, configs: list[str], root: Path, **overrides) -> ConfigWorkflow:
-    """An initialised workflow over ``common.json`` + ``configs`` of ``bundles/<bundle>``."""
+def workflow(
+    bundle: str, configs: list[str], root: Path, base: tuple[str, ...] = ("common.json",), **overrides
+) -> ConfigWorkflow:
+    """An initialised workflow over ``base`` + ``configs`` of ``bundles/<bundle>`` (``base=()`` for bundles whose
+    configs stand alone, as MONAI Label needs)."""
     config_dir = BUNDLES / bundle / "configs"
     wf = ConfigWorkflow(
-        config_file=[str(config_dir / c) for c in ["common.json", *configs]],
+        config_file=[str(config_dir / c) for c in [*base, *configs]],
         meta_file=str(config_dir / "metadata.json"),
         logging_file=str(config_dir / "logging.conf"),
         workflow_type="train" if "train.json" in configs else "infer",
@@ -37,10 +40,12 @@ def error_chain(err: BaseException | None) -> str:
     return "\n".join(messages)
 
 
-def run_torchrun(bundle: str, configs: list[str], root: Path, **overrides) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node=2 -m monai.bundle run`` on the CPU (gloo)."""
+def run_torchrun(
+    bundle: str, configs: list[str], root: Path, base: tuple[str, ...] = ("common.json",), **overrides
+) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=2 -m monai.bundle run`` on the CPU (gloo), over ``base`` + ``configs``."""
     config_dir = BUNDLES / bundle / "configs"
-    files = ",".join(f"'{config_dir / c}'" for c in ["common.json", *configs])
+    files = ",".join(f"'{config_dir / c}'" for c in [*base, *configs])
     args = [arg for key, value in overrides.items() for arg in (f"--{key}", json.dumps(value))]
     cmd = [
         sys.executable,

@@ -11,7 +11,7 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose, SaveImaged
 
 from medgen3d.data.io import load_nifti
-from tests.bundles.helpers import BUNDLES, error_chain
+from tests.bundles.helpers import BUNDLES, error_chain, run_torchrun, workflow
 from tests.conftest import write_tiny_dataset
 
 LABELS = {"0": "background", "1": "slab_1", "2": "slab_2", "3": "slab_3"}
@@ -30,20 +30,15 @@ def trained(tmp_path_factory):
 
 
 def _train_workflow(root, dataset, extra=(), **overrides):
-    from monai.bundle import ConfigWorkflow
-
-    configs = BUNDLES / "segmentation_eval" / "configs"
-    wf = ConfigWorkflow(
-        config_file=[str(configs / c) for c in ["train.json", "unet3d.json", *extra]],
-        meta_file=str(configs / "metadata.json"),
-        logging_file=str(configs / "logging.conf"),
-        workflow_type="train",
-        bundle_root=str(root),
+    # train.json stands alone (MONAI Label reads it alone): no common.json underneath
+    return workflow(
+        "segmentation_eval",
+        ["train.json", "unet3d.json", *extra],
+        root,
+        base=(),
         dataset_dir=str(dataset),
         **{**TRAIN, **overrides},
     )
-    wf.initialize()
-    return wf
 
 
 @pytest.mark.slow
@@ -183,42 +178,10 @@ def test_fine_tuning_without_its_checkpoint_is_a_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_multi_gpu_train_config_runs_under_torchrun_with_gloo(tmp_path):
-    import subprocess
-    import sys
-
     real = write_tiny_dataset(tmp_path / "real").root
-    configs = BUNDLES / "segmentation_eval" / "configs"
-    files = ",".join(f"'{configs / c}'" for c in ["train.json", "unet3d.json", "multi_gpu_train.json"])
-    overrides = {**TRAIN, "max_epochs": 1, "val_interval": 1}
-    args = [a for k, v in overrides.items() for a in (f"--{k}", json.dumps(v))]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        f"[{files}]",
-        "--meta_file",
-        str(configs / "metadata.json"),
-        "--logging_file",
-        str(configs / "logging.conf"),
-        "--bundle_root",
-        str(tmp_path / "bundle"),
-        "--dataset_dir",
-        str(real),
-        *args,
-    ]
-    result = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"},
-    )
+    overrides = {**TRAIN, "max_epochs": 1, "val_interval": 1, "dataset_dir": str(real)}
+    configs = ["train.json", "unet3d.json", "multi_gpu_train.json"]
+    result = run_torchrun("segmentation_eval", configs, tmp_path / "bundle", base=(), **overrides)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "bundle" / "models" / "model.pt").is_file()
 

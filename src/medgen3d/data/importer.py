@@ -136,19 +136,24 @@ def _safe_id(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", key).strip("._") or "case"
 
 
-def parse_label_map(spec: str | Mapping | None) -> dict[int, int]:
-    """A label map from a mapping, a JSON string or a JSON file path (``{"4": 0}`` drops source label 4)."""
+def read_json_argument(value: str | Mapping, name: str) -> Mapping:
+    """A mapping given on the command line: as a mapping already, a JSON string, or the path of a JSON file."""
     import json
 
+    if isinstance(value, Mapping):
+        return value
+    path = Path(value)
+    try:
+        return json.loads(path.read_text() if path.is_file() else value)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{name} is neither a JSON file nor a JSON object: {value!r} ({err})") from None
+
+
+def parse_label_map(spec: str | Mapping | None) -> dict[int, int]:
+    """A label map from a mapping, a JSON string or a JSON file path (``{"4": 0}`` drops source label 4)."""
     if spec is None:
         return {}
-    if isinstance(spec, str):
-        path = Path(spec)
-        text = path.read_text() if path.is_file() else spec
-        try:
-            spec = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"label_map is neither a JSON file nor a JSON object: {spec!r} ({err})") from None
+    spec = read_json_argument(spec, "label_map")
     if not isinstance(spec, Mapping):
         raise ValueError(f"label_map must map source values to dataset values, got {spec!r}")
     try:

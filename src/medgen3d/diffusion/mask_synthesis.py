@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+import nibabel as nib
 import numpy as np
 import torch
 
@@ -56,12 +57,10 @@ class CasePlan(NamedTuple):
 def reference_geometry(reference: DatasetSpec) -> ReferenceGeometry:
     """Read in-plane size, depths and affine from the reference's training labels (all must share ``H, W``)."""
     cases = reference.training or reference.cases()
-    shapes = []
-    affine = None
-    for case in cases:
-        volume = load_nifti(reference.path(case.label))
-        shapes.append(volume.array.shape)
-        affine = volume.affine if affine is None else affine
+    # headers only: the shapes and one affine are all that is needed
+    headers = [nib.load(reference.path(case.label)) for case in cases]
+    shapes = [tuple(h.shape[:3]) for h in headers]
+    affine = np.asarray(headers[0].affine, dtype=np.float64)
     in_plane = {s[:2] for s in shapes}
     if len(in_plane) != 1:
         raise DataError(

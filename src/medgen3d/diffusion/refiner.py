@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.schedulers import DDPMScheduler
 
-from medgen3d.diffusion.sampler import Generators, guide, randn
+from medgen3d.diffusion.sampler import guide
 
 __all__ = ["VIEWS", "to_view", "from_view", "SegmentationDenoiser", "SemanticRefiner", "refine_volume"]
 
@@ -89,7 +89,11 @@ class SemanticRefiner:
 
     @torch.no_grad()
     def refine_slices(
-        self, network: SegmentationDenoiser, x: torch.Tensor, seg: torch.Tensor, generator: Generators = None
+        self,
+        network: SegmentationDenoiser,
+        x: torch.Tensor,
+        seg: torch.Tensor,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Refine a batch of slices.
 
@@ -97,7 +101,7 @@ class SemanticRefiner:
             network: the view's SPADE diffusion UNet.
             x: ``(N, 1, a, b)`` slices in [-1, 1].
             seg: ``(N, K, a, b)`` one-hot masks in {0, 1}.
-            generator: random source (one, or one per slice).
+            generator: random source for the noising and the stochastic steps.
 
         Returns:
             ``(N, 1, a, b)``.
@@ -108,17 +112,12 @@ class SemanticRefiner:
         seg, _ = _pad_to(seg, self.size_multiple)
         # 1. forward process to step t_r (index t_r - 1 of MONAI's 0-based schedule)
         start = self.noise_steps - 1
-        noise = randn(x.shape, generator, x.device)
+        noise = torch.randn(x.shape, generator=generator).to(x.device)
         x_t = self.scheduler.add_noise(x, noise, torch.full((x.shape[0],), start, device=x.device, dtype=torch.long))
         # 2. reverse process t_r - 1 .. 0, guided by the masks (the last step returns the x_0 estimate)
         for t in range(start, -1, -1):
-            x_t, _ = self.scheduler.step(self.predict(network, x_t, seg, t), t, x_t, generator=_first(generator))
+            x_t, _ = self.scheduler.step(self.predict(network, x_t, seg, t), t, x_t, generator=generator)
         return x_t[..., : size[0], : size[1]]
-
-
-def _first(generator: Generators) -> torch.Generator | None:
-    # MONAI's step draws its noise for the whole batch from one generator
-    return generator if generator is None or isinstance(generator, torch.Generator) else generator[0]
 
 
 @torch.no_grad()
