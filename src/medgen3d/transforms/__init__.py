@@ -7,5 +7,13 @@ from medgen3d.transforms.subsequence import (
     Subsequenced,
     resize_label_slices,
 )
+from medgen3d.transforms.views import RandSliceViewd
 
-__all__ = ["RandSubsequenced", "RandViewSliced", "ResizeLabelSlicesd", "Subsequenced", "resize_label_slices"]
+__all__ = [
+    "RandSliceViewd",
+    "RandSubsequenced",
+    "RandViewSliced",
+    "ResizeLabelSlicesd",
+    "Subsequenced",
+    "resize_label_slices",
+]
