@@ -7,6 +7,7 @@
     medgen3d data import SRC OUT --modality CT --spacing "[1.5,1.5,2.5]" [--size "[128,128,96]"] ...
     medgen3d data validate DIR
     medgen3d data restore DATASET VOLUME --case CASE --out FILE
+    medgen3d data export-nnunet DATASET [DATASET ...] --out nnUNet_raw --dataset_id 501 [--name NAME]
     medgen3d preview DATASET [--out DIR] [--max_cases 4]
     medgen3d demo [--out demo_output]
 
@@ -174,6 +175,17 @@ def restore(dataset: str, volume: str, case: str, out: str, mode: str = "nearest
     print(f"wrote {out} on the grid of {source.file} {source.shape}")
 
 
+def export_nnunet(
+    *datasets: str, out: str = "nnUNet_raw", dataset_id: int = 501, name: str | None = None, overwrite: bool = False
+) -> None:
+    """Export paired datasets (real, synthetic, or both) as one nnU-Net v2 raw dataset under ``out``."""
+    from medgen3d.data.nnunet import export_nnunet as export
+
+    folder = export(datasets, out, dataset_id, name, overwrite)
+    print(f"nnU-Net raw dataset: {folder.resolve()}")
+    print(f"next: nnUNetv2_plan_and_preprocess -d {dataset_id} (with nnUNet_raw={Path(out).resolve()})")
+
+
 def preview(dataset: str, out: str | None = None, max_cases: int = 4, split: str = "all") -> None:
     """Write PNG montages (axial/coronal/sagittal, with label overlay) of the first cases of a dataset."""
     from medgen3d.preview import preview_dataset
@@ -204,6 +216,7 @@ COMMANDS = {
         "import": import_data,
         "validate": validate,
         "restore": restore,
+        "export-nnunet": export_nnunet,
     },
     "preview": preview,
     "demo": demo,
