@@ -1,0 +1,204 @@
+"""Fidelity: Fréchet distance between learned features of synthetic and real slices, per view.
+
+MedGen3D reports FID averaged over 2D slices of the three views (axial, coronal, sagittal). No Inception weights
+can be downloaded here, so the feature network is a 2D segmentation network the project trains on real data; its
+features are the spatial means of one layer (by default the bottleneck of a MONAI ``UNet``).
+
+Volumes are ``(H, W, D)`` tensors scaled to [-1, 1] (background at -1); slices are ``(N, 1, a, b)``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.metrics import FIDMetric
+from monai.networks.blocks import Convolution
+from monai.networks.layers import SkipConnection
+from monai.networks.nets import UNet
+from torch import nn
+
+from medgen3d.diffusion.refiner import VIEWS, to_view
+
+__all__ = ["view_slices", "bottleneck_name", "FeatureExtractor", "frechet_distance", "view_frechet_distances"]
+
+# A voxel counts as foreground when it is above the [-1, 1] background value by more than rounding noise.
+_BACKGROUND_MARGIN = 1e-3
+
+
+def view_slices(volume: torch.Tensor, view: str, min_foreground: float = 0.0) -> torch.Tensor:
+    """The slices of one view of a volume.
+
+    Args:
+        volume: ``(H, W, D)`` in [-1, 1].
+        view: ``"axial"``, ``"coronal"`` or ``"sagittal"`` (see :data:`medgen3d.diffusion.refiner.VIEWS`).
+        min_foreground: slices whose fraction of voxels above the background value (-1) is below this are
+            dropped, so that the empty slices outside the body do not dominate the feature statistics.
+
+    Returns:
+        ``(N, 1, a, b)``, ``N`` slices along the view's axis (fewer when some are dropped).
+    """
+    volume = torch.as_tensor(volume)
+    if volume.ndim != 3:
+        raise ValueError(f"volume must be (H, W, D), got shape {tuple(volume.shape)}")
+    slices = to_view(volume[None], view)
+    if min_foreground > 0:
+        foreground = (slices > -1 + _BACKGROUND_MARGIN).flatten(1).float().mean(1)
+        slices = slices[foreground >= min_foreground]
+    return slices
+
+
+def bottleneck_name(network: nn.Module) -> str:
+    """The dotted name (as in ``network.named_modules()``) of the deepest block of a MONAI ``UNet``.
+
+    The UNet nests ``Sequential(down, SkipConnection(submodule), up)`` levels; the walk follows ``[1].submodule``
+    down to the bottom layer. When that layer is a plain :class:`~monai.networks.blocks.Convolution` (UNets with
+    ``num_res_units=0``) its convolution is returned instead: the block ends in a per-sample (instance) norm,
+    which would make every channel's spatial mean nearly the same for all inputs. A ``ResidualUnit`` bottom adds
+    its un-normalised residual path, so the block itself is returned.
+
+    Raises:
+        ValueError: ``network`` is not a MONAI ``UNet``; pass ``layer=`` to :class:`FeatureExtractor` instead.
+    """
+    if not isinstance(network, UNet):
+        raise ValueError(
+            f"bottleneck_name knows only monai.networks.nets.UNet, got {type(network).__name__}; "
+            "pass layer= (a name from network.named_modules()) to FeatureExtractor"
+        )
+    name, node = "model", network.model
+    while isinstance(node, nn.Sequential) and len(node) == 3 and isinstance(node[1], SkipConnection):
+        name, node = f"{name}.1.submodule", node[1].submodule
+    return f"{name}.conv" if isinstance(node, Convolution) else name
+
+
+@contextmanager
+def _captured(module: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect the outputs of ``module`` while the context is open; the hook never outlives it."""
+    outputs: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda _module, _args, output: outputs.append(output))
+    try:
+        yield outputs
+    finally:
+        handle.remove()
+
+
+class FeatureExtractor:
+    """Features of 2D slices: the spatial mean of one layer's output of a trained 2D network.
+
+    Args:
+        network: a 2D network taking ``(B, 1, a, b)``; it is run in eval mode under ``torch.no_grad()`` and its
+            training mode is restored afterwards.
+        layer: dotted module name whose output is pooled; default :func:`bottleneck_name` (MONAI ``UNet`` only).
+        batch_size: slices per forward pass.
+        size_multiple: slices are padded with the background value -1 (on the far side) to a multiple of this,
+            the network's total downsampling, so that any slice size works.
+    """
+
+    def __init__(
+        self, network: nn.Module, layer: str | None = None, batch_size: int = 32, size_multiple: int = 8
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if size_multiple < 1:
+            raise ValueError(f"size_multiple must be positive, got {size_multiple}")
+        self.network = network
+        self.layer = bottleneck_name(network) if layer is None else layer
+        modules = dict(network.named_modules())
+        if self.layer not in modules:
+            raise ValueError(f"layer {self.layer!r} is not a module of {type(network).__name__}")
+        self.module = modules[self.layer]
+        self.batch_size = batch_size
+        self.size_multiple = size_multiple
+
+    def _pad(self, slices: torch.Tensor) -> torch.Tensor:
+        a, b = slices.shape[-2:]
+        pad_a, pad_b = (-a) % self.size_multiple, (-b) % self.size_multiple
+        return F.pad(slices, (0, pad_b, 0, pad_a), value=-1.0)
+
+    def __call__(self, slices: torch.Tensor) -> torch.Tensor:
+        """``(N, 1, a, b)`` slices -> ``(N, C)`` float64 features on the CPU (``C``: the layer's channels)."""
+        if slices.ndim != 4:
+            raise ValueError(f"slices must be (N, 1, a, b), got shape {tuple(slices.shape)}")
+        parameter = next(self.network.parameters(), None)
+        device = parameter.device if parameter is not None else torch.device("cpu")
+        was_training = self.network.training
+        self.network.eval()
+        features = []
+        try:
+            with torch.no_grad(), _captured(self.module) as outputs:
+                for batch in torch.split(slices, self.batch_size):
+                    outputs.clear()
+                    self.network(self._pad(batch.float()).to(device))
+                    if not outputs:
+                        raise RuntimeError(f"layer {self.layer!r} was not run by the network's forward pass")
+                    features.append(outputs[-1].flatten(2).mean(2).double().cpu())
+        finally:
+            self.network.train(was_training)
+        if not features:
+            raise ValueError("no slices to extract features from")
+        return torch.cat(features)
+
+
+def frechet_distance(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (MONAI ``FIDMetric``).
+
+    Args:
+        a: ``(N, F)`` features, ``N >= 2``.
+        b: ``(M, F)`` features, ``M >= 2``.
+
+    Returns:
+        The distance, >= 0 (tiny negative values from the matrix square root are clipped).
+    """
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    for name, x in (("a", a), ("b", b)):
+        if x.ndim != 2 or x.shape[0] < 2:
+            raise ValueError(f"{name} must be (N, F) with N >= 2 to have a covariance, got shape {tuple(x.shape)}")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature sizes differ: a has {a.shape[1]}, b has {b.shape[1]}")
+    with warnings.catch_warnings():
+        # MONAI 1.6 passes scipy's deprecated ``disp`` argument to sqrtm on every call; the result is unaffected.
+        warnings.filterwarnings("ignore", message="The `disp` argument is deprecated", category=DeprecationWarning)
+        distance = float(FIDMetric()(a, b))
+    return max(distance, 0.0)
+
+
+def view_frechet_distances(
+    extract: Callable[[torch.Tensor], torch.Tensor | np.ndarray],
+    synthetic: Sequence[torch.Tensor],
+    real: Sequence[torch.Tensor],
+    views: Sequence[str] = ("axial", "coronal", "sagittal"),
+    min_foreground: float = 0.05,
+) -> dict[str, float]:
+    """Fréchet distance between features of synthetic and real slices, per view and averaged over the views.
+
+    Args:
+        extract: slices ``(N, 1, a, b)`` -> features ``(N, F)``, e.g. a :class:`FeatureExtractor`.
+        synthetic: volumes ``(H, W, D)`` in [-1, 1]; shapes may differ between volumes.
+        real: volumes ``(H, W, D)`` in [-1, 1].
+        views: the views to compare.
+        min_foreground: see :func:`view_slices`.
+
+    Returns:
+        ``{view: distance}`` for each view, plus ``"mean"`` over the views.
+    """
+    if not views:
+        raise ValueError("views must name at least one view")
+    for view in views:
+        if view not in VIEWS:
+            raise ValueError(f"views must be among {list(VIEWS)}, got {view!r}")
+
+    def features(volumes: Sequence[torch.Tensor], view: str) -> torch.Tensor:
+        # One volume at a time: volumes may differ in shape, and the slices of a whole set need not fit in memory.
+        slices = (view_slices(v, view, min_foreground) for v in volumes)
+        per_volume = [torch.as_tensor(extract(s)) for s in slices if len(s)]
+        if not per_volume:
+            raise ValueError(f"no {view} slice has a foreground fraction of at least {min_foreground}")
+        return torch.cat(per_volume)
+
+    distances = {view: frechet_distance(features(synthetic, view), features(real, view)) for view in views}
+    distances["mean"] = float(np.mean(list(distances.values())))
+    return distances
