@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import nibabel as nib
 
-from medgen3d.data.dataset import DatasetSpec
+from medgen3d.data.dataset import DatasetSpec, read_dataset
 from medgen3d.data.io import DataError
 
-__all__ = ["check_labels_match", "label_datalist", "combined_datalist"]
+__all__ = ["check_labels_match", "check_modality_match", "label_datalist", "combined_datalist"]
 
 
 def check_labels_match(spec: DatasetSpec, labels: Mapping) -> None:
@@ -20,6 +21,17 @@ def check_labels_match(spec: DatasetSpec, labels: Mapping) -> None:
         raise DataError(
             f"{spec.path('dataset.json')}: the dataset's labels {spec.labels} differ from the configured labels "
             f"{configured}; set the bundle's 'labels' to match (a model trained on one label set cannot use another)"
+        )
+
+
+def check_modality_match(dataset_dir: str | os.PathLike, modality: str) -> None:
+    """Raise :class:`DataError` when the dataset in ``dataset_dir`` declares another modality than the configured
+    one (which decides the intensity scaling). A missing folder passes: MONAI Label trains from its own data lists
+    and has no dataset folder."""
+    if Path(dataset_dir).is_dir() and read_dataset(dataset_dir).modality != modality:
+        raise DataError(
+            f"{Path(dataset_dir) / 'dataset.json'}: modality {read_dataset(dataset_dir).modality!r} differs from the "
+            f"configured {modality!r}; set the bundle's 'modality' to match"
         )
 
 

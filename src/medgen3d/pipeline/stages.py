@@ -58,9 +58,9 @@ class StageBundle:
             raise DataError(f"stage {self.name}: config files not found: {missing}")
         return files
 
-    def run(self, task: Sequence[str], **overrides: Any) -> ConfigWorkflow:
-        """Initialise, run and finalise ``task`` (e.g. ``["inference.json"]``) with the stage's overrides, then
-        ``overrides``; returns the finished workflow (its parsed values can be read back)."""
+    def workflow(self, task: Sequence[str], **overrides: Any) -> ConfigWorkflow:
+        """The stage's workflow for ``task`` (e.g. ``["inference.json"]``) with the stage's overrides, then
+        ``overrides``, not yet initialised; its ``parser`` gives parsed values (a network, an inferer)."""
         config_dir = Path(self.bundle_dir) / "configs"
         values = {
             "bundle_root": str(Path(self.bundle_dir).resolve()),
@@ -70,13 +70,17 @@ class StageBundle:
             **overrides,
         }
         logging_file = config_dir / "logging.conf"
-        workflow = ConfigWorkflow(
+        return ConfigWorkflow(
             config_file=[str(f) for f in self.config_files(task)],
             meta_file=str(config_dir / "metadata.json"),
             logging_file=str(logging_file) if logging_file.is_file() else False,
             workflow_type=None,
             **values,
         )
+
+    def run(self, task: Sequence[str], **overrides: Any) -> ConfigWorkflow:
+        """Initialise, run and finalise :meth:`workflow`; returns it finished (its parsed values can be read)."""
+        workflow = self.workflow(task, **overrides)
         start = time.monotonic()
         print(f"[{self.name}] {' + '.join(task)} starts", file=sys.stderr, flush=True)
         workflow.initialize()

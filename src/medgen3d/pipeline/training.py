@@ -43,7 +43,8 @@ def train_stages(
     if unknown:
         raise ValueError(f"unknown stages {unknown}; choose from {list(STAGE_NAMES)}")
     real = read_dataset(dataset_dir)  # a broken dataset fails here, before any training
-    shared = {"dataset_dir": str(real.root), "labels": {str(k): v for k, v in real.labels.items()}, "seed": seed}
+    labels = {str(k): v for k, v in real.labels.items()}
+    shared = {"dataset_dir": str(real.root), "labels": labels, "modality": real.modality, "seed": seed}
     runs = [
         ("mask", stages.mask, {}),
         ("image", stages.image, {}),

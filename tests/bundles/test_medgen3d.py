@@ -1,0 +1,253 @@
+"""The workflow bundle on tiny data: train every stage, generate, resume, report, and the downstream experiment."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from medgen3d.data.dataset import DatasetSpec, read_dataset, write_dataset
+from medgen3d.data.io import DataError, load_nifti, read_json
+from medgen3d.data.validate import validate_dataset
+from medgen3d.metrics.report import quality_report
+from medgen3d.pipeline.stages import StageBundle
+from tests.bundles.helpers import BUNDLES, error_chain
+from tests.conftest import TINY_AFFINE, TINY_SHAPE, write_tiny_dataset
+
+# tiny networks and a few epochs per stage: seconds each
+STAGES = {
+    "mask_mcdpm": {
+        "image_size": [16, 16],
+        "subsequence_length": 4,
+        "channels": [8, 16],
+        "attention_levels": [False, False],
+        "norm_num_groups": 8,
+        "num_head_channels": 8,
+        "num_train_timesteps": 20,
+        "max_epochs": 2,
+        "batch_size": 2,
+        "val_interval": 2,
+        "save_interval": 1,
+        "preview_depth": 8,
+        "num_inference_steps": 4,
+    },
+    "image_vid2vid": {
+        "image_size": [16, 16],
+        "ngf": 8,
+        "n_downsample": 2,
+        "n_blocks": 2,
+        "max_epochs": 2,
+        "batch_size": 2,
+        "run_length": 4,
+        "val_interval": 2,
+        "save_interval": 1,
+        "ndf": 8,
+        "discriminator_scales": 1,
+        "discriminator_layers": 2,
+    },
+    "sdm_refiner": {
+        "channels": [8, 16],
+        "attention_levels": [False, False],
+        "norm_num_groups": 8,
+        "num_head_channels": 8,
+        "spade_channels": 8,
+        "max_epochs": 1,
+        "batch_size": 4,
+        "val_interval": 1,
+        "save_interval": 1,
+        "noise_steps": 4,
+    },
+    "segmentation_eval": {"slice_size": [16, 16], "max_epochs": 6, "val_interval": 3, "learning_rate": 0.002},
+}
+
+
+def _run(root, dataset, configs, **overrides):
+    """``python -m monai.bundle run`` of the workflow bundle with ``configs`` over its common.json."""
+    segmentation = {**STAGES["segmentation_eval"], "slice_views": ["axial", "coronal", "sagittal"]}
+    values = {
+        "stages_dir": str(BUNDLES),
+        "dataset_dir": str(dataset),
+        "stage_overrides": {**STAGES, "segmentation_eval": segmentation},
+        "num_cases": 3,
+        **overrides,
+    }
+    bundle = StageBundle(BUNDLES / "medgen3d", root / "models", root / "eval")
+    return bundle.run(configs, bundle_root=str(root), **values)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    base = tmp_path_factory.mktemp("workflow")
+    dataset = write_tiny_dataset(base / "data", splits=(4, 1, 2)).root
+    root = base / "bundle"
+    _run(root, dataset, ["train.json"])
+    _run(root, dataset, ["generate.json"])
+    return root, dataset
+
+
+@pytest.mark.slow
+def test_the_whole_chain_writes_paired_cases_in_the_real_geometry_with_known_labels(pipeline):
+    root, dataset = pipeline
+    for stage in ("mask_mcdpm/model.pt", "image_vid2vid/model.pt", "segmenter/model.pt"):
+        assert (root / "models" / stage).is_file()
+    assert all((root / "models" / "sdm_refiner" / v / "model.pt").is_file() for v in ("axial", "coronal", "sagittal"))
+    out = root / "eval" / "synthetic"
+    for folder in (out, out / "unrefined"):
+        spec = read_dataset(folder)
+        assert len(spec.cases()) == 3 and spec.labels == read_dataset(dataset).labels
+        validate_dataset(folder)  # shapes, affines, finite values, declared labels, each pair checked
+        for case in spec.cases():
+            image, label = spec.load_case(case)
+            assert image.array.shape == label.array.shape and image.array.shape[:2] == TINY_SHAPE[:2]
+            np.testing.assert_allclose(image.affine, TINY_AFFINE)
+            assert set(np.unique(label.array)) <= {0, 1, 2, 3}
+    refined = read_dataset(out)
+    unrefined = read_dataset(out / "unrefined")
+    case = refined.training[0]
+    # the same mask under both, and the refiner changed the image
+    assert np.array_equal(refined.load_case(case)[1].array, unrefined.load_case(case)[1].array)
+    assert not np.array_equal(refined.load_case(case)[0].array, unrefined.load_case(case)[0].array)
+    assert len(list((out / "previews").glob("*.png"))) == 3
+    assert len(list((out / "previews" / "unrefined").glob("*.png"))) == 3
+
+
+@pytest.mark.slow
+def test_an_interrupted_generation_resumes_without_redoing_or_losing_cases(pipeline, tmp_path):
+    root, dataset = pipeline
+    copy = tmp_path / "bundle"
+    shutil.copytree(root, copy)
+    out = copy / "eval" / "synthetic"
+    # as a run stopped part-way leaves it: one case not refined yet, one not even imaged
+    original = {p.relative_to(out): p.read_bytes() for p in out.rglob("*.nii.gz")}
+    (out / "images" / "synth-0002.nii.gz").unlink()
+    (out / "unrefined" / "images" / "synth-0001.nii.gz").unlink()
+    (out / "images" / "synth-0001.nii.gz").unlink()
+    redone = {out / "labels" / "synth-0001.nii.gz", out / "labels" / "synth-0002.nii.gz"}  # copied with their images
+    kept = {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz") if p not in redone}
+    _run(copy, dataset, ["generate.json"])
+    assert [p for p, t in kept.items() if p.stat().st_mtime_ns != t] == []  # finished cases untouched
+    for relative, content in original.items():
+        regenerated = load_nifti(out / relative).array
+        expected = load_nifti(root / "eval" / "synthetic" / relative).array
+        # same seed, same case (up to float rounding: a case generated alone vs in a batch of three)
+        np.testing.assert_allclose(regenerated, expected, rtol=1e-3, atol=1e-2)
+    assert len(read_dataset(out).cases()) == 3
+
+
+@pytest.mark.slow
+def test_an_output_folder_of_another_run_or_missing_checkpoints_are_clear_errors(pipeline, tmp_path):
+    root, dataset = pipeline
+    out = root / "eval" / "synthetic"
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(Exception) as err:
+        _run(root, dataset, ["generate.json"], seed=7)
+    assert "holds a generation run with other settings (seed differ)" in error_chain(err.value)
+    with pytest.raises(Exception) as err:
+        _run(root, dataset, ["generate.json"], num_cases=4)
+    assert "num_cases" in error_chain(err.value)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before  # nothing touched
+    stranger = tmp_path / "notes"
+    stranger.mkdir()
+    (stranger / "mine.txt").write_text("keep")
+    with pytest.raises(Exception) as err:
+        _run(root, dataset, ["generate.json"], synthetic_dir=str(stranger))
+    assert "not empty and holds no generation run" in error_chain(err.value)
+    assert [p.name for p in stranger.iterdir()] == ["mine.txt"]
+    with pytest.raises(Exception) as err:
+        _run(root, dataset, ["generate.json"], models_dir=str(tmp_path / "none"), synthetic_dir=str(tmp_path / "x"))
+    message = error_chain(err.value)
+    assert "mask_mcdpm checkpoint" in message and "sdm_refiner sagittal checkpoint" in message
+    assert not (tmp_path / "x" / "unrefined").exists()  # failed before generating anything
+
+
+@pytest.mark.slow
+def test_checkpoints_trained_on_another_label_set_are_refused_naming_the_file(pipeline, tmp_path):
+    root, dataset = pipeline
+    spec = read_dataset(dataset)
+    other = DatasetSpec(spec.name, spec.modality, {**spec.labels, 4: "extra"}, spec.training, spec.validation)
+    shutil.copytree(dataset, tmp_path / "other")
+    write_dataset(tmp_path / "other", other)
+    with pytest.raises(Exception) as err:
+        _run(root, tmp_path / "other", ["generate.json"], synthetic_dir=str(tmp_path / "out"))
+    message = error_chain(err.value)
+    assert "mask_mcdpm/model.pt: does not fit the configured network" in message
+
+
+@pytest.mark.slow
+def test_the_quality_report_measures_refined_and_unrefined_images_against_real_data(pipeline):
+    root, dataset = pipeline
+    _run(root, dataset, ["evaluate.json"])
+    report_dir = root / "eval" / "report"
+    report = read_json(report_dir / "report.json")
+    assert set(report["sets"]) == {"refined", "unrefined"}
+    for row in [report["reference"], *report["sets"].values()]:
+        assert set(row["fidelity_frechet"]) == {"axial", "coronal", "sagittal", "mean"}
+        assert all(np.isfinite(v) and v >= 0 for v in row["fidelity_frechet"].values())
+        assert all(0 <= v <= 1 for v in row["alignment_dice"].values())
+        assert -1 <= row["diversity_ms_ssim"]["mean"] <= 1
+    assert len(report["sets"]["refined"]["memorisation"]) == 3
+    assert (report_dir / "report.png").stat().st_size > 0
+    assert "## Memorisation" in (report_dir / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_copy_of_the_training_set_is_flagged_as_memorised_and_has_real_anatomy(pipeline, tmp_path):
+    root, dataset = pipeline
+    wf = _run(root, dataset, ["evaluate.json"], run=[])  # only to build the trained segmenter and features
+    segment, features = wf.parser.get_parsed_content("segmenter"), wf.parser.get_parsed_content("features")
+    real = read_dataset(dataset)
+    copy = DatasetSpec(real.name, real.modality, real.labels, real.training)
+    shutil.copytree(dataset, tmp_path / "copy")
+    write_dataset(tmp_path / "copy", copy)
+    report = quality_report(dataset, tmp_path / "copy", tmp_path / "report", segment, features)
+    memo = report["sets"]["refined"]["memorisation"]
+    assert [m["nearest_training_case"] for m in memo] == [c.case_id for c in real.training]
+    assert all(m["image_ssim"] == pytest.approx(1.0, abs=1e-4) and m["label_dice"] == 1.0 for m in memo)
+    assert all(v == pytest.approx(0.0, abs=1e-9) for v in report["anatomy"]["fraction_distance"].values())
+    assert "refined: 4 case(s) closer to a training case" in (tmp_path / "report" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_experiment_trains_sources_of_fine_tuning_scores_each_run_and_resumes(pipeline, tmp_path, monkeypatch):
+    root, dataset = pipeline
+    overrides = {
+        "experiment_dir": str(tmp_path / "experiment"),
+        "strategies": ["E2-1", "E2-4"],
+        "networks": ["unet3d"],
+        "seeds": [0, 1],
+        "experiment_overrides": {"roi_size": [16, 16, 16], "max_epochs": 2, "val_interval": 1},
+    }
+    _run(root, dataset, ["experiment.json"], **overrides)
+    runs = sorted(p.name for p in (tmp_path / "experiment" / "runs").glob("*.json"))
+    assert runs == [f"{s}-unet3d-seed{k}.json" for s in ("E2-1", "E2-2", "E2-4") for k in (0, 1)]
+    results = read_json(tmp_path / "experiment" / "results.json")
+    assert sorted({(r["strategy"], r["seed"]) for r in results}) == [("E2-1", 0), ("E2-1", 1), ("E2-4", 0), ("E2-4", 1)]
+    assert "E2-2" not in (tmp_path / "experiment" / "results.md").read_text()  # trained as a source, not reported
+    # the fine-tuned run started from its source's weights, so its model differs from a fresh one only by training
+    assert (tmp_path / "experiment" / "models" / "unet3d" / "seed0" / "E2-4" / "model.pt").is_file()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(StageBundle, "run", refuse, raising=True)
+    from medgen3d.pipeline.experiment import run_experiment
+
+    segmentation = StageBundle(BUNDLES / "segmentation_eval", tmp_path / "m", tmp_path / "l", base=())
+    again = run_experiment(
+        segmentation, dataset, root / "eval" / "synthetic", tmp_path / "experiment", ["E2-1", "E2-4"], ["unet3d"], [0, 1]
+    )
+    assert sorted((r.strategy, r.seed, r.dice["slab_1"]) for r in again) == sorted(
+        (r["strategy"], r["seed"], r["dice"]["slab_1"]) for r in results
+    )
+
+
+def test_unknown_strategies_and_networks_are_refused():
+    from medgen3d.pipeline.experiment import run_order
+
+    assert run_order(["E2-5", "E2-1"]) == ["E2-1", "E2-3", "E2-5"]
+    assert run_order(["E3"]) == ["E2-3", "E3"]
+    with pytest.raises(ValueError, match="unknown strategies"):
+        run_order(["E9"])
+
+

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.inferers import SimpleInferer
+
+from medgen3d.metrics.alignment import Segmenter, alignment_dice
+from tests.conftest import slab_image, slab_label
+
+
+class _Threshold(torch.nn.Module):
+    """A perfect segmenter of slab images (intensity = 100 x label): one-hot logits of round(x / 100)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot((x[:, 0] / 100).round().long(), 4).permute(0, 4, 1, 2, 3).float()
+
+
+def test_a_segmenter_that_recovers_the_mask_scores_one_and_a_wrong_mask_the_known_overlap():
+    label = slab_label()
+    image = torch.from_numpy(slab_image(label))
+    segment = Segmenter(_Threshold(), SimpleInferer())
+    assert np.array_equal(segment(image), label)
+    assert alignment_dice(segment, [image], [label], 4) == pytest.approx(np.ones((1, 3)))
+    # the mask shifted by one slice: each slab of 4 slices overlaps its prediction on 3 (or 4 at the end)
+    shifted = slab_label(shift=1)
+    scores = alignment_dice(segment, [image], [shifted], 4)[0]
+    expected = [
+        2 * np.logical_and(label == k, shifted == k).sum() / ((label == k).sum() + (shifted == k).sum())
+        for k in (1, 2, 3)
+    ]
+    assert scores == pytest.approx(expected)
+    assert scores[0] < 1
+
+
+def test_counts_must_match():
+    with pytest.raises(ValueError, match="masks"):
+        alignment_dice(lambda x: x, [torch.zeros(2, 2, 2)], [], 2)
