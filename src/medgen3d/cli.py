@@ -9,7 +9,7 @@
     medgen3d data restore DATASET VOLUME --case CASE --out FILE
     medgen3d data export-nnunet DATASET [DATASET ...] --out nnUNet_raw --dataset_id 501 [--name NAME]
     medgen3d preview DATASET [--out DIR] [--max_cases 4]
-    medgen3d demo [--out demo_output]
+    medgen3d demo [--out demo_output]   (brain-mni -> train every stage -> synthetic pairs -> quality report)
 
 Problems with the user's data end the command with a one-line error naming the file, not a traceback.
 """
@@ -194,19 +194,42 @@ def preview(dataset: str, out: str | None = None, max_cases: int = 4, split: str
         print(path)
 
 
-def demo(out: str = "demo_output", preset: str = "small") -> None:
-    """The main job on the embedded default: build brain-mni, validate it, and write previews."""
+def demo(out: str = "demo_output", preset: str = "small", bundles: str | None = None) -> None:
+    """The main job: build brain-mni, train small versions of every stage on it, generate synthetic pairs and write
+    the quality report and previews (the workflow bundle's train, generate and evaluate configs with its demo.json).
+
+    Args:
+        out: where the dataset, checkpoints, synthetic pairs and report go.
+        preset: the brain-mni preset (``small`` on a CPU).
+        bundles: the folder holding the bundles (default: this checkout's ``bundles/``).
+    """
+    import time
+
     from medgen3d.data.brain_mni import build_brain_mni
     from medgen3d.data.validate import validate_dataset
-    from medgen3d.preview import preview_dataset
+    from medgen3d.pipeline.stages import StageBundle
 
+    start = time.monotonic()
+    stages_dir = Path(bundles) if bundles else Path(__file__).resolve().parents[2] / "bundles"
+    if not (stages_dir / "medgen3d" / "configs" / "common.json").is_file():
+        raise DataError(f"{stages_dir}: the bundles folder was not found; run the demo from a clone of the repository")
     dataset_dir = Path(out) / f"brain-mni-{preset}"
     build_brain_mni(dataset_dir, preset=preset, progress=progress_printer("brain-mni"))
-    summary = validate_dataset(dataset_dir)
-    previews = preview_dataset(dataset_dir, max_cases=4)
-    print(summary.describe())
-    print(f"\ndataset: {dataset_dir.resolve()}")
-    print("previews:\n  " + "\n  ".join(str(p.resolve()) for p in previews))
+    print(validate_dataset(dataset_dir).describe())
+    root = Path(out) / "workflow"
+    workflow = StageBundle(stages_dir / "medgen3d", root / "models", root / "eval", overlays=["demo.json"])
+    seconds = {"data": time.monotonic() - start}
+    for task in ("train", "generate", "evaluate"):
+        begin = time.monotonic()
+        workflow.run([f"{task}.json"], bundle_root=str(root), stages_dir=str(stages_dir), dataset_dir=str(dataset_dir))
+        seconds[task] = time.monotonic() - begin
+    synthetic = (root / "eval" / "synthetic").resolve()
+    print(f"\nsynthetic pairs:  {synthetic}  (unrefined images in {synthetic / 'unrefined'})")
+    print(f"previews:         {synthetic / 'previews'}")
+    print(f"quality report:   {(root / 'eval' / 'report' / 'report.md').resolve()}")
+    print(f"checkpoints:      {(root / 'models').resolve()}")
+    timing = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+    print(f"total {time.monotonic() - start:.0f} s ({timing})")
 
 
 COMMANDS = {

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from medgen3d.data.dataset import DatasetSpec, read_dataset, write_dataset
-from medgen3d.data.io import DataError, load_nifti, read_json
+from medgen3d.data.io import load_nifti, read_json
 from medgen3d.data.validate import validate_dataset
 from medgen3d.metrics.report import quality_report
 from medgen3d.pipeline.stages import StageBundle
@@ -130,8 +130,10 @@ def test_an_interrupted_generation_resumes_without_redoing_or_losing_cases(pipel
     for relative, content in original.items():
         regenerated = load_nifti(out / relative).array
         expected = load_nifti(root / "eval" / "synthetic" / relative).array
-        # same seed, same case (up to float rounding: a case generated alone vs in a batch of three)
-        np.testing.assert_allclose(regenerated, expected, rtol=1e-3, atol=1e-2)
+        # same seed, same case, up to float rounding (a case generated alone vs in a batch of three, compounded
+        # through the image recurrence): within 0.1% of the volume's intensity range
+        tolerance = 1e-3 * float(np.ptp(expected)) + 1e-6
+        np.testing.assert_allclose(regenerated, expected, rtol=0, atol=tolerance)
     assert len(read_dataset(out).cases()) == 3
 
 
@@ -234,9 +236,9 @@ def test_the_experiment_trains_sources_of_fine_tuning_scores_each_run_and_resume
     from medgen3d.pipeline.experiment import run_experiment
 
     segmentation = StageBundle(BUNDLES / "segmentation_eval", tmp_path / "m", tmp_path / "l", base=())
-    again = run_experiment(
-        segmentation, dataset, root / "eval" / "synthetic", tmp_path / "experiment", ["E2-1", "E2-4"], ["unet3d"], [0, 1]
-    )
+    synthetic = root / "eval" / "synthetic"
+    experiment = tmp_path / "experiment"
+    again = run_experiment(segmentation, dataset, synthetic, experiment, ["E2-1", "E2-4"], ["unet3d"], [0, 1])
     assert sorted((r.strategy, r.seed, r.dice["slab_1"]) for r in again) == sorted(
         (r["strategy"], r["seed"], r["dice"]["slab_1"]) for r in results
     )
@@ -249,5 +251,3 @@ def test_unknown_strategies_and_networks_are_refused():
     assert run_order(["E3"]) == ["E2-3", "E3"]
     with pytest.raises(ValueError, match="unknown strategies"):
         run_order(["E9"])
-
-
