@@ -27,7 +27,7 @@ DATASETS = {
 }
 
 
-def run(dataset: str = "brain-mni", noise_steps: int = 10, guidance_scale: float = 1.0, batch_size: int = 32) -> None:
+def run(dataset: str = "brain-mni", noise_steps: int = 10, guidance_scale: float = 1.0, batch_size: int = 16) -> None:
     """Refine one validation volume along each view and time it."""
     from monai.bundle import ConfigParser
 

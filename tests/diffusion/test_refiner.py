@@ -65,7 +65,8 @@ def test_guidance_scale_one_is_the_conditional_prediction():
     conditional = network(x, torch.full((2,), t), seg=seg)
     assert torch.equal(SemanticRefiner(DDPMScheduler(1000), 10, 1.0).predict(network, x, seg, t), conditional)
     unconditional = network(x, torch.full((2,), t), seg=torch.zeros_like(seg))
-    guided = SemanticRefiner(DDPMScheduler(1000), 10, 3.0).predict(network, x, seg, t)
+    guiding = SemanticRefiner(DDPMScheduler(1000), 10, 3.0)
+    guided = guiding.predict(network, x, guiding.condition(seg), t)
     assert torch.allclose(guided, unconditional + 3.0 * (conditional - unconditional), atol=1e-5)
 
 

@@ -12,14 +12,17 @@ along ``H`` (left-right).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from monai.networks.schedulers import DDPMScheduler
+from torch import nn
 
 from medgen3d.diffusion.sampler import guide
+from medgen3d.networks.spade_cache import reuse_mask_modulation
 
 __all__ = ["VIEWS", "to_view", "from_view", "SegmentationDenoiser", "SemanticRefiner", "refine_volume"]
 
@@ -76,14 +79,16 @@ class SemanticRefiner:
         self.guidance_scale, self.size_multiple = float(guidance_scale), size_multiple
         scheduler.set_timesteps(scheduler.num_train_timesteps)  # every step: the partial chain t_r-1 .. 0
 
+    def condition(self, seg: torch.Tensor) -> torch.Tensor:
+        """What :meth:`predict` takes as ``seg``: the masks, followed by the null masks when guiding."""
+        return seg if self.guidance_scale == 1.0 else torch.cat([seg, torch.zeros_like(seg)])
+
     def predict(self, network: SegmentationDenoiser, x_t: torch.Tensor, seg: torch.Tensor, t: int) -> torch.Tensor:
-        """The guided noise prediction at step ``t``."""
+        """The guided noise prediction at step ``t``; ``seg`` is :meth:`condition` of the masks."""
         timesteps = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
         if self.guidance_scale == 1.0:
             return network(x_t, timesteps, seg=seg)
-        both = network(
-            torch.cat([x_t, x_t]), torch.cat([timesteps, timesteps]), seg=torch.cat([seg, torch.zeros_like(seg)])
-        )
+        both = network(torch.cat([x_t, x_t]), torch.cat([timesteps, timesteps]), seg=seg)
         conditional, unconditional = both.chunk(2)
         return guide(unconditional, conditional, self.guidance_scale)
 
@@ -114,9 +119,13 @@ class SemanticRefiner:
         start = self.noise_steps - 1
         noise = torch.randn(x.shape, generator=generator).to(x.device)
         x_t = self.scheduler.add_noise(x, noise, torch.full((x.shape[0],), start, device=x.device, dtype=torch.long))
-        # 2. reverse process t_r - 1 .. 0, guided by the masks (the last step returns the x_0 estimate)
-        for t in range(start, -1, -1):
-            x_t, _ = self.scheduler.step(self.predict(network, x_t, seg, t), t, x_t, generator=generator)
+        # 2. reverse process t_r - 1 .. 0, guided by the masks (the last step returns the x_0 estimate); one
+        # condition tensor for every step, so the SPADE blocks modulate with it once, not t_r times
+        condition = self.condition(seg)
+        reuse = reuse_mask_modulation(network) if isinstance(network, nn.Module) else contextlib.nullcontext()
+        with reuse:
+            for t in range(start, -1, -1):
+                x_t, _ = self.scheduler.step(self.predict(network, x_t, condition, t), t, x_t, generator=generator)
         return x_t[..., : size[0], : size[1]]
 
 
