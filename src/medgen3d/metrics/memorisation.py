@@ -13,9 +13,9 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from monai.metrics import SSIMMetric
 
 from medgen3d.metrics.segmentation import dice_per_structure
+from medgen3d.metrics.ssim import LocalMoments, gaussian_window, local_moments, ssim_against
 
 __all__ = ["Nearest", "nearest_references"]
 
@@ -36,9 +36,13 @@ def _overlap(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
     return tuple(min(x, y) for x, y in zip(a, b))
 
 
+def _crop_start(size: Sequence[int], shape: Sequence[int]) -> list[int]:
+    return [(s - t) // 2 for s, t in zip(size, shape)]
+
+
 def _centre_crop(volume: torch.Tensor | np.ndarray, shape: Sequence[int]) -> torch.Tensor | np.ndarray:
     """The central ``shape`` block of ``volume`` (each side at most as long as the volume's)."""
-    starts = [(size - target) // 2 for size, target in zip(volume.shape, shape)]
+    starts = _crop_start(volume.shape, shape)
     return volume[tuple(slice(s, s + t) for s, t in zip(starts, shape))]
 
 
@@ -48,19 +52,6 @@ def _window(shape: Sequence[int]) -> int:
         if size <= min(shape):
             return size
     raise ValueError(f"shape {tuple(shape)} is too small for SSIM: every side must be at least {_WINDOW_SIZES[-1]}")
-
-
-def _ssim(query: torch.Tensor, references: Sequence[torch.Tensor], data_range: float) -> list[float]:
-    """3D SSIM of ``query`` with each reference; all ``(H, W, D)`` of one shape."""
-    metric = SSIMMetric(spatial_dims=3, data_range=data_range, win_size=_window(query.shape))
-    scores: list[float] = []
-    with torch.no_grad():
-        for start in range(0, len(references), _REFERENCES_PER_BATCH):
-            # SSIM's luminance term assumes non-negative intensities, so [-1, 1] is moved to [0, 2].
-            batch = torch.stack(list(references[start : start + _REFERENCES_PER_BATCH]))[:, None] + 1.0
-            queries = (query[None, None] + 1.0).expand_as(batch)
-            scores += metric(queries, batch).flatten().tolist()
-    return scores
 
 
 def nearest_references(
@@ -96,22 +87,44 @@ def nearest_references(
     if num_classes < 2:
         raise ValueError(f"num_classes must count the background and at least one structure, got {num_classes}")
 
-    references = [torch.as_tensor(r, dtype=torch.float32) for r in ref_images]
+    # SSIM's luminance term assumes non-negative intensities, so [-1, 1] is moved to [0, 2] (same data range).
+    references = [torch.as_tensor(r, dtype=torch.float32) + 1.0 for r in ref_images]
+    moments: dict[tuple[int, int], LocalMoments] = {}  # (reference, window size) -> its moments, computed once
+
+    def reference_moments(j: int, window: torch.Tensor) -> LocalMoments:
+        if (j, window.numel()) not in moments:
+            moments[j, window.numel()] = local_moments(references[j], window)
+        return moments[j, window.numel()]
+
     results = []
-    for image, label in zip(images, labels):
-        image = torch.as_tensor(image, dtype=torch.float32)
-        # References sharing an overlap shape with the query are scored in one batch.
-        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-        for j, reference in enumerate(references):
-            groups[_overlap(image.shape, reference.shape)].append(j)
-        ssim = np.empty(len(references))
-        for shape, members in groups.items():
-            crops = [_centre_crop(references[j], shape).to(image.device) for j in members]
-            ssim[members] = _ssim(_centre_crop(image, shape), crops, data_range)
-        best = int(np.argmax(ssim))
-        shape = _overlap(np.shape(label), np.shape(ref_labels[best]))
-        dice = dice_per_structure(
-            _centre_crop(np.asarray(label), shape), _centre_crop(np.asarray(ref_labels[best]), shape), num_classes
-        )
-        results.append(Nearest(best, float(ssim[best]), float(dice.mean())))
+    with torch.no_grad():
+        for image, label in zip(images, labels):
+            image = torch.as_tensor(image, dtype=torch.float32) + 1.0
+            # References sharing an overlap shape with the query are scored in one batch.
+            groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+            for j, reference in enumerate(references):
+                groups[_overlap(image.shape, reference.shape)].append(j)
+            ssim = np.empty(len(references))
+            query: dict[int, LocalMoments] = {}
+            for shape, members in groups.items():
+                window = gaussian_window(_window(shape))
+                if window.numel() not in query:
+                    query[window.numel()] = local_moments(image, window)
+                for start in range(0, len(members), _REFERENCES_PER_BATCH):
+                    batch = members[start : start + _REFERENCES_PER_BATCH]
+                    ssim[batch] = ssim_against(
+                        query[window.numel()],
+                        [reference_moments(j, window) for j in batch],
+                        _crop_start(image.shape, shape),
+                        [_crop_start(references[j].shape, shape) for j in batch],
+                        shape,
+                        window,
+                        data_range,
+                    ).numpy()
+            best = int(np.argmax(ssim))
+            shape = _overlap(np.shape(label), np.shape(ref_labels[best]))
+            dice = dice_per_structure(
+                _centre_crop(np.asarray(label), shape), _centre_crop(np.asarray(ref_labels[best]), shape), num_classes
+            )
+            results.append(Nearest(best, float(ssim[best]), float(dice.mean())))
     return results

@@ -31,9 +31,10 @@ from medgen3d.data.intensity import volume_scale
 from medgen3d.data.io import DataError, atomic_path, write_json
 from medgen3d.metrics import anatomy
 from medgen3d.metrics.alignment import alignment_dice
-from medgen3d.metrics.diversity import diversity
+from medgen3d.metrics.diversity import pairwise_ms_ssim
 from medgen3d.metrics.fidelity import frechet_distance, view_frechet_distances, view_slices
 from medgen3d.metrics.memorisation import nearest_references
+from medgen3d.progress import progress_printer
 
 __all__ = ["Pairs", "load_pairs", "quality_report"]
 
@@ -89,11 +90,7 @@ def _image_measures(
     nearest = nearest_references(pairs.images, pairs.labels, training.images, training.labels, k)
     return {
         "fidelity_frechet": view_frechet_distances(extract, pairs.images, held_out.images, views, min_foreground),
-        "diversity_ms_ssim": _spread(
-            diversity(
-                _common_crop(pairs.images), _common_crop(held_out.images), max_pairs=max_pairs, seed=seed
-            ).synthetic
-        ),
+        "diversity_ms_ssim": _ms_ssim_spread(pairs.images, max_pairs, seed),
         "alignment_dice": _mean_rows(alignment_dice(segment, pairs.images, pairs.labels, k), structures),
         "memorisation": [
             {
@@ -107,8 +104,10 @@ def _image_measures(
     }
 
 
-def _spread(spread) -> dict[str, float]:
-    return {"mean": float(spread.mean), "std": float(spread.std)}
+def _ms_ssim_spread(images: Sequence[torch.Tensor], max_pairs: int, seed: int) -> dict[str, float]:
+    """Mean and std of the pairwise MS-SSIM among ``images`` (centre-cropped to a common shape)."""
+    scores = pairwise_ms_ssim(_common_crop(images), max_pairs=max_pairs, seed=seed)
+    return {"mean": float(scores.mean()), "std": float(scores.std())}
 
 
 def quality_report(
@@ -164,10 +163,17 @@ def quality_report(
         "real": str(real.root),
         "synthetic": str(synthetic.root),
         "counts": {"training": len(training.ids), "held_out": len(held_out.ids), "synthetic": len(sets["refined"].ids)},
-        "sets": {name: _image_measures(pairs, *shared) for name, pairs in sets.items()},
+        "sets": {},
     }
+    progress = progress_printer("quality report")
+    steps = len(sets) + 1
+    for done, (name, pairs) in enumerate(sets.items()):
+        progress(done, steps, f"measuring the {name} synthetic pairs")
+        report["sets"][name] = _image_measures(pairs, *shared)
+    progress(steps - 1, steps, "measuring real held-out against real training (the reference)")
     report["reference"] = _real_reference(*shared)
     report["anatomy"] = _anatomy(sets["refined"].labels, training.labels, structures)
+    progress(steps, steps, f"writing {out_dir}")
     out = Path(out_dir)
     write_json(out / "report.json", report)
     with atomic_path(out / "report.md") as tmp:
@@ -190,11 +196,7 @@ def _real_reference(held_out, training, segment, extract, structures, views, max
     nearest = nearest_references(held_out.images, held_out.labels, training.images, training.labels, k)
     return {
         "fidelity_frechet": fidelity,
-        "diversity_ms_ssim": _spread(
-            diversity(
-                _common_crop(held_out.images), _common_crop(training.images), max_pairs=max_pairs, seed=seed
-            ).synthetic
-        ),
+        "diversity_ms_ssim": _ms_ssim_spread(held_out.images, max_pairs, seed),
         "alignment_dice": _mean_rows(alignment_dice(segment, held_out.images, held_out.labels, k), structures),
         "memorisation": [
             {
