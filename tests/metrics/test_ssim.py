@@ -30,7 +30,9 @@ def test_ssim_of_cropped_blocks_equals_monai_ssim_of_the_same_blocks(size):
         window, 2.0,
     )
     block = query[1:23, 2:18, 1:17]
-    crops = torch.stack([r[s[0] : s[0] + 22, s[1] : s[1] + 16, s[2] : s[2] + 16] for r, s in zip(references, ref_start)])
+    crops = torch.stack(
+        [r[s[0] : s[0] + 22, s[1] : s[1] + 16, s[2] : s[2] + 16] for r, s in zip(references, ref_start)]
+    )
     expected = SSIMMetric(3, data_range=2.0, win_size=size)(block.expand_as(crops)[:, None], crops[:, None]).flatten()
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     assert int(got.argmax()) == 3 and got[3] > 0.9
