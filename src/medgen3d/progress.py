@@ -15,7 +15,8 @@ def progress_printer(task: str) -> Callable[[int, int, str], None]:
 
     def report(done: int, total: int, item: str) -> None:
         elapsed = time.monotonic() - start
-        eta = elapsed / done * (total - done) if done else float("nan")
-        print(f"{task} [{done}/{total}] {item}  {elapsed:.0f}s elapsed, ~{eta:.0f}s left", file=sys.stderr, flush=True)
+        # nothing done yet: no rate to estimate the rest from
+        eta = f", ~{elapsed / done * (total - done):.0f}s left" if done else ""
+        print(f"{task} [{done}/{total}] {item}  {elapsed:.0f}s elapsed{eta}", file=sys.stderr, flush=True)
 
     return report
