@@ -194,6 +194,27 @@ def test_the_quality_report_measures_refined_and_unrefined_images_against_real_d
 
 
 @pytest.mark.slow
+def test_local_lpips_and_feature_weights_enter_the_report(pipeline, tmp_path):
+    from tests.metrics.test_lpips import _ChannelStats, _MeanAbsolute, save_script
+
+    root, dataset = pipeline
+    overrides = {
+        "report_dir": str(tmp_path / "report"),
+        "lpips_network": save_script(_MeanAbsolute(), tmp_path / "lpips.pt"),
+        "feature_network": save_script(_ChannelStats(), tmp_path / "inception.pt"),
+        "feature_input_size": [16, 16],
+    }
+    _run(root, dataset, ["evaluate.json"], **overrides)
+    report = read_json(tmp_path / "report" / "report.json")
+    assert report["features"] == "features of inception.pt"
+    for row in [report["reference"], *report["sets"].values()]:
+        assert set(row["diversity_lpips"]) == {"axial", "coronal", "sagittal", "mean"}
+        assert all(0 < v < 2 for v in row["diversity_lpips"].values())  # mean |a - b| of different cases in [-1, 1]
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "mean LPIPS between slices" in markdown and "Features: features of inception.pt." in markdown
+
+
+@pytest.mark.slow
 def test_a_copy_of_the_training_set_is_flagged_as_memorised_and_has_real_anatomy(pipeline, tmp_path):
     root, dataset = pipeline
     wf = _run(root, dataset, ["evaluate.json"], run=[])  # only to build the trained segmenter and features

@@ -1,17 +1,20 @@
 """Fidelity: Fréchet distance between learned features of synthetic and real slices, per view.
 
 MedGen3D reports FID averaged over 2D slices of the three views (axial, coronal, sagittal). No Inception weights
-can be downloaded here, so the feature network is a 2D segmentation network the project trains on real data; its
-features are the spatial means of one layer (by default the bottleneck of a MONAI ``UNet``).
+can be downloaded here, so the default feature network is a 2D segmentation network the project trains on real
+data; its features are the spatial means of one layer (by default the bottleneck of a MONAI ``UNet``). A user with
+Inception weights on disk passes them as a TorchScript file (:class:`TorchScriptFeatures`) for the usual FID.
 
 Volumes are ``(H, W, D)`` tensors scaled to [-1, 1] (background at -1); slices are ``(N, 1, a, b)``.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,9 +25,17 @@ from monai.networks.layers import SkipConnection
 from monai.networks.nets import UNet
 from torch import nn
 
+from medgen3d.data.io import DataError
 from medgen3d.diffusion.refiner import VIEWS, to_view
 
-__all__ = ["view_slices", "bottleneck_name", "FeatureExtractor", "frechet_distance", "view_frechet_distances"]
+__all__ = [
+    "view_slices",
+    "bottleneck_name",
+    "FeatureExtractor",
+    "TorchScriptFeatures",
+    "frechet_distance",
+    "view_frechet_distances",
+]
 
 # A voxel counts as foreground when it is above the [-1, 1] background value by more than rounding noise.
 _BACKGROUND_MARGIN = 1e-3
@@ -113,6 +124,7 @@ class FeatureExtractor:
         self.module = modules[self.layer]
         self.batch_size = batch_size
         self.size_multiple = size_multiple
+        self.description = f"{type(network).__name__} layer {self.layer!r} features"
 
     def _pad(self, slices: torch.Tensor) -> torch.Tensor:
         a, b = slices.shape[-2:]
@@ -138,6 +150,48 @@ class FeatureExtractor:
                     features.append(outputs[-1].flatten(2).mean(2).double().cpu())
         finally:
             self.network.train(was_training)
+        if not features:
+            raise ValueError("no slices to extract features from")
+        return torch.cat(features)
+
+
+class TorchScriptFeatures:
+    """Features of 2D slices from a local TorchScript feature network, such as an Inception-v3 pool layer for the
+    usual FID, for users who have such weights on disk (none can be downloaded by this project).
+
+    Slices in [-1, 1] are repeated to ``channels`` channels and resized (bilinear) to ``input_size``; the network's
+    output is flattened, after a spatial mean when it is a feature map.
+
+    Args:
+        path: the TorchScript file (``torch.jit.save``); it must map ``(B, channels, *input_size)`` to ``(B, F)`` or
+            ``(B, F, ...)``. Its input normalisation is its own: it receives values in [-1, 1].
+        input_size: the network's input size, e.g. ``(299, 299)`` for Inception-v3.
+        channels: the network's input channels.
+        batch_size: slices per forward pass.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, input_size: Sequence[int] = (299, 299), channels: int = 3, batch_size: int = 32
+    ) -> None:
+        if not Path(path).is_file():
+            raise DataError(f"{path}: feature network file not found")
+        try:
+            self.network = torch.jit.load(str(path), map_location="cpu").eval()
+        except RuntimeError as err:
+            raise DataError(f"{path}: not a TorchScript file ({str(err).splitlines()[0]})") from err
+        self.input_size, self.channels, self.batch_size = tuple(int(n) for n in input_size), channels, batch_size
+        self.description = f"features of {Path(path).name}"
+
+    def __call__(self, slices: torch.Tensor) -> torch.Tensor:
+        """``(N, 1, a, b)`` slices -> ``(N, F)`` float64 features on the CPU."""
+        if slices.ndim != 4:
+            raise ValueError(f"slices must be (N, 1, a, b), got shape {tuple(slices.shape)}")
+        features = []
+        with torch.no_grad():
+            for batch in torch.split(slices.float(), self.batch_size):
+                batch = F.interpolate(batch, size=self.input_size, mode="bilinear", align_corners=False)
+                out = self.network(batch.expand(-1, self.channels, -1, -1))
+                features.append((out.flatten(2).mean(2) if out.ndim > 2 else out).double().cpu())
         if not features:
             raise ValueError("no slices to extract features from")
         return torch.cat(features)

@@ -33,6 +33,7 @@ from medgen3d.metrics import anatomy
 from medgen3d.metrics.alignment import alignment_dice
 from medgen3d.metrics.diversity import pairwise_ms_ssim
 from medgen3d.metrics.fidelity import frechet_distance, view_frechet_distances, view_slices
+from medgen3d.metrics.lpips import view_lpips_diversity
 from medgen3d.metrics.memorisation import nearest_references
 from medgen3d.progress import progress_printer
 
@@ -122,6 +123,7 @@ def quality_report(
     max_pairs: int = 45,
     seed: int = 0,
     min_foreground: float = 0.05,
+    lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Measure the synthetic dataset (and its unrefined images) against the real one; write the report.
 
@@ -138,6 +140,8 @@ def quality_report(
         max_pairs: MS-SSIM pairs per set at most.
         seed: which pairs, when there are more.
         min_foreground: slices with less foreground are left out of the Fréchet distance.
+        lpips: a perceptual distance between slice batches (``TorchScriptLPIPS``, from local weights); when given,
+            the mean LPIPS between cases per view is reported too, as the paper's diversity measure.
 
     Returns:
         The report's content (as in ``report.json``).
@@ -163,6 +167,7 @@ def quality_report(
         "real": str(real.root),
         "synthetic": str(synthetic.root),
         "counts": {"training": len(training.ids), "held_out": len(held_out.ids), "synthetic": len(sets["refined"].ids)},
+        "features": getattr(extract, "description", type(extract).__name__),
         "sets": {},
     }
     progress = progress_printer("quality report")
@@ -172,6 +177,10 @@ def quality_report(
         report["sets"][name] = _image_measures(pairs, *shared)
     progress(steps - 1, steps, "measuring real held-out against real training (the reference)")
     report["reference"] = _real_reference(*shared)
+    if lpips is not None:
+        for name, pairs in [*sets.items(), ("reference", held_out)]:
+            row = report["reference"] if name == "reference" else report["sets"][name]
+            row["diversity_lpips"] = view_lpips_diversity(lpips, pairs.images, views, max_pairs, seed=seed)
     report["anatomy"] = _anatomy(sets["refined"].labels, training.labels, structures)
     progress(steps, steps, f"writing {out_dir}")
     out = Path(out_dir)
@@ -242,7 +251,9 @@ def markdown_report(report: dict[str, Any]) -> str:
         f"synthetic cases, {report['counts']['held_out']} real held-out, {report['counts']['training']} real "
         "training.",
         "",
-        "## Fidelity: Fréchet distance of segmenter features (lower is closer to real held-out data)",
+        "## Fidelity: Fréchet distance of features (lower is closer to real held-out data)",
+        "",
+        f"Features: {report.get('features', 'not recorded')}.",
         "",
         "The reference row is real training data against real held-out data: the distance two real samples have.",
         "",
@@ -255,6 +266,12 @@ def markdown_report(report: dict[str, Any]) -> str:
         [[c, _f(rows[c]["diversity_ms_ssim"]["mean"]), _f(rows[c]["diversity_ms_ssim"]["std"])] for c in columns],
     )
     structures = list(report["reference"]["alignment_dice"])
+    if "diversity_lpips" in report["reference"]:
+        lines += ["", "## Diversity: mean LPIPS between slices of different cases (higher is more diverse)", ""]
+        lpips_views = list(report["reference"]["diversity_lpips"])
+        lines += _table(
+            ["set", *lpips_views], [[c, *[_f(rows[c]["diversity_lpips"][v]) for v in lpips_views]] for c in columns]
+        )
     lines += ["", "## Alignment: Dice of each mask with the real-trained segmenter's prediction on its image", ""]
     lines += _table(
         ["set", *structures], [[c, *[_f(rows[c]["alignment_dice"][s]) for s in structures]] for c in columns]
