@@ -21,7 +21,7 @@ from ignite.handlers import Checkpoint
 
 from medgen3d.data.io import DataError, atomic_path
 
-__all__ = ["BestModelSaver", "ResumableCheckpoint", "load_weights", "save_atomically"]
+__all__ = ["BestModelSaver", "ResumableCheckpoint", "load_torchscript", "load_weights", "save_atomically"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,17 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike, key: str = "
     except (RuntimeError, TypeError) as err:
         raise DataError(f"{path}: does not fit the configured network: {str(err).splitlines()[0]}") from err
     return network
+
+
+def load_torchscript(path: str | os.PathLike, what: str) -> torch.jit.ScriptModule:
+    """A local TorchScript network (user-supplied weights such as Inception or LPIPS) on the CPU, in eval mode; a
+    missing or unreadable file raises :class:`DataError` naming it and ``what`` it was meant to be."""
+    if not Path(path).is_file():
+        raise DataError(f"{path}: {what} file not found")
+    try:
+        return torch.jit.load(str(path), map_location="cpu").eval()
+    except RuntimeError as err:
+        raise DataError(f"{path}: not a TorchScript file ({str(err).splitlines()[0]})") from err
 
 
 class ResumableCheckpoint:

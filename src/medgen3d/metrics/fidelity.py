@@ -25,8 +25,8 @@ from monai.networks.layers import SkipConnection
 from monai.networks.nets import UNet
 from torch import nn
 
-from medgen3d.data.io import DataError
 from medgen3d.diffusion.refiner import VIEWS, to_view
+from medgen3d.engines.checkpoint import load_torchscript
 
 __all__ = [
     "view_slices",
@@ -173,12 +173,7 @@ class TorchScriptFeatures:
     def __init__(
         self, path: str | os.PathLike, input_size: Sequence[int] = (299, 299), channels: int = 3, batch_size: int = 32
     ) -> None:
-        if not Path(path).is_file():
-            raise DataError(f"{path}: feature network file not found")
-        try:
-            self.network = torch.jit.load(str(path), map_location="cpu").eval()
-        except RuntimeError as err:
-            raise DataError(f"{path}: not a TorchScript file ({str(err).splitlines()[0]})") from err
+        self.network = load_torchscript(path, "feature network")
         self.input_size, self.channels, self.batch_size = tuple(int(n) for n in input_size), channels, batch_size
         self.description = f"features of {Path(path).name}"
 

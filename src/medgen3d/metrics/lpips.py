@@ -11,13 +11,12 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from medgen3d.data.io import DataError
 from medgen3d.diffusion.refiner import to_view
+from medgen3d.engines.checkpoint import load_torchscript
 
 __all__ = ["TorchScriptLPIPS", "view_lpips_diversity"]
 
@@ -32,12 +31,7 @@ class TorchScriptLPIPS:
     """
 
     def __init__(self, path: str | os.PathLike, channels: int = 3, batch_size: int = 16) -> None:
-        if not Path(path).is_file():
-            raise DataError(f"{path}: LPIPS network file not found")
-        try:
-            self.network = torch.jit.load(str(path), map_location="cpu").eval()
-        except RuntimeError as err:
-            raise DataError(f"{path}: not a TorchScript file ({str(err).splitlines()[0]})") from err
+        self.network = load_torchscript(path, "LPIPS network")
         self.channels, self.batch_size = channels, batch_size
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
