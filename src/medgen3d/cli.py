@@ -17,6 +17,7 @@ Problems with the user's data end the command with a one-line error naming the f
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -203,8 +204,6 @@ def demo(out: str = "demo_output", preset: str = "small", bundles: str | None = 
         preset: the brain-mni preset (``small`` on a CPU).
         bundles: the folder holding the bundles (default: this checkout's ``bundles/``).
     """
-    import time
-
     from medgen3d.data.brain_mni import build_brain_mni
     from medgen3d.data.validate import validate_dataset
     from medgen3d.pipeline.stages import StageBundle

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
 from medgen3d.diffusion.refiner import to_view
 from medgen3d.engines.checkpoint import load_torchscript
+from medgen3d.metrics.crops import common_crop
 
 __all__ = ["TorchScriptLPIPS", "view_lpips_diversity"]
 
@@ -46,13 +47,8 @@ class TorchScriptLPIPS:
         return torch.cat(out)
 
 
-def _centre(volume: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    starts = [(s - t) // 2 for s, t in zip(volume.shape, shape)]
-    return volume[tuple(slice(s, s + t) for s, t in zip(starts, shape))]
-
-
 def view_lpips_diversity(
-    distance,
+    distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     volumes: Sequence[torch.Tensor],
     views: Sequence[str] = ("axial", "coronal", "sagittal"),
     max_pairs: int = 45,
@@ -78,8 +74,7 @@ def view_lpips_diversity(
     """
     if len(volumes) < 2:
         raise ValueError(f"LPIPS diversity needs at least two volumes, got {len(volumes)}")
-    shape = [min(v.shape[i] for v in volumes) for i in range(3)]
-    cropped = [_centre(torch.as_tensor(v, dtype=torch.float32), shape)[None] for v in volumes]  # (1, H, W, D)
+    cropped = [v[None] for v in common_crop([torch.as_tensor(v, dtype=torch.float32) for v in volumes])]  # (1, H, W, D)
     pairs = list(itertools.combinations(range(len(volumes)), 2))
     if max_pairs < len(pairs):
         chosen = np.random.default_rng(seed).choice(len(pairs), size=max_pairs, replace=False)

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from medgen3d.metrics.crops import centre_crop, centre_start
 from medgen3d.metrics.segmentation import dice_per_structure
 from medgen3d.metrics.ssim import LocalMoments, gaussian_window, local_moments, ssim_against
 
@@ -34,16 +35,6 @@ class Nearest(NamedTuple):
 
 def _overlap(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
     return tuple(min(x, y) for x, y in zip(a, b))
-
-
-def _crop_start(size: Sequence[int], shape: Sequence[int]) -> list[int]:
-    return [(s - t) // 2 for s, t in zip(size, shape)]
-
-
-def _centre_crop(volume: torch.Tensor | np.ndarray, shape: Sequence[int]) -> torch.Tensor | np.ndarray:
-    """The central ``shape`` block of ``volume`` (each side at most as long as the volume's)."""
-    starts = _crop_start(volume.shape, shape)
-    return volume[tuple(slice(s, s + t) for s, t in zip(starts, shape))]
 
 
 def _window(shape: Sequence[int]) -> int:
@@ -115,8 +106,8 @@ def nearest_references(
                     ssim[batch] = ssim_against(
                         query[window.numel()],
                         [reference_moments(j, window) for j in batch],
-                        _crop_start(image.shape, shape),
-                        [_crop_start(references[j].shape, shape) for j in batch],
+                        centre_start(image.shape, shape),
+                        [centre_start(references[j].shape, shape) for j in batch],
                         shape,
                         window,
                         data_range,
@@ -124,7 +115,7 @@ def nearest_references(
             best = int(np.argmax(ssim))
             shape = _overlap(np.shape(label), np.shape(ref_labels[best]))
             dice = dice_per_structure(
-                _centre_crop(np.asarray(label), shape), _centre_crop(np.asarray(ref_labels[best]), shape), num_classes
+                centre_crop(np.asarray(label), shape), centre_crop(np.asarray(ref_labels[best]), shape), num_classes
             )
             results.append(Nearest(best, float(ssim[best]), float(dice.mean())))
     return results

@@ -31,6 +31,7 @@ from medgen3d.data.intensity import volume_scale
 from medgen3d.data.io import DataError, atomic_path, write_json
 from medgen3d.metrics import anatomy
 from medgen3d.metrics.alignment import alignment_dice
+from medgen3d.metrics.crops import common_crop
 from medgen3d.metrics.diversity import pairwise_ms_ssim
 from medgen3d.metrics.fidelity import frechet_distance, view_frechet_distances, view_slices
 from medgen3d.metrics.lpips import view_lpips_diversity
@@ -60,13 +61,6 @@ def load_pairs(spec: DatasetSpec, splits: Sequence[str]) -> Pairs:
             labels.append(label.array.astype(np.int64))
             ids.append(case.case_id)
     return Pairs(images, labels, ids)
-
-
-def _common_crop(volumes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Centre-crop to the shape every volume holds (cases may differ in depth; MS-SSIM compares equal shapes)."""
-    shape = [min(v.shape[i] for v in volumes) for i in range(3)]
-    starts = [[(v.shape[i] - shape[i]) // 2 for i in range(3)] for v in volumes]
-    return [v[s[0] : s[0] + shape[0], s[1] : s[1] + shape[1], s[2] : s[2] + shape[2]] for v, s in zip(volumes, starts)]
 
 
 def _mean_rows(rows: np.ndarray, names: Sequence[str]) -> dict[str, float]:
@@ -107,7 +101,7 @@ def _image_measures(
 
 def _ms_ssim_spread(images: Sequence[torch.Tensor], max_pairs: int, seed: int) -> dict[str, float]:
     """Mean and std of the pairwise MS-SSIM among ``images`` (centre-cropped to a common shape)."""
-    scores = pairwise_ms_ssim(_common_crop(images), max_pairs=max_pairs, seed=seed)
+    scores = pairwise_ms_ssim(common_crop(images), max_pairs=max_pairs, seed=seed)
     return {"mean": float(scores.mean()), "std": float(scores.std())}
 
 
