@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import gzip
+import json
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from medgen3d.data.io import DataError, atomic_path, load_nifti, read_json, save_nifti, write_json
+from medgen3d.data.io import DataError, atomic_path, json_safe, load_nifti, read_json, save_nifti, write_json
 from tests.conftest import TINY_AFFINE
 
 
@@ -30,6 +31,16 @@ def test_atomic_path_keeps_old_file_and_leaves_no_temporary_on_error(tmp_path):
             raise RuntimeError("interrupted")
     assert read_json(target) == {"version": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+def test_json_safe_writes_non_finite_floats_as_null_so_strict_readers_accept_the_file(tmp_path):
+    content = {"dice": {"a": np.float64("nan"), "b": 0.5}, "rows": [(float("inf"), 1), [np.float32(2.0)]]}
+    write_json(tmp_path / "r.json", json_safe(content))
+    text = (tmp_path / "r.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    # parse_constant is called only for NaN / Infinity: a strict reader
+    strict = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+    assert strict == {"dice": {"a": None, "b": 0.5}, "rows": [[None, 1], [2.0]]}
 
 
 def test_atomic_path_temporary_keeps_the_nifti_suffix(tmp_path):

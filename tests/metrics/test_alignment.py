@@ -37,6 +37,14 @@ def test_a_segmenter_that_recovers_the_mask_scores_one_and_a_wrong_mask_the_know
     assert scores[0] < 1
 
 
+def test_a_structure_absent_from_the_mask_and_the_segmentation_is_nan_not_a_perfect_score():
+    label = slab_label()
+    image = torch.from_numpy(slab_image(label))
+    segment = Segmenter(_Threshold(), SimpleInferer())
+    scores = alignment_dice(segment, [image], [label], 5)[0]  # label 4 exists in neither
+    assert scores[:3] == pytest.approx([1.0, 1.0, 1.0]) and np.isnan(scores[3])
+
+
 def test_counts_must_match():
     with pytest.raises(ValueError, match="masks"):
         alignment_dice(lambda x: x, [torch.zeros(2, 2, 2)], [], 2)

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import nibabel as nib
 import numpy as np
 
-__all__ = ["DataError", "Volume", "atomic_path", "write_json", "read_json", "load_nifti", "save_nifti"]
+__all__ = ["DataError", "Volume", "atomic_path", "json_safe", "write_json", "read_json", "load_nifti", "save_nifti"]
 
 
 class DataError(ValueError):
@@ -59,6 +60,22 @@ def write_json(path: str | os.PathLike, content: Any) -> None:
     """Write ``content`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(content, indent=4) + "\n")
+
+
+def json_safe(content: Any) -> Any:
+    """``content`` with every NaN or infinite float replaced by ``None`` (and NumPy floats made Python floats).
+
+    ``json.dumps`` writes them as ``NaN`` and ``Infinity``, which are not JSON: strict readers (``jq``, browsers,
+    most languages) reject the whole file. Reports use ``null`` for "no value" (e.g. the Dice of a structure
+    absent from both maps) instead. Mappings become dicts and tuples lists, as ``json.dumps`` writes them.
+    """
+    if isinstance(content, (float, np.floating)):
+        return float(content) if math.isfinite(content) else None
+    if isinstance(content, Mapping):
+        return {key: json_safe(value) for key, value in content.items()}
+    if isinstance(content, (list, tuple)):
+        return [json_safe(value) for value in content]
+    return content
 
 
 def read_json(path: str | os.PathLike) -> Any:

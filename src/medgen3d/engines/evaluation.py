@@ -9,7 +9,7 @@ import torch
 
 from medgen3d.data.datalists import label_datalist
 from medgen3d.data.dataset import read_dataset
-from medgen3d.metrics.segmentation import SegmentationResult, dice_per_structure
+from medgen3d.metrics.segmentation import SegmentationResult, dice_per_structure, mean_present
 
 __all__ = ["evaluate_datasets"]
 
@@ -50,7 +50,7 @@ def evaluate_datasets(
             logits = inferer(torch.as_tensor(data["image"])[None].to(device), network)
             prediction = logits.argmax(1)[0].cpu().numpy()
             scores.append(dice_per_structure(prediction, np.asarray(data["label"])[0], len(labels)))
-        mean = np.mean(scores, axis=0)
+        mean = mean_present(scores, axis=0)  # a structure absent from both maps of a case is NaN there
         dice = {names[k]: float(mean[k - 1]) for k in sorted(names)}
         results.append(SegmentationResult(strategy, network_name, seed, test_name, dice))
     return results

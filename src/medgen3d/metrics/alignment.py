@@ -47,7 +47,8 @@ def alignment_dice(
     """Dice per foreground structure between each mask and the segmentation of its image.
 
     Returns:
-        ``(N, K - 1)``: one row per pair.
+        ``(N, K - 1)``: one row per pair; NaN where a structure is absent from both the mask and the segmentation
+        (see :func:`~medgen3d.metrics.segmentation.dice_per_structure`), so average with ``mean_present``.
     """
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} masks")

@@ -1,4 +1,5 @@
-"""Anatomical plausibility of label volumes: structure sizes, fragmentation and slice-to-slice continuity.
+"""Anatomical plausibility of label volumes: presence, sizes, fragmentation, slice-to-slice continuity and where
+along the slice axis each structure lies.
 
 Volumes are integer label arrays ``(H, W, D)`` with values ``0..K-1`` (slices along the last axis).
 """
@@ -12,13 +13,24 @@ import numpy as np
 from scipy import ndimage, stats
 
 __all__ = [
+    "presence",
     "label_fractions",
     "connected_components",
     "slice_continuity",
     "AnatomySummary",
     "summarise",
     "fraction_distance",
+    "z_profile",
+    "mean_z_profile",
+    "profile_correlation",
+    "z_profile_correlation",
 ]
+
+
+def presence(volume: np.ndarray, num_classes: int) -> np.ndarray:
+    """Whether each foreground label ``1..K-1`` has at least one voxel, ``(K - 1,)`` bool."""
+    counts = np.bincount(np.asarray(volume, dtype=np.int64).ravel(), minlength=num_classes)
+    return counts[1:num_classes] > 0
 
 
 def label_fractions(volume: np.ndarray, num_classes: int) -> np.ndarray:
@@ -50,19 +62,27 @@ def slice_continuity(volume: np.ndarray, num_classes: int) -> np.ndarray:
 
 class AnatomySummary(NamedTuple):
     """Per-volume measures for a set of volumes: ``fractions`` ``(N, K)``, ``components`` ``(N, K-1)``,
-    ``continuity`` ``(N, K-1)``."""
+    ``continuity`` ``(N, K-1)`` and ``presence`` ``(N, K-1)`` bool.
+
+    ``presence.mean(0)`` is the set's presence rate: the fraction of volumes in which each structure exists. A set
+    that never generates a structure scores 0 there, whatever its other measures say about the volumes it does
+    contain (the mean fraction of an absent structure is simply small).
+    """
 
     fractions: np.ndarray
     components: np.ndarray
     continuity: np.ndarray
+    presence: np.ndarray
 
 
 def summarise(volumes: Sequence[np.ndarray], num_classes: int) -> AnatomySummary:
-    """:func:`label_fractions`, :func:`connected_components` and :func:`slice_continuity` of every volume."""
+    """:func:`label_fractions`, :func:`connected_components`, :func:`slice_continuity` and :func:`presence` of
+    every volume."""
     return AnatomySummary(
         np.stack([label_fractions(v, num_classes) for v in volumes]),
         np.stack([connected_components(v, num_classes) for v in volumes]),
         np.stack([slice_continuity(v, num_classes) for v in volumes]),
+        np.stack([presence(v, num_classes) for v in volumes]),
     )
 
 
@@ -77,3 +97,71 @@ def fraction_distance(synthetic: np.ndarray, real: np.ndarray) -> np.ndarray:
         ``(K,)``, in units of volume fraction; 0 for identical sets.
     """
     return np.array([stats.wasserstein_distance(synthetic[:, k], real[:, k]) for k in range(real.shape[1])])
+
+
+def z_profile(volume: np.ndarray, num_classes: int, depth: int = 64) -> np.ndarray:
+    """Area of each foreground label per slice, resampled to ``depth`` slices.
+
+    The area of a slice is its voxel count of the label divided by the slice's ``H * W`` voxels, so volumes of
+    different in-plane sizes compare. Slice ``i`` of ``D`` sits at its centre ``(i + 0.5) / D`` in [0, 1]: volumes
+    covering the same extent with different slice counts then line up (a slice of a 2x downsampled volume sits
+    where the two slices it averages sit); the profile is linearly interpolated at the ``depth`` target centres.
+
+    Args:
+        volume: ``(H, W, D)`` labels ``0..K-1``.
+        num_classes: ``K``, background included.
+        depth: number of resampled positions.
+
+    Returns:
+        ``(K - 1, depth)`` area fractions in [0, 1].
+    """
+    if depth < 1:
+        raise ValueError(f"depth must be at least 1, got {depth}")
+    volume = np.asarray(volume)
+    h, w, d = volume.shape
+    source, target = (np.arange(d) + 0.5) / d, (np.arange(depth) + 0.5) / depth
+    areas = [(volume == k).sum(axis=(0, 1)) / (h * w) for k in range(1, num_classes)]
+    return np.stack([np.interp(target, source, a) for a in areas]) if areas else np.zeros((0, depth))
+
+
+def mean_z_profile(volumes: Sequence[np.ndarray], num_classes: int, depth: int = 64) -> np.ndarray:
+    """Mean :func:`z_profile` of a set of volumes, ``(K - 1, depth)``."""
+    if not volumes:
+        raise ValueError("no volumes to profile")
+    return np.mean([z_profile(v, num_classes, depth) for v in volumes], axis=0)
+
+
+def profile_correlation(synthetic: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row of two ``(K - 1, depth)`` profiles, ``(K - 1,)``.
+
+    NaN where either row is constant (a structure absent from every volume of a set, or of the same area in every
+    slice): a correlation is undefined there, and a number would hide the missing structure.
+    """
+    if synthetic.shape != real.shape:
+        raise ValueError(f"synthetic profile shape {synthetic.shape} differs from the real {real.shape}")
+    return np.array(
+        [
+            np.corrcoef(s, r)[0, 1] if np.ptp(s) > 0 and np.ptp(r) > 0 else float("nan")
+            for s, r in zip(synthetic, real)
+        ]
+    )
+
+
+def z_profile_correlation(
+    synthetic: Sequence[np.ndarray], real: Sequence[np.ndarray], num_classes: int, depth: int = 64
+) -> np.ndarray:
+    """Pearson correlation between the mean synthetic and mean real :func:`z_profile` of each structure.
+
+    1 when each structure's area rises and falls along the slice axis as in the real volumes, negative when the
+    order is reversed (e.g. a flipped slice axis).
+
+    Args:
+        synthetic: ``(H, W, D)`` label volumes; depths and in-plane sizes may differ.
+        real: ``(H', W', D')`` label volumes.
+        num_classes: ``K``, background included.
+        depth: number of resampled positions.
+
+    Returns:
+        ``(K - 1,)``; NaN where either mean profile is constant (see :func:`profile_correlation`).
+    """
+    return profile_correlation(mean_z_profile(synthetic, num_classes, depth), mean_z_profile(real, num_classes, depth))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from medgen3d.metrics.crops import centre_crop, centre_start
-from medgen3d.metrics.segmentation import dice_per_structure
+from medgen3d.metrics.segmentation import dice_per_structure, mean_present
 from medgen3d.metrics.ssim import LocalMoments, gaussian_window, local_moments, ssim_against
 
 __all__ = ["Nearest", "nearest_references"]
@@ -26,7 +26,7 @@ _REFERENCES_PER_BATCH = 8
 
 class Nearest(NamedTuple):
     """The reference case most similar to one query: its ``index``, the images' 3D SSIM and the labels' mean
-    Dice over the foreground structures."""
+    Dice over the foreground structures present in either label map (NaN if both are all background)."""
 
     index: int
     image_ssim: float
@@ -117,5 +117,5 @@ def nearest_references(
             dice = dice_per_structure(
                 centre_crop(np.asarray(label), shape), centre_crop(np.asarray(ref_labels[best]), shape), num_classes
             )
-            results.append(Nearest(best, float(ssim[best]), float(dice.mean())))
+            results.append(Nearest(best, float(ssim[best]), mean_present(dice)))
     return results

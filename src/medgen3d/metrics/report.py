@@ -6,14 +6,17 @@ Every measure is set beside what real data gives, so a number can be read withou
   real held-out against real training);
 - diversity: mean pairwise MS-SSIM among synthetic cases and among real held-out cases (lower is more diverse);
 - alignment: Dice between each generated mask and the real-trained segmenter's prediction on its image (reference:
-  the same segmenter on real held-out cases);
-- anatomy: per-structure volume fractions (Wasserstein distance to the real training masks), connected components
-  and slice-to-slice continuity;
+  the same segmenter on real held-out cases), averaged over the cases where the structure is in the mask or the
+  prediction;
+- anatomy: per-structure presence rate (the fraction of masks containing the structure), volume fractions
+  (Wasserstein distance to the real training masks), connected components, slice-to-slice continuity, and the
+  correlation of the mean area-per-slice profile along the slice axis with the real one;
 - memorisation: SSIM and mask Dice of each synthetic case to its nearest real training case (reference: real
   held-out cases to theirs); a synthetic case closer to the training set than any real held-out case is flagged;
 - the refiner's effect: the image measures for the unrefined images too, when given.
 
-Written as ``report.json``, ``report.md`` and PNG plots.
+Written as ``report.json`` (NaN, a measure with nothing to measure, as ``null``), ``report.md`` (``n/a``) and PNG
+plots.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 
 from medgen3d.data.dataset import DatasetSpec, read_dataset
 from medgen3d.data.intensity import volume_scale
-from medgen3d.data.io import DataError, atomic_path, write_json
+from medgen3d.data.io import DataError, atomic_path, json_safe, write_json
 from medgen3d.metrics import anatomy
 from medgen3d.metrics.alignment import alignment_dice
 from medgen3d.metrics.crops import common_crop
@@ -36,9 +39,13 @@ from medgen3d.metrics.diversity import pairwise_ms_ssim
 from medgen3d.metrics.fidelity import frechet_distance, view_frechet_distances, view_slices
 from medgen3d.metrics.lpips import view_lpips_diversity
 from medgen3d.metrics.memorisation import nearest_references
+from medgen3d.metrics.segmentation import mean_present
 from medgen3d.progress import progress_printer
 
 __all__ = ["Pairs", "load_pairs", "quality_report"]
+
+# Slices the z-profiles are resampled to: enough to show a structure's extent in volumes of a few hundred slices.
+Z_PROFILE_DEPTH = 64
 
 
 class Pairs(NamedTuple):
@@ -64,8 +71,10 @@ def load_pairs(spec: DatasetSpec, splits: Sequence[str]) -> Pairs:
 
 
 def _mean_rows(rows: np.ndarray, names: Sequence[str]) -> dict[str, float]:
-    means = np.nanmean(rows, axis=0) if len(rows) else np.full(len(names), np.nan)
-    return {name: float(v) for name, v in zip(names, means)} | {"mean": float(np.nanmean(means))}
+    """Mean of each column of ``rows`` ``(N, len(names))`` over the rows where it is not NaN, and the mean of those
+    over the columns that have one; NaN where none has."""
+    means = mean_present(rows, axis=0) if len(rows) else np.full(len(names), np.nan)
+    return {name: float(v) for name, v in zip(names, means)} | {"mean": mean_present(means)}
 
 
 def _image_measures(
@@ -178,7 +187,7 @@ def quality_report(
     report["anatomy"] = _anatomy(sets["refined"].labels, training.labels, structures)
     progress(steps, steps, f"writing {out_dir}")
     out = Path(out_dir)
-    write_json(out / "report.json", report)
+    write_json(out / "report.json", json_safe(report))
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(markdown_report(report))
     _plots(out, report, structures)
@@ -214,16 +223,35 @@ def _real_reference(held_out, training, segment, extract, structures, views, max
 
 
 def _anatomy(synthetic: list[np.ndarray], real: list[np.ndarray], structures: list[str]) -> dict[str, Any]:
+    """Per-structure anatomy of the synthetic masks beside the real ones (``{measure: {structure: value}}``, or
+    ``{measure: {"synthetic" | "real": {structure: value}}}``), plus the per-volume fractions ``(N, K-1)`` and
+    the mean z-profiles (``Z_PROFILE_DEPTH`` values per structure) for the plots.
+
+    ``continuity`` averages over the volumes containing the structure and ``z_profile_correlation`` is NaN where
+    a set never contains it: ``presence_rate_*`` is what shows a structure that is missing.
+    """
     k = len(structures) + 1
     s, r = anatomy.summarise(synthetic, k), anatomy.summarise(real, k)
     per = lambda values: {name: float(v) for name, v in zip(structures, values)}  # noqa: E731
+    z_synthetic = anatomy.mean_z_profile(synthetic, k, Z_PROFILE_DEPTH)
+    z_real = anatomy.mean_z_profile(real, k, Z_PROFILE_DEPTH)
     return {
         "fraction_distance": per(anatomy.fraction_distance(s.fractions, r.fractions)[1:]),
         "fractions": {"synthetic": per(s.fractions[:, 1:].mean(0)), "real": per(r.fractions[:, 1:].mean(0))},
         "components": {"synthetic": per(s.components.mean(0)), "real": per(r.components.mean(0))},
-        "continuity": {"synthetic": per(np.nanmean(s.continuity, 0)), "real": per(np.nanmean(r.continuity, 0))},
+        "continuity": {
+            "synthetic": per(mean_present(s.continuity, axis=0)),
+            "real": per(mean_present(r.continuity, axis=0)),
+        },
+        "presence_rate_real": per(r.presence.mean(0)),
+        "presence_rate_synthetic": per(s.presence.mean(0)),
+        "z_profile_correlation": per(anatomy.profile_correlation(z_synthetic, z_real)),
         "synthetic_fractions": s.fractions[:, 1:].tolist(),
         "real_fractions": r.fractions[:, 1:].tolist(),
+        "mean_z_profiles": {
+            "synthetic": {name: row.tolist() for name, row in zip(structures, z_synthetic)},
+            "real": {name: row.tolist() for name, row in zip(structures, z_real)},
+        },
     }
 
 
@@ -282,6 +310,9 @@ def markdown_report(report: dict[str, Any]) -> str:
             "components synthetic",
             "continuity real",
             "continuity synthetic",
+            "present in (real)",
+            "present in (synthetic)",
+            "z-profile r",
         ],
         [
             [
@@ -293,6 +324,9 @@ def markdown_report(report: dict[str, Any]) -> str:
                 _f(a["components"]["synthetic"][s], 1),
                 _f(a["continuity"]["real"][s]),
                 _f(a["continuity"]["synthetic"][s]),
+                _count(a["presence_rate_real"][s], len(a["real_fractions"])),
+                _count(a["presence_rate_synthetic"][s], len(a["synthetic_fractions"])),
+                _f(a["z_profile_correlation"][s]),
             ]
             for s in a["fraction_distance"]
         ],
@@ -303,7 +337,7 @@ def markdown_report(report: dict[str, Any]) -> str:
             c,
             _f(np.mean([m["image_ssim"] for m in rows[c]["memorisation"]])),
             _f(max(m["image_ssim"] for m in rows[c]["memorisation"])),
-            _f(np.mean([m["label_dice"] for m in rows[c]["memorisation"]])),
+            _f(mean_present([m["label_dice"] for m in rows[c]["memorisation"]])),
         ]
         for c in columns
     ]
@@ -318,8 +352,14 @@ def markdown_report(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _f(value: float, digits: int = 3) -> str:
-    return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+def _f(value: float | None, digits: int = 3) -> str:
+    """``value`` to ``digits`` decimals; ``n/a`` for NaN (or ``None``, NaN read back from the JSON)."""
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _count(rate: float, total: int) -> str:
+    """A presence rate over ``total`` volumes as ``present/total``."""
+    return f"{round(rate * total)}/{total}"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -357,5 +397,31 @@ def _plots(out: Path, report: dict[str, Any], structures: list[str]) -> None:
     axes[2].legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(out / "report.png") as tmp:
+        fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    _z_profile_plot(out / "z_profiles.png", report["anatomy"], structures)
+
+
+def _z_profile_plot(path: Path, anatomy_report: dict[str, Any], structures: list[str]) -> None:
+    """Mean area per slice along the slice axis, real against synthetic, one subplot per structure."""
+    import matplotlib.pyplot as plt
+
+    if not structures:
+        return
+    columns = min(4, len(structures))
+    rows = -(-len(structures) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.5 * columns, 2.8 * rows), squeeze=False)
+    for ax, name in zip(axes.ravel(), structures):
+        for set_name, colour in (("real", "tab:blue"), ("synthetic", "tab:orange")):
+            values = anatomy_report["mean_z_profiles"][set_name][name]
+            ax.plot((np.arange(len(values)) + 0.5) / len(values), values, color=colour, label=set_name)
+        ax.set_title(f"{name}: r = {_f(anatomy_report['z_profile_correlation'][name], 2)}", fontsize=9)
+        ax.set_xlabel("relative slice position", fontsize=8)
+    for ax in axes.ravel()[len(structures) :]:
+        ax.set_visible(False)
+    axes[0, 0].set_ylabel("mean area fraction", fontsize=8)
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90)
     plt.close(fig)

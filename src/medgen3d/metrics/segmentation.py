@@ -1,6 +1,8 @@
 """Segmentation scores for the downstream experiment: Dice per structure, and the paper-style result tables.
 
 A result is one (strategy, network, seed, test set) run with its mean Dice per structure over the test cases.
+A structure absent from both the prediction and the ground truth of a case has no Dice (NaN); every mean here is
+over the cases, structures or seeds where a score exists, and NaN only where none does (``n/a`` in tables).
 Results are written as JSON and CSV, as a Markdown table shaped like MedGen3D's Tables 2-4 (rows: strategy and
 network; columns: test set and structure; cells: mean ± std over seeds) and as a bar chart.
 """
@@ -15,33 +17,73 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 import torch
 from monai.metrics import DiceMetric
 
-from medgen3d.data.io import atomic_path, write_json
+from medgen3d.data.io import atomic_path, json_safe, write_json
 
-__all__ = ["dice_per_structure", "SegmentationResult", "summarise", "markdown_table", "write_results"]
+__all__ = [
+    "dice_per_structure",
+    "mean_present",
+    "SegmentationResult",
+    "summarise",
+    "markdown_table",
+    "write_results",
+]
 
 
 def dice_per_structure(prediction: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
     """Dice of each foreground label ``1..K-1`` between two label maps of the same shape.
 
-    A structure absent from both maps scores 1 (nothing to find, nothing found). Uses MONAI's ``DiceMetric`` on
-    label maps.
+    A structure absent from both maps scores NaN: there is nothing to measure, and scoring it 1 would let a mean
+    over structures or cases hide a structure that is missing everywhere. A structure absent from the truth but
+    predicted scores 0. Uses MONAI's ``DiceMetric`` on label maps; its ``ignore_empty=True`` would give NaN to
+    both cases (it only looks at the truth), so ``ignore_empty=False`` is used (1 and 0) and the 1s of
+    structures absent from both are set to NaN.
+
+    Args:
+        prediction: ``(H, W, D)`` labels ``0..K-1``.
+        truth: ``(H, W, D)`` labels ``0..K-1``.
+        num_classes: ``K``, background included.
 
     Returns:
-        ``(K - 1,)`` float64.
+        ``(K - 1,)`` float64 in [0, 1], NaN for structures absent from both maps.
     """
     if prediction.shape != truth.shape:
         raise ValueError(f"prediction shape {prediction.shape} differs from the ground truth's {truth.shape}")
     metric = DiceMetric(include_background=False, reduction="none", num_classes=num_classes, ignore_empty=False)
-    as_batch = lambda x: torch.as_tensor(np.asarray(x, dtype=np.int64))[None, None]  # noqa: E731
-    return metric(as_batch(prediction), as_batch(truth))[0].double().numpy()
+    prediction, truth = np.asarray(prediction, dtype=np.int64), np.asarray(truth, dtype=np.int64)
+    as_batch = lambda x: torch.as_tensor(x)[None, None]  # noqa: E731
+    dice = metric(as_batch(prediction), as_batch(truth))[0].double().numpy()
+    present = lambda x: np.bincount(x.ravel(), minlength=num_classes)[1:num_classes] > 0  # noqa: E731
+    dice[~(present(prediction) | present(truth))] = np.nan
+    return dice
+
+
+def mean_present(values: ArrayLike, axis: int | None = None) -> np.ndarray | float:
+    """Mean over the entries that are not NaN (the structures or cases where a score exists).
+
+    NaN where every entry is NaN, without NumPy's "mean of empty slice" warning: that is an expected outcome
+    (a structure absent from every case), not a fault. ``None`` entries (JSON ``null``) count as NaN.
+
+    Args:
+        values: any array of scores.
+        axis: the axis to average over; ``None`` for all.
+
+    Returns:
+        The means (a float when ``axis`` is ``None``).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    scored = ~np.isnan(values)
+    with np.errstate(invalid="ignore"):
+        means = np.where(scored, values, 0.0).sum(axis=axis) / scored.sum(axis=axis)
+    return float(means) if axis is None else means
 
 
 @dataclass(frozen=True)
 class SegmentationResult:
-    """Mean Dice per structure of one trained model on one test set."""
+    """Mean Dice per structure of one trained model on one test set (NaN for a structure no test case scores)."""
 
     strategy: str
     network: str
@@ -51,13 +93,16 @@ class SegmentationResult:
 
     @property
     def mean(self) -> float:
-        """Mean Dice over the structures."""
-        return float(np.mean(list(self.dice.values())))
+        """Mean Dice over the structures that have a score; NaN if none has."""
+        return mean_present(list(self.dice.values()))
 
 
 def summarise(results: Sequence[SegmentationResult]) -> dict[tuple[str, str, str], dict[str, tuple[float, float]]]:
     """Mean and standard deviation over seeds: ``{(strategy, network, test_set): {structure: (mean, std)}}``,
-    with ``"mean"`` (the mean over structures) as one more structure."""
+    with ``"mean"`` (the mean over structures) as one more structure.
+
+    Both are over the seeds whose score is not NaN; ``(nan, nan)`` where no seed has one.
+    """
     groups: dict[tuple[str, str, str], list[SegmentationResult]] = defaultdict(list)
     for result in results:
         groups[(result.strategy, result.network, result.test_set)].append(result)
@@ -66,13 +111,23 @@ def summarise(results: Sequence[SegmentationResult]) -> dict[tuple[str, str, str
         structures = list(runs[0].dice)
         values = {s: [r.dice[s] for r in runs] for s in structures}
         values["mean"] = [r.mean for r in runs]
-        summary[key] = {s: (float(np.mean(v)), float(np.std(v))) for s, v in values.items()}
+        summary[key] = {s: _mean_std(v) for s, v in values.items()}
     return summary
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and (population) standard deviation of the non-NaN ``values``."""
+    mean = mean_present(values)
+    return mean, float(np.sqrt(mean_present((np.asarray(values, dtype=np.float64) - mean) ** 2)))
+
+
+def _cell(mean: float, std: float) -> str:
+    return "n/a" if np.isnan(mean) else f"{mean:.3f} ± {std:.3f}"
 
 
 def markdown_table(results: Sequence[SegmentationResult]) -> str:
     """Rows: strategy and network; columns: each test set's structures and mean; cells: ``mean ± std`` over
-    seeds (the layout of MedGen3D Tables 2-4)."""
+    seeds (the layout of MedGen3D Tables 2-4); ``n/a`` where no seed has a score, ``–`` where a run is missing."""
     summary = summarise(results)
     test_sets = list(dict.fromkeys(r.test_set for r in results))
     rows = list(dict.fromkeys((r.strategy, r.network) for r in results))
@@ -83,7 +138,7 @@ def markdown_table(results: Sequence[SegmentationResult]) -> str:
         cells = [strategy, network]
         for t in test_sets:
             scores = summary.get((strategy, network, t))
-            cells += [f"{scores[s][0]:.3f} ± {scores[s][1]:.3f}" if scores else "–" for s in structures[t]]
+            cells += [_cell(*scores[s]) if scores else "–" for s in structures[t]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -105,7 +160,7 @@ def _bar_chart(path: Path, results: Sequence[SegmentationResult]) -> None:
             np.arange(len(rows)) + i * width,
             [m for m, _ in means],
             width,
-            yerr=[e for _, e in means],
+            yerr=[0.0 if np.isnan(e) else e for _, e in means],
             capsize=3,
             label=test_set,
         )
@@ -122,12 +177,13 @@ def _bar_chart(path: Path, results: Sequence[SegmentationResult]) -> None:
 
 def write_results(results: Sequence[SegmentationResult], out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write ``results.json``, ``results.csv`` (one row per run and structure), ``results.md`` and
-    ``results.png`` into ``out_dir``; returns the paths by kind."""
+    ``results.png`` into ``out_dir``; returns the paths by kind. NaN is ``null`` in the JSON and ``nan`` in the
+    CSV."""
     if not results:
         raise ValueError("no results to write")
     out = Path(out_dir)
     paths = {kind: out / f"results.{kind}" for kind in ("json", "csv", "md", "png")}
-    write_json(paths["json"], [asdict(r) | {"dice": dict(r.dice), "mean": r.mean} for r in results])
+    write_json(paths["json"], json_safe([asdict(r) | {"dice": dict(r.dice), "mean": r.mean} for r in results]))
     with atomic_path(paths["csv"]) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["strategy", "network", "seed", "test_set", "structure", "dice"])

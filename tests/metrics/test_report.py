@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import json
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+
+from medgen3d.data.io import json_safe, write_json
+from medgen3d.metrics.report import _anatomy, _mean_rows, _plots, markdown_report
+
+STRUCTURES = ["wedge", "block", "nodule"]
+
+
+def _case(width: int) -> np.ndarray:
+    """``(8, 8, 12)``: a wedge (label 1) growing along the slices, a block (label 2) in the first 4 slices and
+    a nodule (label 3) in slices 8-9."""
+    volume = np.zeros((8, 8, 12), np.int64)
+    for z in range(12):
+        volume[: 1 + z // 2, :width, z] = 1
+    volume[:4, 5:, :4] = 2
+    volume[6:, 6:, 8:10] = 3
+    return volume
+
+
+def _sets() -> tuple[list[np.ndarray], list[np.ndarray]]:
+    real = [_case(width) for width in (1, 2, 3, 4) * 2]
+    synthetic = [np.where(v == 3, 0, v) for v in real]  # the nodule is never generated
+    synthetic[0] = np.where(synthetic[0] == 2, 0, synthetic[0])  # and the block is missing from one case
+    return synthetic, real
+
+
+def test_anatomy_reports_presence_and_z_profile_correlation_per_structure():
+    anatomy = _anatomy(*_sets(), STRUCTURES)
+    assert anatomy["presence_rate_real"] == {"wedge": 1.0, "block": 1.0, "nodule": 1.0}
+    assert anatomy["presence_rate_synthetic"] == {"wedge": 1.0, "block": 7 / 8, "nodule": 0.0}
+    r = anatomy["z_profile_correlation"]
+    # the block's mean profile is 7/8 of the real one: the same shape, r = 1
+    assert r["wedge"] == pytest.approx(1.0, abs=1e-9) and r["block"] == pytest.approx(1.0, abs=1e-9)
+    assert np.isnan(r["nodule"])
+    assert np.isnan(anatomy["continuity"]["synthetic"]["nodule"])  # absent everywhere: no continuity either
+    # slice pairs (7, 8), (8, 9), (9, 10) of the nodule: Dice 0, 1, 0
+    assert anatomy["continuity"]["real"]["nodule"] == pytest.approx(1 / 3)
+    assert len(anatomy["mean_z_profiles"]["real"]["wedge"]) == 64
+    for key in ("fraction_distance", "fractions", "components", "synthetic_fractions", "real_fractions"):
+        assert key in anatomy  # the existing keys are kept
+
+
+def test_alignment_means_skip_the_cases_and_structures_without_a_score():
+    nan = float("nan")
+    rows = np.array([[1.0, 0.5, nan], [1.0, nan, nan]])  # "nodule" absent from both maps in every case
+    means = _mean_rows(rows, STRUCTURES)
+    assert means["wedge"] == 1.0 and means["block"] == 0.5  # not (0.5 + 1) / 2
+    assert np.isnan(means["nodule"]) and means["mean"] == pytest.approx(0.75)
+
+
+def _report() -> dict:
+    nan = float("nan")
+    row = {
+        "fidelity_frechet": {"axial": 2.0, "mean": 2.0},
+        "diversity_ms_ssim": {"mean": 0.5, "std": 0.1},
+        "alignment_dice": _mean_rows(np.array([[1.0, 0.5, nan]]), STRUCTURES),
+        "memorisation": [{"case": "c0", "nearest_training_case": "t0", "image_ssim": 0.4, "label_dice": nan}],
+    }
+    return {
+        "real": "real",
+        "synthetic": "synthetic",
+        "counts": {"training": 8, "held_out": 1, "synthetic": 8},
+        "sets": {"refined": row},
+        "reference": row,
+        "anatomy": _anatomy(*_sets(), STRUCTURES),
+    }
+
+
+def test_markdown_shows_presence_counts_and_n_a_for_undefined_values(tmp_path):
+    text = markdown_report(_report())
+    assert "| present in (real) | present in (synthetic) | z-profile r |" in text
+    lines = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
+    assert lines["| block"].endswith("| 8/8 | 7/8 | 1.000 |")
+    assert lines["| nodule"].endswith("| 8/8 | 0/8 | n/a |")
+    assert "| refined | 1.000 | 0.500 | n/a |" in text  # alignment: the nodule has no Dice
+    # the JSON is valid (NaN as null) and markdown reads it back the same
+    write_json(tmp_path / "report.json", json_safe(_report()))
+    loaded = json.loads((tmp_path / "report.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert loaded["anatomy"]["z_profile_correlation"]["nodule"] is None
+    assert markdown_report(loaded) == text
+
+
+def test_plots_include_the_mean_z_profiles(tmp_path):
+    _plots(tmp_path, _report(), STRUCTURES)
+    assert mpimg.imread(tmp_path / "report.png").shape[0] > 100
+    assert mpimg.imread(tmp_path / "z_profiles.png").shape[1] > 300
