@@ -21,11 +21,11 @@ TINY = {
     "labels": {"0": "background", "1": "slab_1", "2": "slab_2", "3": "slab_3"},
 }
 TRAIN = {
-    "max_epochs": 2,
+    "max_iterations": 4,
     "batch_size": 2,
     "run_length": 4,
-    "val_interval": 2,
-    "save_interval": 1,
+    "val_interval": 4,
+    "save_interval": 2,
     "ndf": 8,
     "discriminator_scales": 1,
     "discriminator_layers": 2,
@@ -36,9 +36,8 @@ def _workflow(configs, root, dataset, **overrides):
     return workflow("image_vid2vid", configs, root, dataset_dir=str(dataset), **{**TINY, **overrides})
 
 
-def _epochs(root):
-    state = torch.load(root / "models" / "checkpoint.pt", weights_only=True)["trainer"]
-    return state["iteration"] // state["epoch_length"]
+def _iterations(root):
+    return torch.load(root / "models" / "checkpoint.pt", weights_only=True)["trainer"]["iteration"]
 
 
 def _mask_dataset(root, depths=(12, 10), labels=TINY_LABELS):
@@ -63,20 +62,20 @@ def test_train_config_writes_checkpoints_previews_and_named_losses(trained):
     root, _ = trained
     state = torch.load(root / "models" / "checkpoint.pt", weights_only=True)
     assert {"model", "optimizer", "discriminators", "d_optimizer", "trainer"} <= set(state)
-    assert _epochs(root) == 2 and (root / "models" / "model.pt").is_file()
-    assert (root / "eval" / "previews" / "epoch-0002.png").is_file()
+    assert _iterations(root) == 4 and (root / "models" / "model.pt").is_file()
+    assert (root / "eval" / "previews" / "iteration-000004.png").is_file()
     assert list((root / "eval").glob("events.out.tfevents.*"))
 
 
 def test_training_resumes_from_its_checkpoint(trained):
     root, dataset = trained
-    wf = _workflow(["train.json"], root, dataset, **{**TRAIN, "max_epochs": 3})
-    epochs = []
+    wf = _workflow(["train.json"], root, dataset, **{**TRAIN, "max_iterations": 5})
+    iterations = []
     wf.parser.get_parsed_content("train#trainer").add_event_handler(
-        Events.EPOCH_STARTED, lambda engine: epochs.append(engine.state.epoch)
+        Events.ITERATION_STARTED, lambda engine: iterations.append(engine.state.iteration)
     )
     wf.run()
-    assert epochs == [3] and _epochs(root) == 3
+    assert iterations == [5] and _iterations(root) == 5
 
 
 def test_inference_pairs_each_mask_with_a_generated_image_and_resumes(trained, tmp_path):
@@ -126,7 +125,7 @@ def test_verify_net_in_out_with_the_packed_wrapper(tmp_path):
 @pytest.mark.slow
 def test_multi_gpu_train_config_runs_under_torchrun_with_gloo(trained, tmp_path):
     _, dataset = trained
-    overrides = {**TINY, **TRAIN, "max_epochs": 1, "dataset_dir": str(dataset), "val_interval": 5}
+    overrides = {**TINY, **TRAIN, "max_iterations": 2, "dataset_dir": str(dataset), "val_interval": 5}
     result = run_torchrun("image_vid2vid", ["train.json", "multi_gpu_train.json"], tmp_path, **overrides)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert _epochs(tmp_path) == 1
+    assert _iterations(tmp_path) == 2

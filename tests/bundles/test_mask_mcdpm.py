@@ -22,7 +22,7 @@ TINY = {
     "num_train_timesteps": 20,
     "labels": {"0": "background", "1": "slab_1", "2": "slab_2", "3": "slab_3"},
 }
-TRAIN = {"max_epochs": 2, "batch_size": 2, "val_interval": 2, "save_interval": 1, "preview_depth": 8}
+TRAIN = {"max_iterations": 4, "batch_size": 2, "val_interval": 4, "save_interval": 2, "preview_depth": 8}
 INFER = {"num_cases": 2, "batch_size": 2, "num_inference_steps": 4}
 
 
@@ -30,9 +30,8 @@ def _workflow(configs, root, dataset, **overrides):
     return workflow("mask_mcdpm", configs, root, dataset_dir=str(dataset), **{**TINY, **overrides})
 
 
-def _epochs(root):
-    state = torch.load(root / "models" / "checkpoint.pt", weights_only=True)["trainer"]
-    return state["iteration"] // state["epoch_length"]
+def _iterations(root):
+    return torch.load(root / "models" / "checkpoint.pt", weights_only=True)["trainer"]["iteration"]
 
 
 @pytest.fixture(scope="module")
@@ -47,20 +46,31 @@ def trained(tmp_path_factory):
 
 def test_train_config_writes_checkpoints_previews_and_logs(trained):
     root, _ = trained
-    assert (root / "models" / "model.pt").is_file() and _epochs(root) == 2
-    assert (root / "eval" / "previews" / "epoch-0002.png").is_file()
+    assert (root / "models" / "model.pt").is_file() and _iterations(root) == 4
+    assert (root / "eval" / "previews" / "iteration-000004.png").is_file()
     assert list((root / "eval").glob("events.out.tfevents.*"))
+
+
+def test_model_pt_holds_the_ema_weights_that_inference_samples(trained):
+    root, _ = trained
+    state = torch.load(root / "models" / "checkpoint.pt", weights_only=True)
+    exported = torch.load(root / "models" / "model.pt", weights_only=True)
+    assert exported.keys() == state["model"].keys() == state["ema"].keys()
+    assert all(torch.equal(exported[k], state["ema"][k]) for k in exported)
+    assert any(not torch.equal(state["ema"][k], state["model"][k]) for k in exported if exported[k].is_floating_point())
+    # the learning-rate schedule travels with the checkpoint, one step per iteration
+    assert state["lr_schedule"]["last_epoch"] == state["trainer"]["iteration"]
 
 
 def test_training_resumes_from_its_checkpoint(trained):
     root, dataset = trained
-    wf = _workflow(["train.json"], root, dataset, **{**TRAIN, "max_epochs": 3})
-    epochs = []
+    wf = _workflow(["train.json"], root, dataset, **{**TRAIN, "max_iterations": 6})
+    iterations = []
     wf.parser.get_parsed_content("train#trainer").add_event_handler(
-        Events.EPOCH_STARTED, lambda engine: epochs.append(engine.state.epoch)
+        Events.ITERATION_STARTED, lambda engine: iterations.append(engine.state.iteration)
     )
     wf.run()
-    assert epochs == [3] and _epochs(root) == 3  # epochs 1 and 2 were not redone
+    assert iterations == [5, 6] and _iterations(root) == 6  # iterations 1 to 4 were not redone
 
 
 @pytest.mark.parametrize("overlay", [[], ["inference_ddpm.json"]], ids=["ddim", "ddpm"])
@@ -113,7 +123,7 @@ def test_verify_net_in_out_with_the_fixed_condition_wrapper(tmp_path):
 @pytest.mark.slow
 def test_multi_gpu_train_config_runs_under_torchrun_with_gloo(trained, tmp_path):
     _, dataset = trained
-    overrides = {**TINY, **TRAIN, "max_epochs": 1, "dataset_dir": str(dataset)}
+    overrides = {**TINY, **TRAIN, "max_iterations": 2, "dataset_dir": str(dataset)}
     result = run_torchrun("mask_mcdpm", ["train.json", "multi_gpu_train.json"], tmp_path, **overrides)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert _epochs(tmp_path) == 1
+    assert _iterations(tmp_path) == 2

@@ -15,7 +15,8 @@ from tests.bundles.helpers import BUNDLES, error_chain, run_torchrun, workflow
 from tests.conftest import write_tiny_dataset
 
 LABELS = {"0": "background", "1": "slab_1", "2": "slab_2", "3": "slab_3"}
-TRAIN = {"roi_size": [16, 16, 16], "max_epochs": 60, "val_interval": 20, "learning_rate": 0.002, "labels": LABELS}
+# 3 training cases, 2 crops each per batch of one volume: 3 iterations per pass over the data
+TRAIN = {"roi_size": [16, 16, 16], "max_iterations": 180, "val_interval": 60, "learning_rate": 0.002, "labels": LABELS}
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +147,7 @@ def test_every_strategy_overlay_composes_runs_and_fine_tunes_from_its_checkpoint
     synthetic = write_tiny_dataset(tmp_path / "synthetic", splits=(4, 0, 0)).root
     target = write_tiny_dataset(tmp_path / "target", splits=(2, 1, 1)).root
     root = tmp_path / "bundle"
-    quick = {"max_epochs": 1, "val_interval": 1, "synthetic_dir": str(synthetic), "target_dir": str(target)}
+    quick = {"max_iterations": 2, "val_interval": 2, "synthetic_dir": str(synthetic), "target_dir": str(target)}
     for name in STRATEGIES:
         wf = _train_workflow(root, real, [f"strategies/{name}.json"], **quick)
         strategy = wf.parser.get_parsed_content("strategy")
@@ -172,14 +173,14 @@ def test_every_strategy_overlay_composes_runs_and_fine_tunes_from_its_checkpoint
 def test_fine_tuning_without_its_checkpoint_is_a_clear_error(tmp_path):
     real = write_tiny_dataset(tmp_path / "real").root
     with pytest.raises(Exception) as err:
-        _train_workflow(tmp_path / "bundle", real, ["strategies/e2_4_finetune_synthetic.json"], max_epochs=1)
+        _train_workflow(tmp_path / "bundle", real, ["strategies/e2_4_finetune_synthetic.json"], max_iterations=1)
     assert "E2-2/model.pt: checkpoint not found" in error_chain(err.value)
 
 
 @pytest.mark.slow
 def test_multi_gpu_train_config_runs_under_torchrun_with_gloo(tmp_path):
     real = write_tiny_dataset(tmp_path / "real").root
-    overrides = {**TRAIN, "max_epochs": 1, "val_interval": 1, "dataset_dir": str(real)}
+    overrides = {**TRAIN, "max_iterations": 2, "val_interval": 2, "dataset_dir": str(real)}
     configs = ["train.json", "unet3d.json", "multi_gpu_train.json"]
     result = run_torchrun("segmentation_eval", configs, tmp_path / "bundle", base=(), **overrides)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -253,8 +254,8 @@ def test_unet2d_overlay_trains_on_slices_and_segments_volumes_slice_by_slice(tmp
         **{
             **{k: v for k, v in TRAIN.items() if k != "roi_size"},
             "slice_size": [16, 16],
-            "max_epochs": 2,
-            "val_interval": 1,
+            "max_iterations": 6,
+            "val_interval": 3,
         },
     )
     wf.initialize()

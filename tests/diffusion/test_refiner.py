@@ -91,7 +91,7 @@ def test_after_short_training_refining_a_degraded_image_brings_it_closer_to_the_
     network, scheduler = _network(), DDPMScheduler(1000)
     loader = torch.utils.data.DataLoader(slices, batch_size=6, shuffle=True)
     trainer = SemanticDiffusionTrainer(
-        "cpu", 100, loader, network, torch.optim.AdamW(network.parameters(), 2e-3), scheduler, 4, condition_dropout=0.2
+        "cpu", 200, loader, network, torch.optim.AdamW(network.parameters(), 2e-3), scheduler, 4, condition_dropout=0.2
     )
     trainer.run()
     clean = image.permute(2, 0, 1)[:, None]

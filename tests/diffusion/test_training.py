@@ -7,7 +7,13 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from medgen3d.diffusion.autoregressive import generate_volumes, generation_plan
 from medgen3d.diffusion.conditions import condition_indicator, one_hot_slices
 from medgen3d.diffusion.sampler import SubsequenceSampler
-from medgen3d.diffusion.training import masked_slice_mse, mcdpm_loss, regression_target
+from medgen3d.diffusion.training import (
+    masked_slice_mse,
+    mcdpm_loss,
+    predicted_x0,
+    regression_target,
+    structure_dice_loss,
+)
 from medgen3d.networks import MultiConditionDiffusionUNet
 from tests.conftest import slab_label
 
@@ -65,10 +71,45 @@ def test_short_training_learns_a_layout_that_depends_on_slice_position():
         network.train()
         starts = torch.randint(0, depth - m + 1, (8,))
         x_0 = one_hot_slices(torch.stack([reference[s : s + m] for s in starts]), 4)
-        loss = mcdpm_loss(network, scheduler, x_0, starts.float() / depth, probabilities, (1, 2))
+        loss = mcdpm_loss(network, scheduler, x_0, starts.float() / depth, probabilities, (1, 2)).regression
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     trained = _foreground_accuracy(network, reference, m)
     assert untrained < 0.2  # an untrained network puts background everywhere
     assert trained > 0.5 and trained > untrained + 0.4
+
+
+def test_structure_dice_is_zero_for_a_perfect_estimate_and_grows_with_a_wrong_small_structure():
+    # 4 slices of 8x8: a large structure 1 and a 2x2 structure 2 on every slice
+    labels = torch.zeros(1, 4, 8, 8, dtype=torch.long)
+    labels[..., :, :4] = 1
+    labels[..., 6:, 6:] = 2
+    x_0 = one_hot_slices(labels, 3)
+    indicator = condition_indicator("forward", 1, 4)[None]
+    assert structure_dice_loss(x_0.clone(), x_0, indicator).item() == pytest.approx(0.0, abs=1e-6)
+    # a structure drawn as background on the generated slices: the Dice term charges the small one as much as the
+    # large one (each is one of two structures), where the voxel-weighted regression charges it 8 times less
+    missing = {}
+    for value in (1, 2):
+        wrong = labels.clone()
+        wrong[wrong == value] = 0
+        estimate = one_hot_slices(wrong, 3)
+        missing[value] = (structure_dice_loss(estimate, x_0, indicator).item(), masked_slice_mse(estimate, x_0, indicator).item())
+    assert missing[2][0] == pytest.approx(0.5, abs=1e-3) and missing[1][0] == pytest.approx(0.5, abs=1e-3)
+    assert missing[2][1] == pytest.approx(missing[1][1] / 8)
+    wrong = labels.clone()
+    wrong[..., 6:, 6:] = 0
+    # errors on the given (known) slice are not scored
+    known_only = x_0.clone()
+    known_only[:, 0] = one_hot_slices(wrong, 3)[:, 0]
+    assert structure_dice_loss(known_only, x_0, indicator).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "sample", "v_prediction"])
+def test_the_x0_estimate_inverts_the_forward_process_for_every_prediction_type(kind):
+    scheduler = DDPMScheduler(1000, prediction_type=kind)
+    x_0, noise, t = torch.randn(3, 2, 4), torch.randn(3, 2, 4), torch.tensor([1, 400, 999])
+    x_t = scheduler.add_noise(x_0, noise, t)
+    exact = regression_target(scheduler, x_0, noise, t)  # what a perfect network outputs
+    assert torch.allclose(predicted_x0(scheduler, x_t, exact, t), x_0, atol=1e-3)

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 
 from medgen3d.data.io import DataError
+from medgen3d.engines.base import StepTrainer
 from medgen3d.engines.checkpoint import ResumableCheckpoint, load_weights, save_atomically
 
 
@@ -22,7 +23,7 @@ def _run(tmp_path, max_epochs, network, optimizer, seen):
     return engine
 
 
-def test_training_resumes_from_the_last_checkpoint_with_weights_optimiser_and_epoch(tmp_path):
+def test_an_epoch_counted_engine_resumes_with_weights_optimiser_and_epoch(tmp_path):
     torch.manual_seed(0)
     first = torch.nn.Linear(2, 1)
     first_optimizer = torch.optim.Adam(first.parameters(), lr=0.1)
@@ -70,3 +71,78 @@ def test_missing_corrupt_and_mismatched_checkpoints_are_named(tmp_path):
         load_weights(network, tmp_path / "other.pt")
     save_atomically({"model": network.state_dict()}, tmp_path / "wrapped.pt")
     assert load_weights(torch.nn.Linear(2, 1), tmp_path / "wrapped.pt") is not None
+
+
+class _Counted(StepTrainer):
+    """A StepTrainer whose iteration is one optimiser step on a fixed input."""
+
+    def _iteration(self, engine, batchdata):
+        engine.optimizer.zero_grad()
+        loss = engine.network(torch.ones(1, 2)).sum()
+        loss.backward()
+        engine.optimizer.step()
+        return {"loss": loss.detach()}
+
+
+def _step_trainer(tmp_path, max_iterations, data, interval=2):
+    torch.manual_seed(0)
+    network = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+    trainer = _Counted("cpu", max_iterations, torch.utils.data.DataLoader(data, batch_size=1), network, optimizer)
+    ResumableCheckpoint(tmp_path, {"model": network, "optimizer": optimizer}, interval=interval).attach(trainer)
+    seen: list[int] = []
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: seen.append(e.state.iteration))
+    return trainer, network, seen
+
+
+def test_training_length_is_counted_in_iterations_whatever_the_dataset_size(tmp_path):
+    # 7 iterations over 3 items: the loader restarts as often as needed, the last pass stops part-way
+    trainer, _, seen = _step_trainer(tmp_path / "small", 7, [0, 1, 2])
+    trainer.run()
+    assert seen == [1, 2, 3, 4, 5, 6, 7] and trainer.state.iteration == 7
+    big, _, big_seen = _step_trainer(tmp_path / "big", 7, list(range(40)))
+    big.run()
+    assert big_seen == seen
+
+
+def test_resume_mid_epoch_continues_to_the_configured_iterations_and_matches_an_uninterrupted_run(tmp_path):
+    straight, straight_net, _ = _step_trainer(tmp_path / "straight", 9, [0, 1, 2, 3])
+    straight.run()
+    first, _, _ = _step_trainer(tmp_path / "resumed", 5, [0, 1, 2, 3])  # stops mid-way through the second pass
+    first.run()
+    second, resumed_net, seen = _step_trainer(tmp_path / "resumed", 9, [0, 1, 2, 3])
+    second.run()
+    assert seen == [6, 7, 8, 9]
+    assert torch.allclose(resumed_net.weight, straight_net.weight)
+    finished, _, again = _step_trainer(tmp_path / "resumed", 9, [0, 1, 2, 3])
+    finished.run()
+    assert again == []  # already at its last iteration: nothing is redone
+
+
+def test_a_checkpoint_counted_in_epochs_resumes_in_iterations(tmp_path):
+    # written before training was counted in iterations: ignite's epoch-mode state (max_epochs, epoch_length 2)
+    network = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+    old = Engine(lambda e, b: None)
+    old.state.iteration, old.state.epoch, old.state.epoch_length, old.state.max_epochs = 6, 3, 2, 3
+    save_atomically(
+        {"model": network.state_dict(), "optimizer": optimizer.state_dict(), "trainer": old.state_dict()},
+        tmp_path / "checkpoint.pt",
+    )
+    trainer, resumed, seen = _step_trainer(tmp_path, 10, [0, 1, 2])  # a loader of another length
+    trainer.run()
+    assert seen == [7, 8, 9, 10] and trainer.state.iteration == 10
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["trainer"]["max_iters"] == 10
+
+
+def test_an_object_the_checkpoint_lacks_starts_as_a_copy_of_the_model(tmp_path):
+    network = torch.nn.Linear(2, 1)
+    save_atomically({"model": network.state_dict(), "trainer": {"iteration": 2, "epoch_length": 2, "max_epochs": 1}},
+                    tmp_path / "checkpoint.pt")
+    copy = torch.nn.Linear(2, 1)
+    engine = Engine(lambda e, b: None)
+    checkpoint = ResumableCheckpoint(tmp_path, {"model": torch.nn.Linear(2, 1), "ema": copy})
+    checkpoint.attach(engine)
+    engine.state.max_epochs, engine.state.epoch_length = 1, 2
+    checkpoint.load(engine)
+    assert torch.equal(copy.weight, network.weight) and engine.state.iteration == 2

@@ -25,13 +25,13 @@ def _label_intensity_error(generator, label, image, num_classes):
     return torch.stack([(fake[label == k].mean() - image[label == k].mean()).abs() for k in range(num_classes)]).mean()
 
 
-def _trainer(generator, data, epochs, weights=WEIGHTS):
+def _trainer(generator, data, iterations, weights=WEIGHTS):
     image_d, temporal_d = ImageDiscriminator(4, 1, 8, 2), TemporalDiscriminator(3, 1, 8, 2)
     loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=True)
     adam = lambda params: torch.optim.Adam(params, 2e-3, betas=(0.5, 0.999))  # noqa: E731
     return SequenceGANTrainer(
         "cpu",
-        epochs,
+        iterations,
         loader,
         generator,
         adam(generator.parameters()),
@@ -57,7 +57,7 @@ def test_short_training_learns_an_intensity_that_is_a_function_of_the_label():
     image = label.float() / 3 * 2 - 1  # background -1, slabs -1/3, 1/3, 1
     generator = SequenceGenerator(4, ngf=8, n_downsample=2, n_blocks=2)
     untrained = _label_intensity_error(generator, label, image, 4)
-    trainer = _trainer(generator, _runs(label, image), epochs=40)
+    trainer = _trainer(generator, _runs(label, image), iterations=80)  # 40 passes over 7 runs in batches of 4
     trainer.run()
     trained = _label_intensity_error(generator, label, image, 4)
     print(f"per-label mean intensity error: untrained {untrained:.3f}, trained {trained:.3f}")

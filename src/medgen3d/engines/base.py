@@ -1,11 +1,14 @@
-"""The common base of MedGen3D's trainers: a MONAI ``SupervisedTrainer`` whose ``_iteration`` is its own."""
+"""The common base of MedGen3D's trainers: a MONAI ``SupervisedTrainer`` whose ``_iteration`` is its own and whose
+length is counted in optimiser steps."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
+from ignite.engine import Engine
 from monai.engines import SupervisedTrainer
 from monai.utils import convert_to_tensor
 from torch.utils.data import DataLoader
@@ -14,35 +17,62 @@ __all__ = ["StepTrainer"]
 
 
 class StepTrainer(SupervisedTrainer):
-    """A ``SupervisedTrainer`` for subclasses that compute their own losses in ``_iteration``.
+    """A ``SupervisedTrainer`` for subclasses that compute their own losses in ``_iteration``, run for a number of
+    iterations rather than epochs.
 
-    Batches are not decollated (the iteration works on whole batches) and the stock loss function is unused.
-    Handlers, checkpointing, distributed samplers and events work as in any MONAI trainer.
+    Training length is ``max_iterations`` optimiser steps whatever the dataset size, so a 10-case dataset trains as
+    long as a 40-case one; the loader is restarted as often as needed (ignite's ``max_iters`` mode). An epoch is
+    still one pass over the loader, which only matters to distributed samplers. Batches are not decollated (the
+    iteration works on whole batches) and the stock loss function is unused. Handlers, checkpointing and events
+    work as in any MONAI trainer.
+
+    Args:
+        device: training device.
+        max_iterations: optimiser steps to run in all (a resumed run continues up to the same number).
+        train_data_loader: the training loader.
+        network: the network being trained (or its DDP wrapper).
+        optimizer: its optimiser.
+        train_handlers: ignite handlers.
+        amp: mixed precision (CUDA).
     """
 
     def __init__(
         self,
         device: torch.device | str,
-        max_epochs: int,
+        max_iterations: int,
         train_data_loader: Iterable | DataLoader,
         network: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
         train_handlers: Sequence | None = None,
         amp: bool = False,
-        epoch_length: int | None = None,
     ) -> None:
+        if int(max_iterations) < 1:
+            raise ValueError(f"max_iterations must be at least 1, got {max_iterations}")
         super().__init__(
             device=device,
-            max_epochs=max_epochs,
+            max_epochs=1,  # replaced by the iteration budget below
             train_data_loader=train_data_loader,
             network=network,
             optimizer=optimizer,
             loss_function=torch.nn.MSELoss(),  # unused: subclasses compute their losses
             train_handlers=train_handlers,
             amp=amp,
-            epoch_length=epoch_length,
             decollate=False,
         )
+        self.state.max_epochs = None
+        self.state.max_iters = int(max_iterations)
+
+    @property
+    def max_iterations(self) -> int:
+        return int(self.state.max_iters)
+
+    def run(self) -> None:  # type: ignore[override]
+        """Train until ``max_iterations`` optimiser steps are done (resuming counts the steps already taken)."""
+        if self.state.epoch_length == 0:
+            warnings.warn("the training loader is empty: nothing to train")
+            return
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None  # as MONAI's Trainer.run
+        Engine.run(self, data=self.data_loader, max_iters=self.state.max_iters)
 
     @staticmethod
     def batch_tensor(batchdata: dict[str, Any], key: str, device: torch.device) -> torch.Tensor:

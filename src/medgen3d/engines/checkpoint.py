@@ -67,16 +67,24 @@ def load_torchscript(path: str | os.PathLike, what: str) -> torch.jit.ScriptModu
 
 
 class ResumableCheckpoint:
-    """Saves ``save_dict`` every ``interval`` epochs and at the end; resumes from it when the engine starts.
+    """Saves ``save_dict`` every ``interval`` iterations and at the end; resumes from it when the engine starts.
+
+    Resuming keeps the run's configured length: a trainer counted in iterations (:class:`StepTrainer`) continues up
+    to its ``max_iterations``, also from a checkpoint written when training was counted in epochs (the iteration
+    count is what both record); an epoch-counted engine continues up to its ``max_epochs``. An object of
+    ``save_dict`` that an older checkpoint lacks (an EMA copy, a learning-rate schedule) is reported and starts
+    fresh; a module among them starts as a copy of ``"model"`` where the weights fit.
 
     Args:
         ckpt_dir: where ``checkpoint.pt`` (all of ``save_dict``) and ``model.pt`` (the network) are written.
         save_dict: objects with ``state_dict``, e.g. ``{"model": net, "optimizer": opt}``; ``"model"`` is the
             network. The engine the handler is attached to is added as ``"trainer"`` (its epoch and iteration).
-        interval: epochs between saves.
+        interval: iterations between saves.
         resume: load ``checkpoint.pt`` at start when it exists.
         model_filename: name of the weights-only file (another name when a validator saves the best model as
             ``model.pt``, see :class:`BestModelSaver`).
+        export: the ``save_dict`` entry whose weights go to ``model_filename``: ``"model"``, or ``"ema"`` when the
+            averaged weights are the ones that inference samples with.
     """
 
     def __init__(
@@ -86,14 +94,18 @@ class ResumableCheckpoint:
         interval: int = 1,
         resume: bool = True,
         model_filename: str = "model.pt",
+        export: str = "model",
     ):
         if "model" not in save_dict:
             raise ValueError("save_dict must hold the network under 'model'")
+        if export not in save_dict:
+            raise ValueError(f"export {export!r} is not a key of save_dict {sorted(save_dict)}")
         self.ckpt_dir = Path(ckpt_dir)
         self.save_dict = dict(save_dict)
         self.interval = interval
         self.resume = resume
         self.model_filename = model_filename
+        self.export = export
 
     @property
     def checkpoint_path(self) -> Path:
@@ -107,7 +119,7 @@ class ResumableCheckpoint:
         self.save_dict.setdefault("trainer", engine)
         if self.resume:
             engine.add_event_handler(Events.STARTED, self.load)
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self.save)
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self.save)
         engine.add_event_handler(Events.COMPLETED, self.save)
 
     def load(self, engine: Engine) -> None:
@@ -119,13 +131,42 @@ class ResumableCheckpoint:
             raise DataError(
                 f"{self.checkpoint_path}: not a readable checkpoint ({err}); delete it to start over"
             ) from err
-        max_epochs = engine.state.max_epochs
+        configured = engine.state.max_epochs, engine.state.max_iters, engine.state.epoch_length
         objects = {k: (_unwrap(v) if isinstance(v, torch.nn.Module) else v) for k, v in self.save_dict.items()}
-        Checkpoint.load_objects(to_load=objects, checkpoint=state)
-        if max_epochs is not None and engine.state.epoch >= max_epochs:
-            logger.warning(f"{self.checkpoint_path}: already at epoch {engine.state.epoch} of {max_epochs}")
-        engine.state.max_epochs = max(max_epochs or 0, engine.state.epoch)
-        logger.info(f"resumed from {self.checkpoint_path} at epoch {engine.state.epoch}")
+        missing = [k for k in objects if k not in state]
+        Checkpoint.load_objects(to_load={k: v for k, v in objects.items() if k not in missing}, checkpoint=state)
+        for key in missing:
+            self._start_fresh(key, objects)
+        self._restore_length(engine, *configured)
+        logger.info(f"resumed from {self.checkpoint_path} at iteration {engine.state.iteration}")
+
+    def _start_fresh(self, key: str, objects: Mapping[str, Any]) -> None:
+        """An object the checkpoint lacks (written before it existed): a module copies the model where it fits."""
+        obj = objects[key]
+        if isinstance(obj, torch.nn.Module) and key != "model":
+            try:
+                obj.load_state_dict(objects["model"].state_dict())
+                logger.warning(f"{self.checkpoint_path}: no {key!r}; it starts as a copy of the model")
+                return
+            except RuntimeError:
+                pass
+        logger.warning(f"{self.checkpoint_path}: no {key!r}; it starts fresh")
+
+    def _restore_length(
+        self, engine: Engine, max_epochs: int | None, max_iters: int | None, epoch_length: int | None
+    ) -> None:
+        """Keep the configured length (the checkpoint brings its own, possibly in the other unit)."""
+        if epoch_length is not None:
+            engine.state.epoch_length = epoch_length
+            engine.state.epoch = engine.state.iteration // epoch_length
+        if max_iters is not None:
+            if engine.state.iteration >= max_iters:
+                logger.warning(f"{self.checkpoint_path}: already at iteration {engine.state.iteration} of {max_iters}")
+            engine.state.max_epochs, engine.state.max_iters = None, max(max_iters, engine.state.iteration)
+        else:
+            if max_epochs is not None and engine.state.epoch >= max_epochs:
+                logger.warning(f"{self.checkpoint_path}: already at epoch {engine.state.epoch} of {max_epochs}")
+            engine.state.max_iters, engine.state.max_epochs = None, max(max_epochs or 0, engine.state.epoch)
 
     def save(self, engine: Engine) -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
@@ -134,7 +175,7 @@ class ResumableCheckpoint:
             k: (_unwrap(v) if isinstance(v, torch.nn.Module) else v).state_dict() for k, v in self.save_dict.items()
         }
         save_atomically(state, self.checkpoint_path)
-        save_atomically(state["model"], self.model_path)
+        save_atomically(state[self.export], self.model_path)
 
 
 class BestModelSaver:

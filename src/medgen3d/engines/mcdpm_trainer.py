@@ -21,11 +21,12 @@ class MCDPMTrainer(StepTrainer):
     """Trains the MC-DPM on random mask subsequences (MedGen3D Sec. 3.1).
 
     Batches hold ``"label"`` ``(B, 1, H, W, m)`` integer subsequences and ``"position"`` ``(B,)``
-    (see :class:`medgen3d.transforms.RandSubsequenced`). ``engine.state.output`` is ``{"loss": float tensor}``.
+    (see :class:`medgen3d.transforms.RandSubsequenced`). ``engine.state.output`` holds ``"loss"`` (what is
+    minimised), ``"regression"`` and ``"dice"`` (its two terms, see :mod:`medgen3d.diffusion.training`).
 
     Args:
         device: training device.
-        max_epochs: epochs to run.
+        max_iterations: optimiser steps to run (see :class:`StepTrainer`).
         train_data_loader: the subsequence loader.
         network: the denoiser (or its DDP wrapper).
         optimizer: its optimiser.
@@ -33,16 +34,16 @@ class MCDPMTrainer(StepTrainer):
         num_classes: ``K``.
         condition_probabilities: ``{"forward": p_F, "backward": p_B, "unconditional": p_U}``.
         num_known: range of known slices in the conditional modes.
+        dice_weight: weight of the auxiliary structure Dice term (0: the paper's loss alone).
         max_grad_norm: gradient clipping norm (``None``: no clipping).
         train_handlers: ignite handlers.
         amp: mixed precision (CUDA).
-        epoch_length: iterations per epoch (default: the loader's length).
     """
 
     def __init__(
         self,
         device: torch.device | str,
-        max_epochs: int,
+        max_iterations: int,
         train_data_loader: Iterable | DataLoader,
         network: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
@@ -50,16 +51,17 @@ class MCDPMTrainer(StepTrainer):
         num_classes: int,
         condition_probabilities: Mapping[str, float],
         num_known: Sequence[int],
+        dice_weight: float = 0.0,
         max_grad_norm: float | None = 1.0,
         train_handlers: Sequence | None = None,
         amp: bool = False,
-        epoch_length: int | None = None,
     ) -> None:
-        super().__init__(device, max_epochs, train_data_loader, network, optimizer, train_handlers, amp, epoch_length)
+        super().__init__(device, max_iterations, train_data_loader, network, optimizer, train_handlers, amp)
         self.noise_scheduler = noise_scheduler
         self.num_classes = num_classes
         self.condition_probabilities = dict(condition_probabilities)
         self.num_known = (int(num_known[0]), int(num_known[1]))
+        self.dice_weight = float(dice_weight)
         self.max_grad_norm = max_grad_norm
 
     def _iteration(self, engine: "MCDPMTrainer", batchdata: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -69,14 +71,15 @@ class MCDPMTrainer(StepTrainer):
         position = self.batch_tensor(batchdata, "position", engine.state.device).float()
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        # 2. the masked MC-DPM loss, 3. backward and step
+        # 2. the masked MC-DPM loss and the structure term, 3. backward and step
         with torch.autocast("cuda", enabled=engine.amp and x_0.is_cuda):
-            loss = mcdpm_loss(
+            terms = mcdpm_loss(
                 engine.network, self.noise_scheduler, x_0, position, self.condition_probabilities, self.num_known
             )
+            loss = terms.total(self.dice_weight)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         self._backward_and_step(engine, loss)
-        engine.state.output = {"loss": loss.detach()}
+        engine.state.output = {"loss": loss.detach(), **{k: v.detach() for k, v in terms._asdict().items()}}
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
 

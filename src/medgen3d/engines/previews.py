@@ -51,12 +51,13 @@ def save_label_montage(
 
 
 class MaskSamplePreview:
-    """Every ``interval`` epochs, sample ``num_samples`` whole volumes and write ``previews/epoch-NNNN.png``.
+    """Every ``interval`` iterations, sample ``num_samples`` whole volumes and write ``previews/iteration-NNNNNN.png``.
 
-    Sampling uses its own seeded generator, so previews of different epochs differ only by the weights.
+    Sampling uses its own seeded generator, so previews at different iterations differ only by the weights.
 
     Args:
-        network: the denoiser being trained (unwrapped from DDP).
+        network: the weights to sample: the EMA copy (:class:`medgen3d.engines.ema.WeightAverage`) or the denoiser
+            being trained (unwrapped from DDP).
         sampler: a fast sampler (e.g. DDIM with 10 steps).
         output_dir: the previews go to ``output_dir/previews``.
         labels: value -> name.
@@ -64,7 +65,7 @@ class MaskSamplePreview:
         image_size: network in-plane ``(h, w)``.
         num_condition: ``n``.
         num_samples: volumes per preview.
-        interval: epochs between previews.
+        interval: iterations between previews.
     """
 
     def __init__(
@@ -86,12 +87,13 @@ class MaskSamplePreview:
         self.num_condition, self.num_samples, self.interval = num_condition, num_samples, interval
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
 
     def __call__(self, engine: Engine) -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
             return
         m = self.network.subsequence_length
+        was_training = self.network.training
         self.network.eval()
         plans = [generation_plan(self.depth, (self.depth - m) // 2, m, self.num_condition)] * self.num_samples
         generator = torch.Generator().manual_seed(0)
@@ -104,17 +106,17 @@ class MaskSamplePreview:
             self.image_size,
             generator=generator,
         )
-        self.network.train()
-        path = self.out / f"epoch-{engine.state.epoch:04d}.png"
-        save_label_montage(path, volumes, self.labels, f"MC-DPM samples after epoch {engine.state.epoch}")
+        self.network.train(was_training)  # the EMA copy stays in eval mode, the trained network in train mode
+        path = self.out / f"iteration-{engine.state.iteration:06d}.png"
+        save_label_montage(path, volumes, self.labels, f"MC-DPM samples after {engine.state.iteration} iterations")
         fractions = torch.stack([torch.bincount(v.flatten(), minlength=len(self.labels)) for v in volumes]).float()
         fractions = (fractions / fractions.sum(1, keepdim=True)).mean(0)
         logger.info(f"preview {path}: label fractions " + " ".join(f"{f:.3f}" for f in fractions.tolist()))
 
 
 class ImageSequencePreview:
-    """Every ``interval`` epochs, generate the image of one real mask volume and write
-    ``previews/epoch-NNNN.png``: mask | generated | real, in the axial, coronal and sagittal mid planes.
+    """Every ``interval`` iterations, generate the image of one real mask volume and write
+    ``previews/iteration-NNNNNN.png``: mask | generated | real, in the axial, coronal and sagittal mid planes.
 
     Args:
         generator: the sequence generator being trained (unwrapped from DDP).
@@ -123,7 +125,7 @@ class ImageSequencePreview:
         num_classes: ``K``.
         image_size: the generator's in-plane ``(h, w)`` (``None``: the volume's own).
         modality: ``"CT"`` or ``"MR"`` (intensity scaling of the real image).
-        interval: epochs between previews.
+        interval: iterations between previews.
     """
 
     def __init__(
@@ -146,7 +148,7 @@ class ImageSequencePreview:
         )
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
 
     def __call__(self, engine: Engine) -> None:
         from medgen3d.data.intensity import volume_scale
@@ -178,9 +180,9 @@ class ImageSequencePreview:
                 axes[row, col].imshow(view.numpy(), origin="lower", interpolation="nearest", **kwargs)
                 axes[row, col].set_axis_off()
             axes[row, 0].set_title(("mask", "generated", "real")[row], loc="left")
-        fig.suptitle(f"image sequence generator after epoch {engine.state.epoch}")
+        fig.suptitle(f"image sequence generator after {engine.state.iteration} iterations")
         fig.tight_layout()
-        path = self.out / f"epoch-{engine.state.epoch:04d}.png"
+        path = self.out / f"iteration-{engine.state.iteration:06d}.png"
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=70)
         plt.close(fig)
@@ -188,8 +190,8 @@ class ImageSequencePreview:
 
 
 class RefinementPreview:
-    """Every ``interval`` epochs, noise the middle slice of a real case to step ``noise_steps``, denoise it with the
-    model being trained, and write ``previews/epoch-NNNN.png``: mask | real | noised | denoised.
+    """Every ``interval`` iterations, noise the middle slice of a real case to step ``noise_steps``, denoise it with the
+    model being trained, and write ``previews/iteration-NNNNNN.png``: mask | real | noised | denoised.
 
     Args:
         network: the SPADE diffusion UNet being trained.
@@ -200,7 +202,7 @@ class RefinementPreview:
         num_classes: ``K``.
         modality: ``"CT"`` or ``"MR"``.
         noise_steps: how far to noise (further than the refiner's default, so the model's work shows).
-        interval: epochs between previews.
+        interval: iterations between previews.
     """
 
     def __init__(self, network, scheduler, case, view, output_dir, num_classes, modality, noise_steps=200, interval=1):
@@ -209,7 +211,7 @@ class RefinementPreview:
         self.num_classes, self.modality, self.noise_steps, self.interval = num_classes, modality, noise_steps, interval
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
 
     def __call__(self, engine: Engine) -> None:
         from medgen3d.data.intensity import volume_scale
@@ -250,9 +252,9 @@ class RefinementPreview:
             ax.imshow(panel.T.numpy(), origin="lower", interpolation="nearest", **kwargs)
             ax.set_title(title)
             ax.set_axis_off()
-        fig.suptitle(f"{self.view} semantic diffusion model after epoch {engine.state.epoch}")
+        fig.suptitle(f"{self.view} semantic diffusion model after {engine.state.iteration} iterations")
         fig.tight_layout()
-        path = self.out / f"epoch-{engine.state.epoch:04d}.png"
+        path = self.out / f"iteration-{engine.state.iteration:06d}.png"
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=70)
         plt.close(fig)

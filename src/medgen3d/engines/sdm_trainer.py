@@ -24,17 +24,17 @@ class SemanticDiffusionTrainer(StepTrainer):
     ``engine.state.output`` is ``{"loss": ...}``.
 
     Args:
-        device, max_epochs, train_data_loader, network, optimizer: as ``SupervisedTrainer``.
+        device, max_iterations, train_data_loader, network, optimizer: as :class:`StepTrainer`.
         noise_scheduler: MONAI scheduler of the forward process; its ``prediction_type`` sets the target.
         num_classes: ``K``.
         condition_dropout: probability of training a sample with an all-zero mask (the null condition).
-        train_handlers, amp, epoch_length: as ``SupervisedTrainer``.
+        train_handlers, amp: as :class:`StepTrainer`.
     """
 
     def __init__(
         self,
         device: torch.device | str,
-        max_epochs: int,
+        max_iterations: int,
         train_data_loader: Iterable | DataLoader,
         network: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
@@ -43,9 +43,8 @@ class SemanticDiffusionTrainer(StepTrainer):
         condition_dropout: float = 0.2,
         train_handlers: Sequence | None = None,
         amp: bool = False,
-        epoch_length: int | None = None,
     ) -> None:
-        super().__init__(device, max_epochs, train_data_loader, network, optimizer, train_handlers, amp, epoch_length)
+        super().__init__(device, max_iterations, train_data_loader, network, optimizer, train_handlers, amp)
         if not 0.0 <= condition_dropout < 1.0:
             raise ValueError(f"condition_dropout must be in [0, 1), got {condition_dropout}")
         self.noise_scheduler, self.num_classes, self.condition_dropout = noise_scheduler, num_classes, condition_dropout

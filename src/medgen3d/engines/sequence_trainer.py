@@ -35,7 +35,7 @@ class SequenceGANTrainer(StepTrainer):
     (generator), ``"d_loss"`` and every generator term by name.
 
     Args:
-        device, max_epochs, train_data_loader: as ``SupervisedTrainer``.
+        device, max_iterations, train_data_loader: as :class:`StepTrainer`.
         network: the generator.
         optimizer: the generator's optimiser.
         image_discriminator, temporal_discriminator: the discriminators.
@@ -45,13 +45,13 @@ class SequenceGANTrainer(StepTrainer):
         gan_criterion: ``"least_squares"`` or ``"hinge"``.
         p_truncate: probability of a truncated history.
         perceptual: optional feature loss module ``(fake, real) -> loss`` (weight ``"perceptual"``).
-        train_handlers, epoch_length: as ``SupervisedTrainer``.
+        train_handlers: as :class:`StepTrainer`.
     """
 
     def __init__(
         self,
         device: torch.device | str,
-        max_epochs: int,
+        max_iterations: int,
         train_data_loader: Iterable | DataLoader,
         network: SequenceGenerator,
         optimizer: torch.optim.Optimizer,
@@ -64,9 +64,8 @@ class SequenceGANTrainer(StepTrainer):
         p_truncate: float = 0.2,
         perceptual: torch.nn.Module | None = None,
         train_handlers: Sequence | None = None,
-        epoch_length: int | None = None,
     ) -> None:
-        super().__init__(device, max_epochs, train_data_loader, network, optimizer, train_handlers, False, epoch_length)
+        super().__init__(device, max_iterations, train_data_loader, network, optimizer, train_handlers, False)
         self.image_discriminator = image_discriminator
         self.temporal_discriminator = temporal_discriminator
         self.d_optimizer = d_optimizer

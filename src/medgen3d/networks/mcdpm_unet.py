@@ -3,7 +3,12 @@
 A 2D :class:`monai.networks.nets.DiffusionModelUNet` that sees a subsequence of ``m`` consecutive mask slices as
 channels. Each slice is ``K`` one-hot channels in [-1, 1] (the clean slice where it is a condition, the noisy
 ``x_t`` where it is generated), followed by ``m`` binary indicator channels, one per slice (1 = condition). The
-relative position ``z / D`` of the subsequence is embedded like a timestep and added to the time embedding.
+relative position ``z / D`` of the subsequence is encoded like a timestep and conditions every residual block
+through the time embedding, in one of two ways (``position_mode``):
+
+- ``"concat"`` (the paper): the sinusoidal codes of ``t`` and ``z / D`` are concatenated and go through one MLP,
+  so the embedding can mix the two (what a slice looks like at a position depends on the noise level);
+- ``"add"``: each code has its own MLP and the two embeddings are summed (MONAI's class-embedding branch).
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from monai.networks.nets import DiffusionModelUNet
 from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from torch import nn
 
-__all__ = ["PositionEmbedding", "MultiConditionDiffusionUNet"]
+__all__ = ["PositionEmbedding", "JointTimePositionEmbedding", "MultiConditionDiffusionUNet", "POSITION_MODES"]
+
+POSITION_MODES = ("concat", "add")
 
 # Positions live in [0, 1]; scaled like timesteps so the sinusoids of period up to 10000 still vary over them.
 POSITION_SCALE = 1000.0
@@ -36,8 +43,38 @@ class PositionEmbedding(nn.Module):
 
     def forward(self, position: torch.Tensor) -> torch.Tensor:
         """``position`` ``(B,)`` float -> ``(B, embed_dim)``."""
-        code = get_timestep_embedding(position.float() * POSITION_SCALE, self.sinusoid_channels)
+        code = position_code(position, self.sinusoid_channels)
         return self.mlp(code.to(self.mlp[0].weight.dtype))
+
+
+def position_code(position: torch.Tensor, channels: int) -> torch.Tensor:
+    """``(B,)`` positions in [0, 1] -> ``(B, channels)`` sinusoids."""
+    return get_timestep_embedding(position.float() * POSITION_SCALE, channels)
+
+
+class JointTimePositionEmbedding(nn.Module):
+    """The time embedding of ``"concat"`` mode: ``MLP([code(t), code(z / D)])``.
+
+    MONAI's UNet computes its time embedding from the timestep code alone, so the position code of the current
+    call is set on this module (:attr:`position`) by :meth:`MultiConditionDiffusionUNet.forward` just before.
+
+    Args:
+        sinusoid_channels: length of each sinusoidal code (the UNet's first channel count).
+        embed_dim: output size (the UNet's time-embedding size).
+    """
+
+    def __init__(self, sinusoid_channels: int, embed_dim: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * sinusoid_channels, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim)
+        )
+        self.position: torch.Tensor | None = None
+
+    def forward(self, time_code: torch.Tensor) -> torch.Tensor:
+        """``time_code`` ``(B, C)`` -> ``(B, embed_dim)``, with the position code set for this call."""
+        if self.position is None:
+            raise RuntimeError("the position code must be set before the time embedding is computed")
+        return self.mlp(torch.cat([time_code, self.position.to(time_code.dtype)], dim=1))
 
 
 class MultiConditionDiffusionUNet(DiffusionModelUNet):
@@ -55,6 +92,7 @@ class MultiConditionDiffusionUNet(DiffusionModelUNet):
         num_res_blocks: residual blocks per level.
         norm_num_groups: group-norm groups.
         num_head_channels: channels per attention head.
+        position_mode: how the position joins the time embedding, ``"concat"`` or ``"add"`` (see the module).
     """
 
     def __init__(
@@ -66,12 +104,15 @@ class MultiConditionDiffusionUNet(DiffusionModelUNet):
         num_res_blocks: Sequence[int] | int = 1,
         norm_num_groups: int = 16,
         num_head_channels: int | Sequence[int] = 32,
+        position_mode: str = "add",
     ) -> None:
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2 (background and one structure), got {num_classes}")
         if subsequence_length < 2:
             raise ValueError(f"subsequence_length must be at least 2, got {subsequence_length}")
-        # num_class_embeds=1 switches on MONAI's "add a class embedding to the time embedding" branch; the
+        if position_mode not in POSITION_MODES:
+            raise ValueError(f"position_mode must be one of {POSITION_MODES}, got {position_mode!r}")
+        # in "add" mode, num_class_embeds=1 switches on MONAI's "add a class embedding to the time embedding" branch; the
         # embedding itself is replaced by the continuous position embedding below.
         super().__init__(
             spatial_dims=2,
@@ -82,11 +123,15 @@ class MultiConditionDiffusionUNet(DiffusionModelUNet):
             attention_levels=attention_levels,
             norm_num_groups=norm_num_groups,
             num_head_channels=num_head_channels,
-            num_class_embeds=1,
+            num_class_embeds=1 if position_mode == "add" else None,
         )
         self.num_classes = num_classes
         self.subsequence_length = subsequence_length
-        self.class_embedding = PositionEmbedding(channels[0], channels[0] * 4)
+        self.position_mode = position_mode
+        if position_mode == "add":
+            self.class_embedding = PositionEmbedding(channels[0], channels[0] * 4)
+        else:
+            self.time_embed = JointTimePositionEmbedding(channels[0], channels[0] * 4)
 
     def forward(  # type: ignore[override]
         self, x: torch.Tensor, timesteps: torch.Tensor, position: torch.Tensor
@@ -101,4 +146,10 @@ class MultiConditionDiffusionUNet(DiffusionModelUNet):
         Returns:
             ``(B, m * K, H, W)``.
         """
-        return super().forward(x, timesteps, class_labels=position)
+        if self.position_mode == "add":
+            return super().forward(x, timesteps, class_labels=position)
+        self.time_embed.position = position_code(position, self.block_out_channels[0])
+        try:
+            return super().forward(x, timesteps)
+        finally:
+            self.time_embed.position = None
