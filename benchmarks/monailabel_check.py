@@ -129,8 +129,8 @@ def write_synthetic_dataset(root: Path, labels: dict[int, str], cases: int = 5, 
     return root
 
 
-def prepare(bundle: Path, data: Path, source: Path, epochs: int, overwrite: bool) -> None:
-    """Copy ``source`` to ``bundle`` (configs unchanged) and train it for ``epochs`` epochs on a synthetic dataset
+def prepare(bundle: Path, data: Path, source: Path, iterations: int, overwrite: bool) -> None:
+    """Copy ``source`` to ``bundle`` (configs unchanged) and train it for ``iterations`` steps on a synthetic dataset
     written to ``data``, so that ``bundle/models/model.pt`` exists."""
     from monai.bundle import ConfigWorkflow
 
@@ -153,8 +153,8 @@ def prepare(bundle: Path, data: Path, source: Path, epochs: int, overwrite: bool
         workflow_type="train",
         bundle_root=str(bundle),
         dataset_dir=str(data),
-        max_epochs=epochs,
-        val_interval=1,
+        max_iterations=iterations,
+        val_interval=iterations,
     )
     wf.initialize()
     wf.run()
@@ -162,7 +162,7 @@ def prepare(bundle: Path, data: Path, source: Path, epochs: int, overwrite: bool
     model = bundle / "models" / "model.pt"
     if not model.is_file():
         raise CheckFailed(f"training wrote no {model}")
-    say(f"trained the bundle's default network for {epochs} epoch(s) in {time.time() - start:.0f} s -> {model}")
+    say(f"trained the bundle's default network for {iterations} iterations in {time.time() - start:.0f} s -> {model}")
     say(
         "next: <monailabel venv>/bin/python "
         f"{Path(__file__).resolve()} --torchvision-shim --bundle {bundle} --image {data / 'images' / 'case-4.nii.gz'}"
@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prepare", action="store_true", help="copy --source to --bundle and train it briefly")
     parser.add_argument("--source", type=Path, default=SOURCE_BUNDLE, help="bundle to copy with --prepare")
     parser.add_argument("--data", type=Path, help="synthetic dataset folder for --prepare (default <bundle>_data)")
-    parser.add_argument("--epochs", type=int, default=2, help="training epochs for --prepare")
+    parser.add_argument("--iterations", type=int, default=10, help="training iterations for --prepare")
     parser.add_argument("--overwrite", action="store_true", help="with --prepare, replace existing folders")
     parser.add_argument("--verbose", action="store_true", help="show MONAI Label's and MONAI's INFO logs")
     args = parser.parse_args(argv)
@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.prepare:
             data = args.data or args.bundle.with_name(args.bundle.name + "_data")
-            prepare(args.bundle.resolve(), data.resolve(), args.source.resolve(), args.epochs, args.overwrite)
+            prepare(args.bundle.resolve(), data.resolve(), args.source.resolve(), args.iterations, args.overwrite)
         else:
             run_check(args)
     except CheckFailed as err:

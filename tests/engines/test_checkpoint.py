@@ -146,3 +146,27 @@ def test_an_object_the_checkpoint_lacks_starts_as_a_copy_of_the_model(tmp_path):
     engine.state.max_epochs, engine.state.epoch_length = 1, 2
     checkpoint.load(engine)
     assert torch.equal(copy.weight, network.weight) and engine.state.iteration == 2
+
+
+def test_an_extended_run_decays_its_learning_rate_over_the_new_length(tmp_path):
+    from monai.handlers import LrScheduleHandler
+    from monai.optimizers import WarmupCosineSchedule
+
+    def trainer(max_iterations):
+        network = torch.nn.Linear(2, 1)
+        optimizer = torch.optim.SGD(network.parameters(), lr=1.0)
+        schedule = WarmupCosineSchedule(optimizer, warmup_steps=1, t_total=max_iterations, end_lr=0.1)
+        engine = _Counted("cpu", max_iterations, torch.utils.data.DataLoader([0, 1]), network, optimizer)
+        LrScheduleHandler(schedule, epoch_level=False, print_lr=False).attach(engine)
+        ResumableCheckpoint(tmp_path, {"model": network, "optimizer": optimizer, "schedule": schedule}).attach(engine)
+        return engine, optimizer
+
+    first, _ = trainer(4)
+    first.run()
+    extended, optimizer = trainer(8)
+    rates: list[float] = []
+    extended.add_event_handler(Events.ITERATION_COMPLETED, lambda e: rates.append(optimizer.param_groups[0]["lr"]))
+    extended.run()
+    reference = WarmupCosineSchedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 1, 8, 0.1)
+    expected = [reference.lr_lambda(step) for step in range(5, 9)]
+    assert rates == pytest.approx([max(0.1, e) for e in expected])

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
+from torch.optim.lr_scheduler import LRScheduler
 
 from medgen3d.data.io import DataError, atomic_path
 
@@ -73,7 +74,8 @@ class ResumableCheckpoint:
     to its ``max_iterations``, also from a checkpoint written when training was counted in epochs (the iteration
     count is what both record); an epoch-counted engine continues up to its ``max_epochs``. An object of
     ``save_dict`` that an older checkpoint lacks (an EMA copy, a learning-rate schedule) is reported and starts
-    fresh; a module among them starts as a copy of ``"model"`` where the weights fit.
+    fresh; a module among them starts as a copy of ``"model"`` where the weights fit. A learning-rate schedule
+    resumes at its step count but keeps its configured shape (its length, warm-up and final rate).
 
     Args:
         ckpt_dir: where ``checkpoint.pt`` (all of ``save_dict``) and ``model.pt`` (the network) are written.
@@ -133,10 +135,16 @@ class ResumableCheckpoint:
             ) from err
         configured = engine.state.max_epochs, engine.state.max_iters, engine.state.epoch_length
         objects = {k: (_unwrap(v) if isinstance(v, torch.nn.Module) else v) for k, v in self.save_dict.items()}
+        schedules = {k: v.state_dict() for k, v in objects.items() if isinstance(v, LRScheduler)}
         missing = [k for k in objects if k not in state]
         Checkpoint.load_objects(to_load={k: v for k, v in objects.items() if k not in missing}, checkpoint=state)
         for key in missing:
             self._start_fresh(key, objects)
+        for key, shape in schedules.items():
+            # a schedule continues from its step count with the configured shape: a run extended to more
+            # iterations decays over the new length, not the old one
+            schedule = objects[key]
+            schedule.load_state_dict({**shape, "last_epoch": schedule.last_epoch, "_step_count": schedule._step_count})
         self._restore_length(engine, *configured)
         logger.info(f"resumed from {self.checkpoint_path} at iteration {engine.state.iteration}")
 
