@@ -50,8 +50,8 @@ def run(dataset: str = "brain-mni", iterations: int = 12, volumes: int = 2) -> N
     from ignite.engine import Events
     from monai.bundle import ConfigWorkflow
 
-    from medgen3d.data.dataset import read_dataset
     from medgen3d.data.datalists import label_datalist
+    from medgen3d.data.dataset import read_dataset
 
     torch.set_num_threads(2)
     data_dir = _ensure(dataset)
@@ -65,8 +65,8 @@ def run(dataset: str = "brain-mni", iterations: int = 12, volumes: int = 2) -> N
         workflow_type="train",
         bundle_root=str(RUNS / dataset),
         dataset_dir=str(data_dir),
-        max_epochs=1000,
-        val_interval=10000,
+        max_iterations=1_000_000,
+        val_interval=1_000_000,
     )
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")

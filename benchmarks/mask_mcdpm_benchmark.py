@@ -79,7 +79,7 @@ def train(minutes: float = 10.0, prediction_types: tuple[str, ...] = PREDICTION_
     results = _results()
     for kind in prediction_types:
         run = RUNS / kind
-        workflow = _workflow(["train.json"], run, prediction_type=kind, max_epochs=100000, val_interval=100)
+        workflow = _workflow(["train.json"], run, prediction_type=kind, max_iterations=10**6, val_interval=500)
         trainer = workflow.parser.get_parsed_content("train#trainer")
         losses: list[float] = []
         trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"])))

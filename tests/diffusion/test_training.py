@@ -95,7 +95,10 @@ def test_structure_dice_is_zero_for_a_perfect_estimate_and_grows_with_a_wrong_sm
         wrong = labels.clone()
         wrong[wrong == value] = 0
         estimate = one_hot_slices(wrong, 3)
-        missing[value] = (structure_dice_loss(estimate, x_0, indicator).item(), masked_slice_mse(estimate, x_0, indicator).item())
+        missing[value] = (
+            structure_dice_loss(estimate, x_0, indicator).item(),
+            masked_slice_mse(estimate, x_0, indicator).item(),
+        )
     assert missing[2][0] == pytest.approx(0.5, abs=1e-3) and missing[1][0] == pytest.approx(0.5, abs=1e-3)
     assert missing[2][1] == pytest.approx(missing[1][1] / 8)
     wrong = labels.clone()

@@ -137,8 +137,10 @@ def test_a_checkpoint_counted_in_epochs_resumes_in_iterations(tmp_path):
 
 def test_an_object_the_checkpoint_lacks_starts_as_a_copy_of_the_model(tmp_path):
     network = torch.nn.Linear(2, 1)
-    save_atomically({"model": network.state_dict(), "trainer": {"iteration": 2, "epoch_length": 2, "max_epochs": 1}},
-                    tmp_path / "checkpoint.pt")
+    save_atomically(
+        {"model": network.state_dict(), "trainer": {"iteration": 2, "epoch_length": 2, "max_epochs": 1}},
+        tmp_path / "checkpoint.pt",
+    )
     copy = torch.nn.Linear(2, 1)
     engine = Engine(lambda e, b: None)
     checkpoint = ResumableCheckpoint(tmp_path, {"model": torch.nn.Linear(2, 1), "ema": copy})

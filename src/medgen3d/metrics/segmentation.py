@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from numpy.typing import ArrayLike
 import torch
 from monai.metrics import DiceMetric
+from numpy.typing import ArrayLike
 
 from medgen3d.data.io import atomic_path, json_safe, write_json
 

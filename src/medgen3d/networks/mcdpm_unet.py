@@ -112,8 +112,8 @@ class MultiConditionDiffusionUNet(DiffusionModelUNet):
             raise ValueError(f"subsequence_length must be at least 2, got {subsequence_length}")
         if position_mode not in POSITION_MODES:
             raise ValueError(f"position_mode must be one of {POSITION_MODES}, got {position_mode!r}")
-        # in "add" mode, num_class_embeds=1 switches on MONAI's "add a class embedding to the time embedding" branch; the
-        # embedding itself is replaced by the continuous position embedding below.
+        # in "add" mode, num_class_embeds=1 switches on MONAI's "add a class embedding to the time embedding"
+        # branch; the embedding itself is replaced by the continuous position embedding below.
         super().__init__(
             spatial_dims=2,
             in_channels=subsequence_length * (num_classes + 1),
