@@ -206,7 +206,9 @@ def demo(out: str = "demo_output", preset: str = "small", bundles: str | None = 
     """
     from medgen3d.data.brain_mni import build_brain_mni
     from medgen3d.data.validate import validate_dataset
+    from medgen3d.data.io import write_json
     from medgen3d.pipeline.stages import StageBundle
+    from medgen3d.pipeline.training import STAGE_NAMES
 
     start = time.monotonic()
     stages_dir = Path(bundles) if bundles else Path(__file__).resolve().parents[2] / "bundles"
@@ -218,15 +220,20 @@ def demo(out: str = "demo_output", preset: str = "small", bundles: str | None = 
     root = Path(out) / "workflow"
     workflow = StageBundle(stages_dir / "medgen3d", root / "models", root / "eval", overlays=["demo.json"])
     seconds = {"data": time.monotonic() - start}
-    for task in ("train", "generate", "evaluate"):
+    common = {"bundle_root": str(root), "stages_dir": str(stages_dir), "dataset_dir": str(dataset_dir)}
+    # stage by stage, so that timings.json says where the time went
+    tasks = [(stage, "train.json", {"train_stages": [stage]}) for stage in STAGE_NAMES]
+    for name, config, extra in [*tasks, ("generate", "generate.json", {}), ("evaluate", "evaluate.json", {})]:
         begin = time.monotonic()
-        workflow.run([f"{task}.json"], bundle_root=str(root), stages_dir=str(stages_dir), dataset_dir=str(dataset_dir))
-        seconds[task] = time.monotonic() - begin
+        workflow.run([config], **common, **extra)
+        seconds[name] = time.monotonic() - begin
+    write_json(root / "timings.json", {name: {"seconds": round(value, 1)} for name, value in seconds.items()})
     synthetic = (root / "eval" / "synthetic").resolve()
     print(f"\nsynthetic pairs:  {synthetic}  (unrefined images in {synthetic / 'unrefined'})")
     print(f"previews:         {synthetic / 'previews'}")
     print(f"quality report:   {(root / 'eval' / 'report' / 'report.md').resolve()}")
     print(f"checkpoints:      {(root / 'models').resolve()}")
+    print(f"timings:          {(root / 'timings.json').resolve()}")
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
     print(f"total {time.monotonic() - start:.0f} s ({timing})")
 

@@ -1,0 +1,278 @@
+"""The quality benchmark: every stage trained at the small preset's defaults, 8 synthetic pairs, the quality report.
+
+For one embedded dataset (``brain-mni`` or ``thorax-phantom``, small preset) it runs what a user runs with the
+workflow bundle and no overlay but the dataset's own (``thorax.json`` for the thorax): ``train.json`` stage by stage
+(each timed), ``generate.json`` with 8 cases, ``evaluate.json``; then it writes
+
+- ``benchmarks/results/quality_<dataset>.json``: training seconds per stage, the report's image measures (feature
+  Fréchet distance, MS-SSIM, alignment Dice: reference, refined, unrefined), per-structure anatomy (presence rate,
+  volume fraction, components, continuity, z-profile correlation) and the memorised cases;
+- ``benchmarks/results/quality_<dataset>.md``: the same as tables (what the top README shows);
+- ``benchmarks/results/quality_<dataset>.png``: real cases beside synthetic ones, image and mask, three planes.
+
+Everything runs under ``benchmarks/runs/quality/<dataset>/`` and resumes: finished training and cases are kept, so a
+rerun after an interruption continues (the seconds of a stage are those of the run that finished it).
+
+    .venv/bin/python benchmarks/quality_benchmark.py run --dataset brain-mni
+    .venv/bin/python benchmarks/quality_benchmark.py run --dataset thorax-phantom
+    .venv/bin/python benchmarks/quality_benchmark.py record      # the files of a finished `make demo`
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import fire
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = ROOT / "bundles"
+RUNS = ROOT / "benchmarks" / "runs" / "quality"
+RESULTS = ROOT / "benchmarks" / "results"
+DATASETS = {"brain-mni": [], "thorax-phantom": ["thorax.json"]}
+STAGES = ("mask", "image", "refiner", "segmenter")
+STAGE_BUNDLES = {
+    "mask": "mask_mcdpm",
+    "image": "image_vid2vid",
+    "refiner": "sdm_refiner",
+    "segmenter": "segmentation_eval",
+}
+
+
+def _machine() -> str:
+    load = os.getloadavg()[0]
+    return f"{platform.machine()}, {os.cpu_count()} cores, " + ("idle" if load < 1.0 else f"shared (load {load:.1f})")
+
+
+def _build(dataset: str, out: Path) -> Path:
+    from medgen3d.data.brain_mni import build_brain_mni
+    from medgen3d.data.thorax_phantom import build_thorax_phantom
+    from medgen3d.progress import progress_printer
+
+    build = build_brain_mni if dataset == "brain-mni" else build_thorax_phantom
+    build(out, preset="small", progress=progress_printer(dataset))
+    return out
+
+
+def _timings(run: Path) -> dict[str, Any]:
+    path = run / "timings.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _record(run: Path, key: str, seconds: float, machine: str) -> None:
+    timings = _timings(run)
+    timings[key] = {"seconds": round(seconds, 1), "machine": machine}
+    (run / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+
+
+def _finished(run: Path, stage: str) -> bool:
+    """A stage whose checkpoints are all at their last iteration (then training it again does nothing)."""
+    models = run / "models" / stage
+    names = ["axial", "coronal", "sagittal"] if stage == "refiner" else [""]
+    for name in names:
+        path = models / name / "checkpoint.pt"
+        if not path.is_file():
+            return False
+        state = torch.load(path, map_location="cpu", weights_only=True)["trainer"]
+        if state.get("max_iters") is not None and state["iteration"] < state["max_iters"]:
+            return False
+        if state.get("max_epochs") is not None and state["iteration"] < state["max_epochs"] * state["epoch_length"]:
+            return False
+    return True
+
+
+def run(dataset: str = "brain-mni", cases: int = 8, threads: int = 2) -> dict[str, Any]:
+    """Train, generate, evaluate and write the results of ``dataset`` (see the module docstring)."""
+    from medgen3d.pipeline.stages import StageBundle
+
+    if dataset not in DATASETS:
+        raise SystemExit(f"--dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
+    torch.set_num_threads(threads)
+    run_dir = RUNS / dataset
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = _build(dataset, run_dir / f"{dataset}-small")
+    workflow = StageBundle(BUNDLES / "medgen3d", run_dir / "models", run_dir / "eval", overlays=DATASETS[dataset])
+    common = {"bundle_root": str(run_dir), "stages_dir": str(BUNDLES), "dataset_dir": str(data)}
+    for stage in STAGES:
+        if stage in _timings(run_dir) and _finished(run_dir, stage):
+            continue
+        machine, start = _machine(), time.monotonic()
+        workflow.run(["train.json"], train_stages=[stage], **common)
+        _record(run_dir, stage, time.monotonic() - start, machine)
+    for task, extra in (("generate", {"num_cases": cases}), ("evaluate", {})):
+        machine, start = _machine(), time.monotonic()
+        workflow.run([f"{task}.json"], **common, **extra)
+        _record(run_dir, task, time.monotonic() - start, machine)
+    return _write_results(f"{dataset} small", f"quality_{dataset}", run_dir, data, workflow, common)
+
+
+def record(
+    run_dir: str = "demo_output/workflow", data: str = "demo_output/brain-mni-small", name: str = "demo"
+) -> None:
+    """Write the results files of a finished workflow run made elsewhere, such as ``make demo``'s
+    (``results/quality_<name>.*``): its report, its ``timings.json`` and a montage."""
+    from medgen3d.pipeline.stages import StageBundle
+
+    run_path, data_path = Path(run_dir).resolve(), Path(data).resolve()
+    overlays = ["demo.json"] if name == "demo" else []
+    workflow = StageBundle(BUNDLES / "medgen3d", run_path / "models", run_path / "eval", overlays=overlays)
+    common = {"bundle_root": str(run_path), "stages_dir": str(BUNDLES), "dataset_dir": str(data_path)}
+    _write_results(name, f"quality_{name}", run_path, data_path, workflow, common)
+
+
+def _write_results(title: str, stem: str, run_dir: Path, data: Path, workflow, common: dict[str, Any]) -> dict:
+    results = summarise(title, run_dir, workflow, common)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / f"{stem}.md").write_text(markdown(results))
+    montage(data, run_dir / "eval" / "synthetic", RESULTS / f"{stem}.png", title)
+    print(markdown(results))
+    return results
+
+
+def _settings(workflow, common: dict[str, Any]) -> dict[str, Any]:
+    """The training length and sampler of each stage, as the stage configs resolve them."""
+    stages = workflow.workflow(["train.json"], **common).parser.get_parsed_content("stages")
+    keys = {
+        "mask": ["max_iterations", "batch_size", "dice_weight", "ema_decay", "position_mode", "flip_prob"],
+        "image": ["max_iterations", "batch_size"],
+        "refiner": ["max_iterations", "batch_size"],
+        "segmenter": ["max_iterations", "network_name"],
+    }
+    out = {}
+    for stage, names in keys.items():
+        parser = getattr(stages, stage).workflow(["train.json"], dataset_dir=common["dataset_dir"]).parser
+        out[stage] = {name: parser.get_parsed_content(name) for name in names if name in parser}
+    parser = stages.mask.workflow(["inference.json"], dataset_dir=common["dataset_dir"]).parser
+    out["mask"]["sampler"] = f"DDIM-{parser.get_parsed_content('num_inference_steps')}"
+    return out
+
+
+def summarise(title: str, run_dir: Path, workflow, common: dict[str, Any]) -> dict[str, Any]:
+    """The results JSON from the quality report and the timings."""
+    report = json.loads((run_dir / "eval" / "report" / "report.json").read_text())
+    timings = _timings(run_dir)
+    sets = {"reference": report["reference"], **report["sets"]}
+    anatomy = report["anatomy"]
+    structures = {}
+    for name in anatomy["presence_rate_synthetic"]:
+        structures[name] = {
+            "presence_rate": anatomy["presence_rate_synthetic"][name],
+            "presence_rate_real": anatomy["presence_rate_real"][name],
+            "fraction_real": anatomy["fractions"]["real"][name],
+            "fraction_synthetic": anatomy["fractions"]["synthetic"][name],
+            "components_real": anatomy["components"]["real"][name],
+            "components_synthetic": anatomy["components"]["synthetic"][name],
+            "continuity_real": anatomy["continuity"]["real"][name],
+            "continuity_synthetic": anatomy["continuity"]["synthetic"][name],
+            "z_profile_correlation": anatomy["z_profile_correlation"][name],
+        }
+    ceiling = max(m["image_ssim"] for m in report["reference"]["memorisation"])
+    memorised = [m["case"] for m in report["sets"]["refined"]["memorisation"] if m["image_ssim"] > ceiling]
+    return {
+        "dataset": title,
+        "cases": report["counts"]["synthetic"],
+        "held_out_cases": report["counts"]["held_out"],
+        "machine": timings.get("mask", {}).get("machine"),
+        "settings": _settings(workflow, common),
+        "training_seconds": {stage: timings[stage]["seconds"] for stage in STAGES if stage in timings},
+        "generation_seconds": timings.get("generate", {}).get("seconds"),
+        "report_seconds": timings.get("evaluate", {}).get("seconds"),
+        "structures": structures,
+        "alignment_dice": {k: v["alignment_dice"]["mean"] for k, v in sets.items()},
+        "feature_fd": {k: v["fidelity_frechet"]["mean"] for k, v in sets.items()},
+        "ms_ssim": {k: v["diversity_ms_ssim"]["mean"] for k, v in sets.items()},
+        "memorised_cases": len(memorised),
+        "features": report["features"],
+    }
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The benchmark's tables."""
+    t = results["training_seconds"]
+    lines = [
+        f"Quality benchmark, {results['dataset']}: {results['cases']} synthetic pairs against "
+        f"{results['held_out_cases']} real held-out cases; training {sum(t.values()) / 60:.1f} min in all ("
+        + ", ".join(f"{k} {v / 60:.1f}" for k, v in t.items())
+        + f"), machine {results['machine']}.",
+        "",
+        "| measure | real held-out (reference) | synthetic, refined | synthetic, unrefined |",
+        "|---|---|---|---|",
+    ]
+    for key, title in (
+        ("feature_fd", "feature Fréchet distance, mean of 3 views (lower is closer to real)"),
+        ("ms_ssim", "MS-SSIM among cases (lower is more diverse)"),
+        ("alignment_dice", "alignment Dice (structures present)"),
+    ):
+        row = results[key]
+        lines.append(f"| {title} | {_f(row['reference'])} | {_f(row.get('refined'))} | {_f(row.get('unrefined'))} |")
+    lines += [
+        "",
+        f"Memorised synthetic cases: {results['memorised_cases']} of {results['cases']}.",
+        "",
+        "| structure | present in | volume fraction, real / synthetic | components, real / synthetic | "
+        "slice continuity, real / synthetic | z-profile r |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, s in results["structures"].items():
+        lines.append(
+            f"| {name} | {round(s['presence_rate'] * results['cases'])}/{results['cases']} | "
+            f"{_f(s['fraction_real'])} / {_f(s['fraction_synthetic'])} | {_f(s['components_real'], 1)} / "
+            f"{_f(s['components_synthetic'], 1)} | {_f(s['continuity_real'])} / {_f(s['continuity_synthetic'])} | "
+            f"{_f(s['z_profile_correlation'], 2)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def montage(real_dir: Path, synthetic_dir: Path, path: Path, title: str, count: int = 3) -> None:
+    """``count`` real held-out cases beside ``count`` synthetic ones: image and mask overlay, three mid planes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medgen3d.data.dataset import read_dataset
+    from medgen3d.preview import label_colormap
+
+    rows = []
+    for kind, directory, split in (("real", real_dir, "test"), ("synthetic", synthetic_dir, "training")):
+        spec = read_dataset(directory)
+        for case in spec.split(split)[:count]:
+            image, label = spec.load_case(case)
+            rows.append((f"{kind} {case.case_id}", image.array, label.array.astype(np.int64)))
+    k = len(read_dataset(real_dir).labels)
+    cmap = label_colormap(k)
+    fig, axes = plt.subplots(len(rows), 6, figsize=(12, 2.1 * len(rows)), squeeze=False)
+    for r, (name, image, label) in enumerate(rows):
+        h, w, d = image.shape
+        lo, hi = np.percentile(image, [1, 99])
+        for v, take in enumerate((lambda a: a[:, :, d // 2], lambda a: a[:, w // 2, :], lambda a: a[h // 2, :, :])):
+            axes[r, 2 * v].imshow(take(image).T, cmap="gray", vmin=lo, vmax=hi, origin="lower")
+            axes[r, 2 * v + 1].imshow(
+                take(label).T, cmap=cmap, vmin=0, vmax=k - 1, origin="lower", interpolation="nearest"
+            )
+        axes[r, 0].set_ylabel(name, fontsize=8)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    for v, view in enumerate(("axial", "coronal", "sagittal")):
+        axes[0, 2 * v].set_title(f"{view} image", fontsize=9)
+        axes[0, 2 * v + 1].set_title(f"{view} mask", fontsize=9)
+    fig.suptitle(f"{title}: real held-out (top) and synthetic (bottom)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=70)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    fire.Fire({"run": run, "record": record})
