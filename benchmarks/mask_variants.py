@@ -9,6 +9,7 @@ presence rate, volume fraction, connected components, slice continuity and z-pro
     .venv/bin/python benchmarks/mask_variants.py train --iterations 600      # resumable, one variant after another
     .venv/bin/python benchmarks/mask_variants.py sample --volumes 8
     .venv/bin/python benchmarks/mask_variants.py report
+    .venv/bin/python benchmarks/mask_variants.py rescore    # score the samples on disk again (measures changed)
 
 Results: ``benchmarks/results/mask_variants.{json,md}`` and ``mask_variants.png`` (mid-coronal and mid-sagittal
 planes of two samples per variant beside two real masks).
@@ -149,11 +150,12 @@ def structure_measures(synthetic: list[np.ndarray], real: list[np.ndarray], name
     k = len(names) + 1
     s, r = anatomy.summarise(synthetic, k), anatomy.summarise(real, k)
     correlation = anatomy.z_profile_correlation(synthetic, real, k)
-    presence = np.stack([anatomy.presence(v, k) for v in synthetic]).mean(0)
+    presence, presence_real = s.presence.mean(0), r.presence.mean(0)
     out = {}
     for i, name in enumerate(names):
         out[name] = {
             "presence_rate": float(presence[i]),
+            "presence_rate_real": float(presence_real[i]),
             "fraction_real": float(r.fractions[:, i + 1].mean()),
             "fraction_synthetic": float(s.fractions[:, i + 1].mean()),
             "components_real": float(r.components[:, i].mean()),
@@ -168,7 +170,6 @@ def structure_measures(synthetic: list[np.ndarray], real: list[np.ndarray], name
 def sample(volumes: int = 8, steps: int = 25, variants: tuple[str, ...] = tuple(VARIANTS), threads: int = 2) -> None:
     """Sample ``volumes`` masks (DDIM-``steps``, seed 0) from each variant's EMA and raw weights and score them."""
     from medgen3d.data.dataset import read_dataset
-    from medgen3d.data.io import load_nifti
 
     torch.set_num_threads(threads)
     real = _real_masks()
@@ -195,16 +196,31 @@ def sample(volumes: int = 8, steps: int = 25, variants: tuple[str, ...] = tuple(
             start = time.perf_counter()
             workflow.run()
             seconds = time.perf_counter() - start
-            synthetic = [load_nifti(p).array.astype(np.int64) for p in sorted((out / "labels").glob("*.nii.gz"))]
-            record[weights] = {
-                "volumes": len(synthetic),
-                "sampler": f"DDIM-{steps}",
-                "seconds_per_volume": round(seconds / max(len(synthetic), 1), 2),
-                "structures": structure_measures(synthetic, real, names),
-            }
+            record[weights] = {"sampler": f"DDIM-{steps}", "seconds": round(seconds, 1), "load": _load()}
+            record[weights].update(_score(out, real, names))
             _write(_record(name, "sample"), record)
-            print(f"{name} {weights}: sampled {len(synthetic)} in {seconds:.0f} s", file=sys.stderr, flush=True)
+            print(f"{name} {weights}: sampled {volumes} in {seconds:.0f} s", file=sys.stderr, flush=True)
     _montage(variants)
+
+
+def _score(samples: Path, real: list[np.ndarray], names: list[str]) -> dict:
+    from medgen3d.data.io import load_nifti
+
+    synthetic = [load_nifti(p).array.astype(np.int64) for p in sorted((samples / "labels").glob("*.nii.gz"))]
+    return {"volumes": len(synthetic), "structures": structure_measures(synthetic, real, names)}
+
+
+def rescore(variants: tuple[str, ...] = tuple(VARIANTS)) -> None:
+    """Score the samples already on disk again (after a change to the measures), without sampling."""
+    from medgen3d.data.dataset import read_dataset
+
+    real = _real_masks()
+    names = [v for k, v in sorted(read_dataset(DATASET).labels.items()) if int(k) > 0]
+    for name in variants:
+        record = _read(_record(name, "sample")) or {}
+        for weights in record:
+            record[weights].update(_score(RUNS / name / "eval" / f"samples-{weights}", real, names))
+        _write(_record(name, "sample"), record)
 
 
 def _montage(variants: tuple[str, ...]) -> None:
@@ -241,27 +257,40 @@ def report() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "mask_variants.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = ["# mask_mcdpm variants at an equal training budget (brain-mni small, CPU)", ""]
-    for name, entry in results.get("train", {}).items():
-        lines.append(
-            f"- **{name}** ({entry['overrides']}): {entry['iterations']} iterations in {entry['seconds']} s "
-            f"({entry['seconds_per_iteration']} s/iteration, machine {entry['machine']})"
-        )
+    for name, entry in results["train"].items():
+        seconds = f"{entry['seconds']} s ({entry['seconds_per_iteration']} s/iteration, machine {entry['machine']})"
+        if entry.get("paused"):
+            seconds = "not timed (paused while the machine was needed)"
+        lines.append(f"- **{name}** `{entry['overrides']}`: {entry['iterations']} iterations, {seconds}")
+    samples = results["sample"]
+    if not samples:
+        (RESULTS / "mask_variants.md").write_text("\n".join(lines) + "\n")
+        return
+    structures = list(next(iter(next(iter(samples.values())).values()))["structures"])
     lines += [
         "",
-        "Per structure: presence rate / z-profile r / fraction synthetic (real) / components synthetic (real) / "
-        "continuity synthetic (real).",
+        f"{next(iter(next(iter(samples.values())).values()))['volumes']} volumes per row (DDIM-25, seed 0) against "
+        "the 40 real training masks. Each cell: present in (fraction of volumes) / volume fraction / components "
+        "/ slice continuity / z-profile r.",
         "",
+        "| variant | weights | " + " | ".join(structures) + " |",
+        "|---|---|" + "---|" * len(structures),
     ]
-    for name, by_weights in results.get("sample", {}).items():
+    first = next(iter(next(iter(samples.values())).values()))["structures"]
+    real = [
+        f"{m['presence_rate_real']:.2f} / {m['fraction_real']:.3f} / {m['components_real']:.0f} / "
+        f"{m['continuity_real']:.2f} / –"
+        for m in first.values()
+    ]
+    lines.append("| real | – | " + " | ".join(real) + " |")
+    for name, by_weights in samples.items():
         for weights, entry in by_weights.items():
-            cells = []
-            for structure, m in entry["structures"].items():
-                cells.append(
-                    f"{structure}: {m['presence_rate']:.2f} / {_f(m['z_profile_correlation'])} / "
-                    f"{m['fraction_synthetic']:.3f} ({m['fraction_real']:.3f}) / {m['components_synthetic']:.1f} "
-                    f"({m['components_real']:.1f}) / {_f(m['continuity_synthetic'])} ({m['continuity_real']:.2f})"
-                )
-            lines.append(f"- {name}, {weights} weights, {entry['sampler']}: " + "; ".join(cells))
+            cells = [
+                f"{m['presence_rate']:.2f} / {m['fraction_synthetic']:.3f} / {m['components_synthetic']:.1f} / "
+                f"{_f(m['continuity_synthetic'])} / {_f(m['z_profile_correlation'])}"
+                for m in entry["structures"].values()
+            ]
+            lines.append(f"| {name} | {weights} | " + " | ".join(cells) + " |")
     (RESULTS / "mask_variants.md").write_text("\n".join(lines) + "\n")
 
 
@@ -270,4 +299,4 @@ def _f(value: float | None) -> str:
 
 
 if __name__ == "__main__":
-    fire.Fire({"train": train, "sample": sample, "report": report})
+    fire.Fire({"train": train, "sample": sample, "rescore": rescore, "report": report})

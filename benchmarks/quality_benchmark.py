@@ -45,9 +45,24 @@ STAGE_BUNDLES = {
 }
 
 
+def _busy_cores(seconds: float = 2.0) -> float:
+    """How many cores other processes keep busy, measured over ``seconds`` while this one waits (the load average
+    would count this process's own previous stage)."""
+
+    def busy() -> tuple[float, float]:
+        fields = [float(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        return sum(fields) - fields[3] - fields[4], sum(fields)  # all but idle and iowait
+
+    busy_start, total_start = busy()
+    time.sleep(seconds)
+    busy_end, total_end = busy()
+    return (busy_end - busy_start) / max(total_end - total_start, 1.0) * os.cpu_count()
+
+
 def _machine() -> str:
-    load = os.getloadavg()[0]
-    return f"{platform.machine()}, {os.cpu_count()} cores, " + ("idle" if load < 1.0 else f"shared (load {load:.1f})")
+    others = _busy_cores()
+    state = "idle" if others < 0.5 else f"shared ({others:.1f} cores busy with other work)"
+    return f"{platform.machine()}, {os.cpu_count()} cores, {state}"
 
 
 def _build(dataset: str, out: Path) -> Path:
