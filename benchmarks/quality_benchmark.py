@@ -219,7 +219,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"Quality benchmark, {results['dataset']}: {results['cases']} synthetic pairs against "
         f"{results['held_out_cases']} real held-out cases; training {sum(t.values()) / 60:.1f} min in all ("
         + ", ".join(f"{k} {v / 60:.1f}" for k, v in t.items())
-        + f"), machine {results['machine']}.",
+        + f"), machine {results['machine'] or 'not recorded'}.",
         "",
         "| measure | real held-out (reference) | synthetic, refined | synthetic, unrefined |",
         "|---|---|---|---|",
