@@ -260,7 +260,7 @@ def report() -> None:
     for name, entry in results["train"].items():
         seconds = f"{entry['seconds']} s ({entry['seconds_per_iteration']} s/iteration, machine {entry['machine']})"
         if entry.get("paused"):
-            seconds = "not timed (paused while the machine was needed)"
+            seconds = f"not timed ({entry['paused']})"
         lines.append(f"- **{name}** `{entry['overrides']}`: {entry['iterations']} iterations, {seconds}")
     samples = results["sample"]
     if not samples:
@@ -292,6 +292,7 @@ def report() -> None:
             ]
             lines.append(f"| {name} | {weights} | " + " | ".join(cells) + " |")
     (RESULTS / "mask_variants.md").write_text("\n".join(lines) + "\n")
+    _montage(tuple(samples))
 
 
 def _f(value: float | None) -> str:
