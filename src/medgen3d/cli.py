@@ -205,8 +205,8 @@ def demo(out: str = "demo_output", preset: str = "small", bundles: str | None = 
         bundles: the folder holding the bundles (default: this checkout's ``bundles/``).
     """
     from medgen3d.data.brain_mni import build_brain_mni
-    from medgen3d.data.validate import validate_dataset
     from medgen3d.data.io import write_json
+    from medgen3d.data.validate import validate_dataset
     from medgen3d.pipeline.stages import StageBundle
     from medgen3d.pipeline.training import STAGE_NAMES
 
