@@ -171,6 +171,8 @@ def _settings(workflow, common: dict[str, Any]) -> dict[str, Any]:
 
 def summarise(title: str, run_dir: Path, workflow, common: dict[str, Any]) -> dict[str, Any]:
     """The results JSON from the quality report and the timings."""
+    from medgen3d.metrics.report import memorised_cases
+
     report = json.loads((run_dir / "eval" / "report" / "report.json").read_text())
     timings = _timings(run_dir)
     sets = {"reference": report["reference"], **report["sets"]}
@@ -188,8 +190,7 @@ def summarise(title: str, run_dir: Path, workflow, common: dict[str, Any]) -> di
             "continuity_synthetic": anatomy["continuity"]["synthetic"][name],
             "z_profile_correlation": anatomy["z_profile_correlation"][name],
         }
-    ceiling = max(m["image_ssim"] for m in report["reference"]["memorisation"])
-    memorised = [m["case"] for m in report["sets"]["refined"]["memorisation"] if m["image_ssim"] > ceiling]
+    memorised = memorised_cases(report, "refined")
     return {
         "dataset": title,
         "cases": report["counts"]["synthetic"],

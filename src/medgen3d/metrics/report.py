@@ -42,7 +42,7 @@ from medgen3d.metrics.memorisation import nearest_references
 from medgen3d.metrics.segmentation import mean_present
 from medgen3d.progress import progress_printer
 
-__all__ = ["Pairs", "load_pairs", "quality_report"]
+__all__ = ["Pairs", "load_pairs", "quality_report", "memorised_cases"]
 
 # Slices the z-profiles are resampled to: enough to show a structure's extent in volumes of a few hundred slices.
 Z_PROFILE_DEPTH = 64
@@ -255,7 +255,7 @@ def _anatomy(synthetic: list[np.ndarray], real: list[np.ndarray], structures: li
     }
 
 
-def _memorised(report: dict[str, Any], name: str) -> list[str]:
+def memorised_cases(report: dict[str, Any], name: str) -> list[str]:
     """Synthetic cases closer (by image SSIM) to a training case than any real held-out case is to its own."""
     ceiling = max(m["image_ssim"] for m in report["reference"]["memorisation"])
     return [m["case"] for m in report["sets"][name]["memorisation"] if m["image_ssim"] > ceiling]
@@ -343,7 +343,7 @@ def markdown_report(report: dict[str, Any]) -> str:
     ]
     lines += _table(["set", "nearest SSIM mean", "nearest SSIM max", "nearest mask Dice mean"], memo)
     for name in names:
-        flagged = _memorised(report, name)
+        flagged = memorised_cases(report, name)
         lines += [
             "",
             f"{name}: {len(flagged)} case(s) closer to a training case than any real held-out case"

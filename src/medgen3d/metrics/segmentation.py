@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -74,10 +75,9 @@ def mean_present(values: ArrayLike, axis: int | None = None) -> np.ndarray | flo
     Returns:
         The means (a float when ``axis`` is ``None``).
     """
-    values = np.asarray(values, dtype=np.float64)
-    scored = ~np.isnan(values)
-    with np.errstate(invalid="ignore"):
-        means = np.where(scored, values, 0.0).sum(axis=axis) / scored.sum(axis=axis)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.nanmean(np.asarray(values, dtype=np.float64), axis=axis)
     return float(means) if axis is None else means
 
 
