@@ -104,3 +104,18 @@ def test_after_short_training_refining_a_degraded_image_brings_it_closer_to_the_
     before, after = F.mse_loss(degraded, clean).item(), F.mse_loss(refined, clean).item()
     print(f"MSE to the clean slices: degraded {before:.4f}, refined {after:.4f}")
     assert after < 0.6 * before
+
+
+def test_max_timestep_keeps_training_on_the_low_noise_end_and_is_checked():
+    label = torch.from_numpy(slab_label((8, 8, 4))).long()
+    slices = [{"image": label[None, :, :, k].float() / 3 * 2 - 1, "label": label[None, :, :, k]} for k in range(4)]
+    network, scheduler = _network(), DDPMScheduler(1000)
+    seen: list[torch.Tensor] = []
+    network.register_forward_pre_hook(lambda module, args, kwargs: seen.append(args[1].clone()), with_kwargs=True)
+    loader = torch.utils.data.DataLoader(slices, batch_size=4)
+    optimizer = torch.optim.AdamW(network.parameters(), 1e-3)
+    SemanticDiffusionTrainer("cpu", 20, loader, network, optimizer, scheduler, 4, max_timestep=20).run()
+    drawn = torch.cat(seen)
+    assert len(drawn) == 80 and drawn.max() < 20 and len(drawn.unique()) > 10
+    with pytest.raises(ValueError, match=r"max_timestep must be in \[1, 1000\]"):
+        SemanticDiffusionTrainer("cpu", 1, loader, network, optimizer, scheduler, 4, max_timestep=1001)

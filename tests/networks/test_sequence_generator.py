@@ -48,6 +48,23 @@ def test_packed_wrapper_matches_the_generator(generator):
     assert torch.equal(packed, direct)
 
 
+def test_skips_add_no_parameters_and_carry_fine_detail_to_the_output(generator):
+    with_skips = SequenceGenerator(3, history=2, ngf=8, n_downsample=2, n_blocks=2, skips=True).eval()
+    with_skips.load_state_dict(generator.state_dict())  # the same parameters, so each loads the other's weights
+    masks, previous, valid = torch.randn(1, 3, 3, 16, 16), torch.randn(1, 2, 1, 16, 16), torch.zeros(1, 2)
+    assert not torch.allclose(with_skips(masks, previous, valid).image, generator(masks, previous, valid).image)
+    # one mask pixel changed: with skips more of the output's change stays near that pixel, because without them
+    # it can only reach the output through the 4x4 cells of the bottleneck
+    changed = masks.clone()
+    changed[0, -1, :, 9, 6] += 3.0
+    near = []
+    with torch.no_grad():
+        for network in (with_skips, generator):
+            effect = (network(changed, previous, valid).image - network(masks, previous, valid).image).abs()[0, 0]
+            near.append(float(effect[7:12, 4:9].sum() / effect.sum()))
+    assert near[0] > 1.3 * near[1]
+
+
 def test_invalid_arguments_are_named():
     with pytest.raises(ValueError, match="num_classes must be at least 2"):
         SequenceGenerator(1)

@@ -28,6 +28,9 @@ class SemanticDiffusionTrainer(StepTrainer):
         noise_scheduler: MONAI scheduler of the forward process; its ``prediction_type`` sets the target.
         num_classes: ``K``.
         condition_dropout: probability of training a sample with an all-zero mask (the null condition).
+        max_timestep: diffusion steps are drawn from ``[0, max_timestep)``; None (the paper) draws from the whole
+            schedule. The refiner only ever denoises from its ``t_r`` (10 of 1000 by default), so a model trained for
+            refinement alone learns faster on the low-noise end it is used on; it then cannot generate from noise.
         train_handlers, amp: as :class:`StepTrainer`.
     """
 
@@ -41,13 +44,18 @@ class SemanticDiffusionTrainer(StepTrainer):
         noise_scheduler: Scheduler,
         num_classes: int,
         condition_dropout: float = 0.2,
+        max_timestep: int | None = None,
         train_handlers: Sequence | None = None,
         amp: bool = False,
     ) -> None:
         super().__init__(device, max_iterations, train_data_loader, network, optimizer, train_handlers, amp)
         if not 0.0 <= condition_dropout < 1.0:
             raise ValueError(f"condition_dropout must be in [0, 1), got {condition_dropout}")
+        steps = noise_scheduler.num_train_timesteps
+        if max_timestep is not None and not 1 <= max_timestep <= steps:
+            raise ValueError(f"max_timestep must be in [1, {steps}] (the schedule's steps), got {max_timestep}")
         self.noise_scheduler, self.num_classes, self.condition_dropout = noise_scheduler, num_classes, condition_dropout
+        self.max_timestep = steps if max_timestep is None else max_timestep
 
     def _iteration(self, engine: "SemanticDiffusionTrainer", batchdata: dict[str, Any]) -> dict[str, torch.Tensor]:
         device = engine.state.device
@@ -59,7 +67,7 @@ class SemanticDiffusionTrainer(StepTrainer):
         seg = seg * keep[:, None, None, None]
         # 2. noise to a random step and regress the target
         noise = torch.randn_like(x_0)
-        t = torch.randint(0, self.noise_scheduler.num_train_timesteps, (x_0.shape[0],), device=device)
+        t = torch.randint(0, self.max_timestep, (x_0.shape[0],), device=device)
         x_t = self.noise_scheduler.add_noise(x_0, noise, t)
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=True)

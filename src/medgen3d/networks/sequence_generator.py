@@ -4,6 +4,11 @@ Slice ``t`` of an image volume is made from the current and ``L`` previous mask 
 slices: the network hallucinates a new slice ``h_t``, predicts a flow ``w_t`` that carries the previous slice onto
 the current one, and an occlusion weight ``m_t``; the slice is ``(1 - m_t) * warp(x_{t-1}, w_t) + m_t * h_t``.
 
+vid2vid's generator passes everything through its bottleneck (``n_downsample`` levels down). With ``skips`` the
+decoders also add the encoders' features of each level on the way up, as a U-Net does: no parameter more, and the
+fine detail of the masks (a cortical ribbon two voxels thick) reaches the output without having to be relearned
+from an 8×10 bottleneck, which is what lets the generator learn sharp slices within a CPU budget.
+
 History slots before the start of a volume are marked invalid. The first slice has no valid history at all: its
 occlusion weight is forced to 1, so it is pure hallucination, and the flow branch sees which slots are missing.
 The generator is trained with truncated histories for exactly this case.
@@ -93,6 +98,28 @@ def _decoder(ngf: int, n_down: int, n_blocks: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _encode(encoder: nn.Sequential, n_down: int, x: torch.Tensor) -> list[torch.Tensor]:
+    """The features of every level of an :func:`_encoder`: ``ngf * 2**i`` channels at ``1 / 2**i`` of the size for
+    ``i = 0 .. n_down``; the last (the bottleneck) is after the residual blocks."""
+    levels = []
+    for index, layer in enumerate(encoder):
+        x = layer(x)
+        if index < n_down:  # the stem (index 0) and the stride-2 convolutions before the last
+            levels.append(x)
+    return levels + [x]
+
+
+def _decode(decoder: nn.Sequential, n_blocks: int, levels: list[torch.Tensor], skips: bool) -> torch.Tensor:
+    """Run a :func:`_decoder` from the bottleneck ``levels[-1]``; with ``skips``, each upsampling's output gets the
+    encoder features of its level added (their channels and sizes match by construction)."""
+    x = levels[-1]
+    for index, layer in enumerate(decoder):
+        x = layer(x)
+        if skips and index >= n_blocks:
+            x = x + levels[len(levels) - 2 - (index - n_blocks)]
+    return x
+
+
 class SequenceGenerator(nn.Module):
     """Generates one image slice from mask slices and previous image slices.
 
@@ -102,16 +129,27 @@ class SequenceGenerator(nn.Module):
         ngf: channels after the first convolution; doubled at each downsampling.
         n_downsample: stride-2 levels; ``H`` and ``W`` must be divisible by ``2 ** n_downsample``.
         n_blocks: residual blocks, half in the encoders and half in each decoder branch.
+        skips: add each encoder level's features to the decoders' (U-Net skips; see the module docstring). False is
+            vid2vid's own generator; both have the same parameters, so either loads the other's weights.
     """
 
-    def __init__(self, num_classes: int, history: int = 2, ngf: int = 32, n_downsample: int = 3, n_blocks: int = 4):
+    def __init__(
+        self,
+        num_classes: int,
+        history: int = 2,
+        ngf: int = 32,
+        n_downsample: int = 3,
+        n_blocks: int = 4,
+        skips: bool = False,
+    ):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         if history < 1:
             raise ValueError(f"history must be at least 1, got {history}")
-        self.num_classes, self.history, self.n_downsample = num_classes, history, n_downsample
+        self.num_classes, self.history, self.n_downsample, self.skips = num_classes, history, n_downsample, skips
         shared, branch = n_blocks - n_blocks // 2, n_blocks // 2
+        self.branch_blocks = branch
         # masks of the current and previous slices
         self.mask_encoder = _encoder((history + 1) * num_classes, ngf, n_downsample, shared)
         # previous images, their masks and one validity map per history slot
@@ -137,9 +175,16 @@ class SequenceGenerator(nn.Module):
         b, _, k, h, w = masks.shape
         keep = valid.to(previous.dtype)[:, :, None, None, None]
         history = torch.cat([previous * keep, masks[:, :-1] * keep, keep.expand(b, self.history, 1, h, w)], dim=2)
-        features = self.mask_encoder(masks.reshape(b, -1, h, w)) + self.history_encoder(history.reshape(b, -1, h, w))
-        hallucinated = self.image_branch(features)
-        flow_features = self.flow_branch(features)
+        levels = [
+            m + p
+            for m, p in zip(
+                _encode(self.mask_encoder, self.n_downsample, masks.reshape(b, -1, h, w)),
+                _encode(self.history_encoder, self.n_downsample, history.reshape(b, -1, h, w)),
+            )
+        ]
+        # image_branch is (decoder, output convolution, tanh)
+        hallucinated = self.image_branch[1:](_decode(self.image_branch[0], self.branch_blocks, levels, self.skips))
+        flow_features = _decode(self.flow_branch, self.branch_blocks, levels, self.skips)
         flow = self.flow_head(flow_features) * FLOW_SCALE
         # without the previous slice there is nothing to warp: the slice is hallucinated outright
         has_previous = valid[:, -1].to(previous.dtype)[:, None, None, None]
