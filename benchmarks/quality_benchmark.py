@@ -88,7 +88,8 @@ def _record(run: Path, key: str, seconds: float, machine: str) -> None:
 
 def _finished(run: Path, stage: str) -> bool:
     """A stage whose checkpoints are all at their last iteration (then training it again does nothing)."""
-    models = run / "models" / stage
+    # the workflow's models_dir names a stage's folder by its bundle (the segmenter's by its role)
+    models = run / "models" / ("segmenter" if stage == "segmenter" else STAGE_BUNDLES[stage])
     names = ["axial", "coronal", "sagittal"] if stage == "refiner" else [""]
     for name in names:
         path = models / name / "checkpoint.pt"
