@@ -70,3 +70,8 @@ def test_invalid_arguments_are_named():
         SequenceGenerator(1)
     with pytest.raises(ValueError, match="history must be at least 1"):
         SequenceGenerator(3, history=0)
+
+
+def test_a_slice_size_the_generator_cannot_take_is_named_with_the_multiple(generator):
+    with pytest.raises(ValueError, match=r"slice size 18x16 does not fit the generator: .* multiples of 4"):
+        generator(torch.randn(1, 3, 3, 18, 16), torch.randn(1, 2, 1, 18, 16), torch.ones(1, 2))

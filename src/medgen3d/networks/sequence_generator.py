@@ -173,6 +173,13 @@ class SequenceGenerator(nn.Module):
             The composite slice and its parts.
         """
         b, _, k, h, w = masks.shape
+        multiple = 2**self.n_downsample
+        if h % multiple or w % multiple:
+            # caught here: otherwise the decoders' output or the skips' sum fails with a shape mismatch deep inside
+            raise ValueError(
+                f"slice size {h}x{w} does not fit the generator: both sides must be multiples of {multiple} "
+                f"(2 ** n_downsample, n_downsample = {self.n_downsample})"
+            )
         keep = valid.to(previous.dtype)[:, :, None, None, None]
         history = torch.cat([previous * keep, masks[:, :-1] * keep, keep.expand(b, self.history, 1, h, w)], dim=2)
         levels = [
