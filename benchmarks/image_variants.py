@@ -226,6 +226,7 @@ def _refine(stage, models: Path, images: list[torch.Tensor], judge: Judge, noise
 
     parser = stage.workflow(["inference.json"], ckpt_dir=str(models), noise_steps=noise_steps).parser
     networks, schedule = parser.get_parsed_content("view_networks"), parser.get_parsed_content("refiner")
+    views, batch_size = parser.get_parsed_content("views"), parser.get_parsed_content("batch_size")
     return [
         refine_volume(
             networks,
@@ -233,8 +234,8 @@ def _refine(stage, models: Path, images: list[torch.Tensor], judge: Judge, noise
             image,
             torch.from_numpy(label),
             judge.num_classes,
-            VIEWS,
-            16,
+            views,
+            batch_size,
             torch.Generator().manual_seed(i),
         )
         for i, (image, label) in enumerate(zip(images, judge.real.labels))

@@ -86,10 +86,11 @@ def _record(run: Path, key: str, seconds: float, machine: str) -> None:
     (run / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
 
 
-def _finished(run: Path, stage: str) -> bool:
-    """A stage whose checkpoints are all at their last iteration (then training it again does nothing)."""
-    # the workflow's models_dir names a stage's folder by its bundle (the segmenter's by its role)
-    models = run / "models" / ("segmenter" if stage == "segmenter" else STAGE_BUNDLES[stage])
+def _finished(stages, stage: str) -> bool:
+    """A stage whose checkpoints are all at their last iteration (then training it again does nothing).
+
+    ``stages``: the workflow's parsed ``PipelineStages``, which say where each stage keeps its checkpoints."""
+    models = Path(getattr(stages, stage).ckpt_dir)
     names = ["axial", "coronal", "sagittal"] if stage == "refiner" else [""]
     for name in names:
         path = models / name / "checkpoint.pt"
@@ -115,8 +116,9 @@ def run(dataset: str = "brain-mni", cases: int = 8, threads: int = 2) -> dict[st
     data = _build(dataset, run_dir / f"{dataset}-small")
     workflow = StageBundle(BUNDLES / "medgen3d", run_dir / "models", run_dir / "eval", overlays=DATASETS[dataset])
     common = {"bundle_root": str(run_dir), "stages_dir": str(BUNDLES), "dataset_dir": str(data)}
+    stages = workflow.workflow(["train.json"], **common).parser.get_parsed_content("stages")
     for stage in STAGES:
-        if stage in _timings(run_dir) and _finished(run_dir, stage):
+        if stage in _timings(run_dir) and _finished(stages, stage):
             continue
         machine, start = _machine(), time.monotonic()
         workflow.run(["train.json"], train_stages=[stage], **common)

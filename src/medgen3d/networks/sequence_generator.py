@@ -7,7 +7,8 @@ the current one, and an occlusion weight ``m_t``; the slice is ``(1 - m_t) * war
 vid2vid's generator passes everything through its bottleneck (``n_downsample`` levels down). With ``skips`` the
 decoders also add the encoders' features of each level on the way up, as a U-Net does: no parameter more, and the
 fine detail of the masks (a cortical ribbon two voxels thick) reaches the output without having to be relearned
-from an 8×10 bottleneck, which is what lets the generator learn sharp slices within a CPU budget.
+from an 8×10 bottleneck. At the CPU preset's budget that gives sharper slices that match their masks better, but
+speckled ones, farther from real in a segmenter's features (image_vid2vid's docs), so it is off by default.
 
 History slots before the start of a volume are marked invalid. The first slice has no valid history at all: its
 occlusion weight is forced to 1, so it is pure hallucination, and the flow branch sees which slots are missing.
