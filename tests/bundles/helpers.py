@@ -10,14 +10,16 @@ from pathlib import Path
 
 from monai.bundle import ConfigWorkflow
 
+from medgen3d.pipeline.stages import working_directory
+
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 
 
 def workflow(
-    bundle: str, configs: list[str], root: Path, base: tuple[str, ...] = ("common.json",), **overrides
+    bundle: str, configs: list[str], root: Path, base: tuple[str, ...] = (), **overrides
 ) -> ConfigWorkflow:
-    """An initialised workflow over ``base`` + ``configs`` of ``bundles/<bundle>`` (``base=()`` for bundles whose
-    configs stand alone, as MONAI Label needs)."""
+    """An initialised workflow over ``base`` + ``configs`` of ``bundles/<bundle>``, parsed from the bundle folder as
+    the zoo's commands run (a task config's ``%configs/inference.json#id`` macros are read from there)."""
     config_dir = BUNDLES / bundle / "configs"
     wf = ConfigWorkflow(
         config_file=[str(config_dir / c) for c in [*base, *configs]],
@@ -27,7 +29,8 @@ def workflow(
         bundle_root=str(root),
         **overrides,
     )
-    wf.initialize()
+    with working_directory(BUNDLES / bundle):
+        wf.initialize()
     return wf
 
 
@@ -41,7 +44,7 @@ def error_chain(err: BaseException | None) -> str:
 
 
 def run_torchrun(
-    bundle: str, configs: list[str], root: Path, base: tuple[str, ...] = ("common.json",), **overrides
+    bundle: str, configs: list[str], root: Path, base: tuple[str, ...] = (), **overrides
 ) -> subprocess.CompletedProcess:
     """``torchrun --nproc_per_node=2 -m monai.bundle run`` on the CPU (gloo), over ``base`` + ``configs``."""
     config_dir = BUNDLES / bundle / "configs"
@@ -67,25 +70,30 @@ def run_torchrun(
         *args,
     ]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=BUNDLES / bundle)
 
 
-def verify_net_in_out(bundle: str, cwd: Path, n: int = 2) -> subprocess.CompletedProcess:
-    """``monai.bundle verify_net_in_out`` with the bundle's ``verify_net.json`` overlay."""
-    config_dir = BUNDLES / bundle / "configs"
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
+def bundle_command(bundle: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle ARGS`` in a fresh process, from the bundle folder (the zoo's commands)."""
+    cmd = [sys.executable, "-m", "monai.bundle", *args]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=BUNDLES / bundle, env=env, timeout=timeout)
+
+
+def verify_net_in_out(bundle: str, n: int = 2, **overrides: str) -> subprocess.CompletedProcess:
+    """``monai.bundle verify_net_in_out network_def`` on ``configs/inference.json`` alone, from the bundle folder."""
+    args = [arg for key, value in overrides.items() for arg in (f"--{key}", value)]
+    return bundle_command(
+        bundle,
         "verify_net_in_out",
         "network_def",
         "--meta_file",
-        str(config_dir / "metadata.json"),
+        "configs/metadata.json",
         "--config_file",
-        f"['{config_dir / 'common.json'}','{config_dir / 'verify_net.json'}']",
+        "configs/inference.json",
         "--device",
         "cpu",
         "--n",
         str(n),
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=300)
+        *args,
+    )

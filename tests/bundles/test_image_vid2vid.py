@@ -116,8 +116,10 @@ def test_bad_input_is_named(trained, tmp_path):
     assert "case-0.nii.gz: shape (16, 16, 12) differs from its image" in error_chain(err.value)
 
 
-def test_verify_net_in_out_with_the_packed_wrapper(tmp_path):
-    result = verify_net_in_out("image_vid2vid", tmp_path, n=4)
+def test_verify_net_in_out_on_inference_json_alone():
+    # the metadata describes the default data's five labels; no dataset is read when they are given
+    labels = '{"0": "background", "1": "cortex", "2": "subcortical_gm", "3": "white_matter", "4": "csf"}'
+    result = verify_net_in_out("image_vid2vid", n=4, labels=labels)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "data shape of network is verified with no error" in result.stdout + result.stderr
 

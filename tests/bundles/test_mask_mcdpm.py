@@ -114,8 +114,10 @@ def test_mismatched_labels_and_missing_checkpoint_are_clear_errors(trained, tmp_
     assert "model.pt: checkpoint not found" in error_chain(err.value)
 
 
-def test_verify_net_in_out_with_the_fixed_condition_wrapper(tmp_path):
-    result = verify_net_in_out("mask_mcdpm", tmp_path)
+def test_verify_net_in_out_on_inference_json_alone(tmp_path):
+    # the metadata describes the default data's five labels; no dataset is read when they are given
+    labels = '{"0": "background", "1": "cortex", "2": "subcortical_gm", "3": "white_matter", "4": "csf"}'
+    result = verify_net_in_out("mask_mcdpm", labels=labels)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "data shape of network is verified with no error" in result.stdout + result.stderr
 

@@ -19,11 +19,27 @@ from typing import Any, NamedTuple
 import nibabel as nib
 import numpy as np
 
-__all__ = ["DataError", "Volume", "atomic_path", "json_safe", "write_json", "read_json", "load_nifti", "save_nifti"]
+__all__ = [
+    "DataError",
+    "SettingError",
+    "Volume",
+    "atomic_path",
+    "json_safe",
+    "write_json",
+    "read_json",
+    "load_nifti",
+    "save_nifti",
+]
 
 
 class DataError(ValueError):
     """A dataset file is missing, unreadable or inconsistent; the message names the file and the problem."""
+
+
+class SettingError(DataError):
+    """A configured value a stage cannot work with (a count below one, an impossible depth, a size the network
+    cannot take); the message names the setting, as a :class:`DataError` names its file, so both end a run with
+    the same one line."""
 
 
 class Volume(NamedTuple):

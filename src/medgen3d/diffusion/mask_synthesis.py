@@ -20,7 +20,7 @@ import torch
 
 from medgen3d.data.builder import case_seeds
 from medgen3d.data.dataset import Case, DatasetSpec, write_dataset
-from medgen3d.data.io import DataError, load_nifti, save_nifti
+from medgen3d.data.io import DataError, SettingError, load_nifti, save_nifti
 from medgen3d.diffusion.autoregressive import expansion_plan, generate_volumes, generation_plan
 from medgen3d.diffusion.sampler import SubsequenceSampler
 from medgen3d.networks.mcdpm_unet import MultiConditionDiffusionUNet
@@ -92,10 +92,10 @@ def plan_cases(
         rng = np.random.default_rng(case_seed)
         d = int(depth if depth is not None else rng.choice(np.asarray(depths)))
         if d < length:
-            raise ValueError(f"target depth {d} is shallower than one subsequence ({length} slices)")
+            raise SettingError(f"depth: target depth {d} is shallower than one subsequence ({length} slices)")
         s = int(start if start is not None else rng.integers(0, d - length + 1))
         if not 0 <= s <= d - length:
-            raise ValueError(f"start must be in [0, {d - length}] for depth {d}, got {s}")
+            raise SettingError(f"start must be in [0, {d - length}] for depth {d}, got {s}")
         plans.append(CasePlan(f"synth-{i:04d}", d, s, case_seed))
     return plans
 

@@ -33,7 +33,7 @@ __all__ = ["GenerationResult", "generate_dataset", "stage_checkpoints", "RUN_MAR
 
 RUN_MARKER = ".medgen3d-generate.json"
 # what a generation writes into its folder: the only things `overwrite` deletes
-_OUTPUTS = ("images", "labels", "unrefined", "previews", DATASET_JSON, RUN_MARKER)
+_OUTPUTS = ("images", "labels", "unrefined", "previews", DATASET_JSON, RUN_MARKER, ".medgen3d-sdm_refiner.json")
 
 
 class GenerationResult(NamedTuple):

@@ -1,0 +1,226 @@
+"""The run steps of the generating bundles, as named components.
+
+A bundle's ``run`` list calls one of these (``"$@synthesis.run()"``), and every argument is an id of its own in the
+config, so one can be overridden from the command line by name (``--synthesis#batch_size 8``) and nothing depends
+on argument order. Each component checks its counts when it is built and claims its output folder before it
+writes (:func:`claim_folder`), so a bad value or another run's folder ends the run before any work, with one line
+naming the setting or the folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medgen3d.data.dataset import DatasetSpec
+from medgen3d.data.intensity import IntensityScale
+from medgen3d.data.io import DataError, SettingError, read_json, write_json
+from medgen3d.diffusion.mask_synthesis import complete_mask_file, synthesise_masks
+from medgen3d.diffusion.refiner import SemanticRefiner
+from medgen3d.diffusion.sampler import SubsequenceSampler
+from medgen3d.synthesis.image_sequences import synthesise_images
+from medgen3d.synthesis.refinement import refine_dataset
+
+__all__ = ["claim_folder", "MaskSynthesis", "MaskCompletion", "ImageSynthesis", "Refinement"]
+
+Progress = Callable[[int, int, str], None]
+
+
+def _at_least(minimum: int, **values: int | None) -> None:
+    for name, value in values.items():
+        if value is not None and int(value) < minimum:
+            raise SettingError(f"{name}: must be at least {minimum}, got {value}")
+
+
+def claim_folder(out: str | os.PathLike, stage: str, settings: Mapping[str, Any], outputs: str) -> None:
+    """Make ``out`` this run's folder for ``stage``, or refuse it.
+
+    The stage's settings are recorded in ``out/.medgen3d-<stage>.json``. A folder whose record holds other settings,
+    or whose ``outputs`` sub-folder already has files but no record, belongs to another run: resuming into it would
+    mix two runs' cases, so it raises :class:`DataError` naming the folder. A folder with the same record is this
+    run, interrupted: it resumes.
+    """
+    out = Path(out)
+    marker = out / f".medgen3d-{stage}.json"
+    settings = dict(settings)
+    if marker.is_file():
+        recorded = read_json(marker)
+        differs = sorted(k for k in set(settings) | set(recorded) if recorded.get(k) != settings.get(k))
+        if differs:
+            raise DataError(
+                f"{out}: holds another {stage} run ({', '.join(differs)} differ); choose another output folder or "
+                "delete it"
+            )
+        return
+    if (out / outputs).is_dir() and any((out / outputs).iterdir()):
+        raise DataError(
+            f"{out}: its {outputs}/ holds files of another run (no {marker.name} record); choose an empty folder"
+        )
+    write_json(marker, settings)
+
+
+def _where(spec: DatasetSpec) -> str:
+    return str(spec.root) if spec.root is not None else spec.name
+
+
+@dataclass
+class MaskSynthesis:
+    """Generate ``num_cases`` mask volumes into ``out_dir`` (:func:`~medgen3d.diffusion.mask_synthesis.synthesise_masks`,
+    whose arguments these fields are)."""
+
+    network: torch.nn.Module
+    sampler: SubsequenceSampler
+    reference: DatasetSpec
+    out_dir: str | os.PathLike
+    num_cases: int = 10
+    image_size: Sequence[int] | None = None
+    num_condition: int = 2
+    depth: int | None = None
+    start: int | None = None
+    batch_size: int = 4
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    progress: Progress | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        _at_least(1, num_cases=self.num_cases, batch_size=self.batch_size, world_size=self.world_size)
+        _at_least(0, num_condition=self.num_condition, start=self.start)
+        _at_least(1, depth=self.depth)
+        if not 0 <= self.rank < self.world_size:
+            raise SettingError(f"rank: must be in [0, {self.world_size - 1}], got {self.rank}")
+        m = getattr(self.network, "subsequence_length", None)
+        if m is not None and self.depth is not None and self.depth < m:
+            raise SettingError(f"depth: {self.depth} is shallower than one subsequence ({m} slices)")
+        if m is not None and self.num_condition >= m:
+            raise SettingError(f"num_condition: must be below the subsequence length {m}, got {self.num_condition}")
+
+    def settings(self) -> dict[str, Any]:
+        """What makes two runs the same run (recorded in the output folder)."""
+        keys = ("num_cases", "depth", "start", "seed", "num_condition")
+        return {"reference": _where(self.reference), **{k: asdict(self)[k] for k in keys}}
+
+    def run(self) -> DatasetSpec | None:
+        # every rank claims: the record is the same from each, and it is written long before any case is
+        claim_folder(self.out_dir, "mask_mcdpm", self.settings(), "labels")
+        return synthesise_masks(
+            self.network,
+            self.sampler,
+            self.reference,
+            self.out_dir,
+            self.num_cases,
+            self.image_size,
+            self.num_condition,
+            self.depth,
+            self.start,
+            self.batch_size,
+            self.seed,
+            self.rank,
+            self.world_size,
+            self.progress,
+        )
+
+
+@dataclass
+class MaskCompletion:
+    """Grow a partial mask file to its full depth (:func:`~medgen3d.diffusion.mask_synthesis.complete_mask_file`)."""
+
+    network: torch.nn.Module
+    sampler: SubsequenceSampler
+    partial_file: str | os.PathLike
+    known_slices: Sequence[int]
+    output_file: str | os.PathLike
+    labels: Mapping
+    image_size: Sequence[int] | None = None
+    num_condition: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.partial_file:
+            raise SettingError("partial_file: give the partial mask to complete (--partial_file FILE)")
+        if len(self.known_slices) != 2 or not 0 <= self.known_slices[0] < self.known_slices[1]:
+            raise SettingError(f"known_slices: must be [first, end) with 0 <= first < end, got {self.known_slices}")
+
+    def run(self) -> Path:
+        return complete_mask_file(
+            self.network,
+            self.sampler,
+            self.partial_file,
+            self.known_slices,
+            self.output_file,
+            dict(self.labels),
+            self.image_size,
+            self.num_condition,
+            self.seed,
+        )
+
+
+@dataclass
+class ImageSynthesis:
+    """Give every mask of ``masks`` its image (:func:`~medgen3d.synthesis.image_sequences.synthesise_images`)."""
+
+    network: torch.nn.Module
+    masks: DatasetSpec
+    out_dir: str | os.PathLike
+    intensity_scale: IntensityScale
+    image_size: Sequence[int] | None = None
+    batch_size: int = 4
+    progress: Progress | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        _at_least(1, batch_size=self.batch_size)
+
+    def run(self) -> DatasetSpec:
+        claim_folder(self.out_dir, "image_vid2vid", {"masks": _where(self.masks)}, "images")
+        return synthesise_images(
+            self.network,
+            self.masks,
+            self.out_dir,
+            self.intensity_scale,
+            self.image_size,
+            self.batch_size,
+            self.progress,
+        )
+
+
+@dataclass
+class Refinement:
+    """Refine every pair of ``pairs`` (:func:`~medgen3d.synthesis.refinement.refine_dataset`)."""
+
+    networks: Mapping[str, torch.nn.Module]
+    refiner: SemanticRefiner
+    pairs: DatasetSpec
+    out_dir: str | os.PathLike
+    views: Sequence[str] = ("axial", "coronal", "sagittal")
+    batch_size: int = 16
+    seed: int = 0
+    progress: Progress | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        _at_least(1, batch_size=self.batch_size)
+
+    def run(self) -> DatasetSpec:
+        if Path(self.out_dir).resolve() == Path(_where(self.pairs)).resolve():
+            raise SettingError(f"refined_dir: {self.out_dir} is the input pairs' folder; refine into another one")
+        settings = {
+            "pairs": _where(self.pairs),
+            "views": list(self.views),
+            "seed": self.seed,
+            "noise_steps": self.refiner.noise_steps,
+        }
+        claim_folder(self.out_dir, "sdm_refiner", settings, "images")
+        return refine_dataset(
+            self.networks,
+            self.refiner,
+            self.pairs,
+            self.out_dir,
+            self.views,
+            self.batch_size,
+            self.seed,
+            self.progress,
+        )

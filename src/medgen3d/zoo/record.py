@@ -1,0 +1,58 @@
+"""The record of the data a stage was trained on, kept beside its weights.
+
+Training writes ``<ckpt_dir>/training_data.json``: the dataset's name, modality, label set and the network's
+in-plane size. Inference configs take their defaults from it where the data is not at hand (segmentation_eval's
+``inference.json``, which MONAI Label loads with nothing but MONAI), and ``medgen3d bundle export`` fills an exported
+bundle's metadata from it, so a bundle that leaves the repository says what it was trained on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from medgen3d.data.dataset import DatasetSpec
+from medgen3d.data.io import DataError, read_json, write_json
+
+__all__ = ["RECORD_NAME", "training_record", "write_training_record", "read_training_record"]
+
+RECORD_NAME = "training_data.json"
+
+
+def training_record(spec: DatasetSpec, image_size: Sequence[int] | None = None, **extra: Any) -> dict[str, Any]:
+    """The record of ``spec``: ``{"name", "modality", "labels": {"0": "background", ...}, "image_size", ...}``.
+
+    Args:
+        spec: the training dataset.
+        image_size: the network's in-plane ``(h, w)``, or ``None`` for networks that take any size.
+        extra: further JSON values (for example a refiner's ``views``).
+    """
+    return {
+        "name": spec.name,
+        "modality": spec.modality,
+        "labels": {str(k): v for k, v in sorted(spec.labels.items())},
+        "image_size": [int(s) for s in image_size] if image_size else None,
+        **extra,
+    }
+
+
+def write_training_record(
+    spec: DatasetSpec, ckpt_dir: str | os.PathLike, image_size: Sequence[int] | None = None, **extra: Any
+) -> Path:
+    """Write :func:`training_record` to ``ckpt_dir/training_data.json`` (atomically) and return its path."""
+    path = Path(ckpt_dir) / RECORD_NAME
+    write_json(path, training_record(spec, image_size, **extra))
+    return path
+
+
+def read_training_record(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
+    """The record in ``ckpt_dir``; a missing or malformed one raises :class:`DataError` naming the file."""
+    path = Path(ckpt_dir) / RECORD_NAME
+    if not path.is_file():
+        raise DataError(f"{path}: training record not found; train the stage first (its train.json writes it)")
+    record = read_json(path)
+    if not isinstance(record, Mapping) or not isinstance(record.get("labels"), Mapping):
+        raise DataError(f"{path}: not a training record (no 'labels' mapping)")
+    return dict(record)
