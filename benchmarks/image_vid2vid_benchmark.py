@@ -26,7 +26,7 @@ BUNDLE = ROOT / "bundles" / "image_vid2vid"
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = ROOT / "benchmarks" / "runs" / "image_vid2vid"
 DATASETS = {
-    "brain-mni": (ROOT / "demo_output" / "brain-mni-small", []),
+    "brain-mni": (ROOT / "demo_output" / "brain-mni-small", ["brain.json"]),
     "thorax-phantom": (ROOT / "demo_output" / "thorax-phantom-small", ["thorax.json"]),
 }
 
@@ -48,21 +48,17 @@ def _ensure(dataset: str) -> Path:
 def run(dataset: str = "brain-mni", iterations: int = 12, volumes: int = 2) -> None:
     """Measure training and inference speed and peak memory for one dataset."""
     from ignite.engine import Events
-    from monai.bundle import ConfigWorkflow
 
     from medgen3d.data.datalists import label_datalist
     from medgen3d.data.dataset import read_dataset
+    from medgen3d.pipeline.stages import StageBundle
 
     torch.set_num_threads(2)
     data_dir = _ensure(dataset)
     overlays = DATASETS[dataset][1]
-    config_dir = BUNDLE / "configs"
-    files = [str(config_dir / c) for c in ["common.json", "train.json", *overlays]]
-    workflow = ConfigWorkflow(
-        config_file=files,
-        meta_file=str(config_dir / "metadata.json"),
-        logging_file=str(config_dir / "logging.conf"),
-        workflow_type="train",
+    stage = StageBundle(BUNDLE, RUNS / dataset / "models", RUNS / dataset / "eval", overlays=overlays)
+    workflow = stage.workflow(
+        ["train.json"],
         bundle_root=str(RUNS / dataset),
         dataset_dir=str(data_dir),
         max_iterations=1_000_000,
@@ -80,10 +76,10 @@ def run(dataset: str = "brain-mni", iterations: int = 12, volumes: int = 2) -> N
     trainer.add_event_handler(Events.ITERATION_COMPLETED, tick)
     workflow.run()
     train_rate = (len(stamps) - 3) / (stamps[-1] - stamps[2])
-    generator = workflow.parser.get_parsed_content("network_def").eval()
+    generator = workflow.parser.get_parsed_content("generator_def").eval()
     spec = read_dataset(data_dir)
     labels = workflow.parser.get_parsed_content("labels")
-    image_size = workflow.parser.get_parsed_content("image_size")
+    image_size = workflow.parser.get_parsed_content("slice_size")
     cases = label_datalist(spec, labels, 1, ("validation",))[:volumes]
     from medgen3d.data.io import load_nifti
     from medgen3d.synthesis.image_sequences import generate_image_volumes

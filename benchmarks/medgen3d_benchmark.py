@@ -29,7 +29,7 @@ BUNDLES = ROOT / "bundles"
 RESULTS = ROOT / "benchmarks" / "results"
 WORK = ROOT / "benchmarks" / "runs" / "medgen3d"
 DATASETS = {
-    "brain-mni": (ROOT / "demo_output" / "brain-mni-small", []),
+    "brain-mni": (ROOT / "demo_output" / "brain-mni-small", ["brain.json"]),
     "thorax-phantom": (ROOT / "demo_output" / "thorax-phantom-small", ["thorax.json"]),
 }
 
@@ -40,12 +40,14 @@ def _untrained_checkpoints(stages, dataset_dir: Path, views) -> None:
 
     real = read_dataset(dataset_dir)
     values = {"dataset_dir": str(dataset_dir), "labels": {str(k): v for k, v in real.labels.items()}}
-    for stage, folders in ((stages.mask, [""]), (stages.image, [""]), (stages.refiner, list(views))):
-        network = stage.workflow(["train.json"], **values).parser.get_parsed_content("network_def")
-        for folder in folders:
-            path = Path(stage.ckpt_dir) / folder / "model.pt"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(network.state_dict(), path)
+    for stage in (stages.mask, stages.image, stages.refiner):
+        # network_def has the state dict of model.pt (the refiner's: every view's weights in one file)
+        network = stage.workflow(["inference.json"], **values, views=list(views)).parser.get_parsed_content(
+            "network_def"
+        )
+        path = Path(stage.ckpt_dir) / "model.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(network.state_dict(), path)
 
 
 def run(dataset: str = "brain-mni", num_cases: int = 3) -> None:

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
 RUNS = ROOT / "benchmarks" / "runs" / "quality"
 RESULTS = ROOT / "benchmarks" / "results"
-DATASETS = {"brain-mni": [], "thorax-phantom": ["thorax.json"]}
+DATASETS = {"brain-mni": ["brain.json"], "thorax-phantom": ["thorax.json"]}
 STAGES = ("mask", "image", "refiner", "segmenter")
 STAGE_BUNDLES = {
     "mask": "mask_mcdpm",

@@ -10,6 +10,7 @@
     medgen3d data export-nnunet DATASET [DATASET ...] --out nnUNet_raw --dataset_id 501 [--name NAME]
     medgen3d preview DATASET [--out DIR] [--max_cases 4]
     medgen3d demo [--out demo_output]   (brain-mni -> train every stage -> synthetic pairs -> quality report)
+    medgen3d bundle export --models_dir DIR --out OUT [--bundles "[segmentation_eval]"]
 
 Problems with the user's data end the command with a one-line error naming the file, not a traceback.
 """
@@ -238,6 +239,24 @@ def demo(out: str = "demo_output", preset: str = "small", bundles: str | None = 
     print(f"total {time.monotonic() - start:.0f} s ({timing})")
 
 
+def export_bundles(
+    models_dir: str, out: str, bundles: Sequence[str] | str | None = None, repo_bundles: str | None = None
+) -> None:
+    """Export trained stages as model-zoo bundles: ``OUT/<name>/`` with its weights, and ``OUT/<name>_v<ver>.zip``.
+
+    Args:
+        models_dir: the trained stages (the workflow's ``models/``: ``mask_mcdpm/``, ``image_vid2vid/``,
+            ``sdm_refiner/``, ``segmenter/``), each with ``model.pt`` and ``training_data.json``.
+        out: the folder to export into.
+        bundles: the bundles to export (default: every one whose weights are found).
+        repo_bundles: the folder holding the bundle sources (default: this checkout's ``bundles/``).
+    """
+    from medgen3d.zoo.export import export_bundles as export
+
+    for bundle in export(models_dir, out, bundles, repo_bundles):
+        print(bundle.describe())
+
+
 COMMANDS = {
     "data": {
         "brain-mni": brain_mni,
@@ -249,6 +268,7 @@ COMMANDS = {
     },
     "preview": preview,
     "demo": demo,
+    "bundle": {"export": export_bundles},
 }
 
 

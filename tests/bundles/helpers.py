@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from monai.bundle import ConfigWorkflow
@@ -97,3 +99,31 @@ def verify_net_in_out(bundle: str, n: int = 2, **overrides: str) -> subprocess.C
         str(n),
         *args,
     )
+
+
+def run_bundle_command(
+    bundle_dir: Path, configs: list[str], block: Sequence[str] = (), timeout: int = 600, **overrides
+) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run --config_file <configs>`` with ``bundle_dir`` as the working directory, the
+    model zoo's form (config paths relative to the bundle folder, ``bundle_root`` ``"."``).
+
+    Args:
+        bundle_dir: the bundle folder the command runs from.
+        configs: config files relative to ``bundle_dir`` (e.g. ``["configs/inference.json"]``).
+        block: top-level packages that must not be imported: each is shadowed by a package whose import fails, so
+            a run that needs it fails (e.g. ``["medgen3d"]`` for a config that must need only MONAI).
+        timeout: seconds before the command is killed.
+        overrides: further ``--id value`` pairs (values as JSON).
+    """
+    files = configs[0] if len(configs) == 1 else "[" + ",".join(f"'{c}'" for c in configs) + "]"
+    args = [arg for key, value in overrides.items() for arg in (f"--{key}", json.dumps(value))]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    if block:
+        shadows = Path(tempfile.mkdtemp(prefix="blocked-packages-"))
+        for package in block:
+            (shadows / package).mkdir()
+            (shadows / package / "__init__.py").write_text(f"raise ImportError('{package} is blocked in this run')\n")
+        # PYTHONPATH comes before site-packages (and an editable install's path), so the shadow is found first
+        env["PYTHONPATH"] = os.pathsep.join([str(shadows), *filter(None, [os.environ.get("PYTHONPATH")])])
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=bundle_dir, env=env, timeout=timeout)

@@ -159,7 +159,7 @@ def test_an_output_folder_of_another_run_or_missing_checkpoints_are_clear_errors
     with pytest.raises(Exception) as err:
         _run(root, dataset, ["generate.json"], models_dir=str(tmp_path / "none"), synthetic_dir=str(tmp_path / "x"))
     message = error_chain(err.value)
-    assert "mask_mcdpm checkpoint" in message and "sdm_refiner sagittal checkpoint" in message
+    assert "mask_mcdpm checkpoint" in message and "sdm_refiner checkpoint" in message
     assert not (tmp_path / "x" / "unrefined").exists()  # failed before generating anything
 
 

@@ -45,6 +45,15 @@ def test_each_view_trains_into_its_own_checkpoint_with_previews(trained):
         assert (root / "eval" / view / "previews" / "iteration-000002.png").is_file()
 
 
+def test_training_assembles_every_view_into_one_model_pt(trained):
+    root, _ = trained
+    assembled = torch.load(root / "models" / "model.pt", weights_only=True)
+    for view in ("axial", "coronal", "sagittal"):
+        own = torch.load(root / "models" / view / "model.pt", weights_only=True)
+        assert all(torch.equal(assembled[f"{view}.{key}"], value) for key, value in own.items())
+    assert len(assembled) == 3 * len(own)
+
+
 def test_inference_refines_every_pair_in_the_data_geometry(trained, tmp_path):
     root, dataset = trained
     out = tmp_path / "refined"
@@ -80,14 +89,16 @@ def test_missing_view_checkpoint_and_label_mismatch_are_named(trained, tmp_path)
     root, dataset = trained
     with pytest.raises(Exception) as err:
         _workflow(["inference.json"], tmp_path / "empty", dataset, pairs_dir=str(dataset)).run()
-    assert "axial/model.pt: checkpoint not found" in error_chain(err.value)
+    assert "missing ['axial', 'coronal', 'sagittal']" in error_chain(err.value)
     with pytest.raises(Exception) as err:
         _workflow(["inference.json"], root, dataset, pairs_dir=str(dataset), labels={"0": "background", "1": "x"})
     assert "differ from the configured labels" in error_chain(err.value)
 
 
-def test_verify_net_in_out(tmp_path):
-    result = verify_net_in_out("sdm_refiner", tmp_path, n=4)
+def test_verify_net_in_out_on_inference_json_alone():
+    # the metadata describes the default data's five labels; no dataset is read when they are given
+    labels = '{"0": "background", "1": "cortex", "2": "subcortical_gm", "3": "white_matter", "4": "csf"}'
+    result = verify_net_in_out("sdm_refiner", n=4, labels=labels)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "data shape of network is verified with no error" in result.stdout + result.stderr
 
@@ -99,6 +110,7 @@ def test_multi_gpu_train_config_runs_under_torchrun_with_gloo(trained, tmp_path)
     result = run_torchrun("sdm_refiner", ["train.json", "multi_gpu_train.json"], tmp_path, **overrides)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "models" / "axial" / "model.pt").is_file()
+    assert list(torch.load(tmp_path / "models" / "model.pt", weights_only=True))[0].startswith("axial.")
 
 
 def test_missing_dataset_is_named(tmp_path):

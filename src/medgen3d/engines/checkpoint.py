@@ -22,7 +22,14 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from medgen3d.data.io import DataError, atomic_path
 
-__all__ = ["BestModelSaver", "ResumableCheckpoint", "load_torchscript", "load_weights", "save_atomically"]
+__all__ = [
+    "BestModelSaver",
+    "ResumableCheckpoint",
+    "load_torchscript",
+    "load_weights",
+    "read_weights",
+    "save_atomically",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +44,9 @@ def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
 
 
-def load_weights(network: torch.nn.Module, path: str | os.PathLike, key: str = "model") -> torch.nn.Module:
-    """Load weights saved as a raw state dict or under ``key``; a missing, corrupt or mismatched file raises
-    :class:`DataError` naming it."""
+def read_weights(path: str | os.PathLike, key: str = "model") -> Mapping[str, Any]:
+    """The state dict saved in ``path`` as a raw state dict or under ``key``, on the CPU (``weights_only``); a
+    missing, corrupt or foreign file, or one that holds no mapping, raises :class:`DataError` naming it."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: checkpoint not found")
@@ -49,6 +56,15 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike, key: str = "
         raise DataError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
     if isinstance(state, Mapping) and key in state:
         state = state[key]
+    if not isinstance(state, Mapping):
+        raise DataError(f"{path}: holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def load_weights(network: torch.nn.Module, path: str | os.PathLike, key: str = "model") -> torch.nn.Module:
+    """Load weights saved as a raw state dict or under ``key``; a missing, corrupt or mismatched file raises
+    :class:`DataError` naming it."""
+    state = read_weights(path, key)
     try:
         _unwrap(network).load_state_dict(state)
     except (RuntimeError, TypeError) as err:

@@ -3,6 +3,7 @@
 from medgen3d.networks.discriminators import ImageDiscriminator, MultiScaleDiscriminator, TemporalDiscriminator
 from medgen3d.networks.mcdpm_unet import MultiConditionDiffusionUNet, PositionEmbedding
 from medgen3d.networks.sequence_generator import GeneratorOutput, SequenceGenerator
+from medgen3d.networks.views import ViewDenoisers
 from medgen3d.networks.wrappers import FixedConditionWrapper, PackedSegmentationDenoiser, PackedSequenceGenerator
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "PositionEmbedding",
     "SequenceGenerator",
     "TemporalDiscriminator",
+    "ViewDenoisers",
 ]

@@ -50,8 +50,8 @@ def stage_checkpoints(stages: PipelineStages, views: Sequence[str]) -> dict[str,
         "mask_mcdpm checkpoint": Path(stages.mask.ckpt_dir) / "model.pt",
         "image_vid2vid checkpoint": Path(stages.image.ckpt_dir) / "model.pt",
     }
-    for view in views:
-        paths[f"sdm_refiner {view} checkpoint"] = Path(stages.refiner.ckpt_dir) / view / "model.pt"
+    # the refiner's views are assembled into one model.pt at the end of each view's training
+    paths["sdm_refiner checkpoint"] = Path(stages.refiner.ckpt_dir) / "model.pt"
     return paths
 
 

@@ -2,8 +2,8 @@
 
 The workflow bundle chains the four stage bundles without copying their configs: each stage is a bundle folder, the
 configs it needs (a task config such as ``train.json``, which stands alone, and a preset overlay such as
-``paper.json``), and where its checkpoints and logs go. The stage's own ``initialize`` checks (labels, checkpoints) run as usual, so a mismatch fails the same way
-whether a stage runs alone or inside the workflow.
+``paper.json``), and where its checkpoints and logs go. The stage's own ``initialize`` checks (labels, checkpoints)
+run as usual, so a mismatch fails the same way whether a stage runs alone or inside the workflow.
 """
 
 from __future__ import annotations

@@ -64,14 +64,23 @@ def claim_folder(out: str | os.PathLike, stage: str, settings: Mapping[str, Any]
     write_json(marker, settings)
 
 
-def _where(spec: DatasetSpec) -> str:
-    return str(spec.root) if spec.root is not None else spec.name
+def _where(spec: DatasetSpec, out: str | os.PathLike | None = None) -> str:
+    """The dataset's folder as a run records it: relative to the output folder ``out`` when inside it (a copied or
+    moved run folder stays the same run), else absolute."""
+    if spec.root is None:
+        return spec.name
+    root = Path(spec.root).resolve()
+    if out is not None and root.is_relative_to(Path(out).resolve()):
+        return root.relative_to(Path(out).resolve()).as_posix() or "."
+    if out is not None and Path(out).resolve().parent == root.parent and root.parent != root:
+        return os.path.relpath(root, Path(out).resolve())
+    return str(root)
 
 
 @dataclass
 class MaskSynthesis:
-    """Generate ``num_cases`` mask volumes into ``out_dir`` (:func:`~medgen3d.diffusion.mask_synthesis.synthesise_masks`,
-    whose arguments these fields are)."""
+    """Generate ``num_cases`` mask volumes into ``out_dir``: the arguments of
+    :func:`~medgen3d.diffusion.mask_synthesis.synthesise_masks`, by name."""
 
     network: torch.nn.Module
     sampler: SubsequenceSampler
@@ -176,7 +185,7 @@ class ImageSynthesis:
         _at_least(1, batch_size=self.batch_size)
 
     def run(self) -> DatasetSpec:
-        claim_folder(self.out_dir, "image_vid2vid", {"masks": _where(self.masks)}, "images")
+        claim_folder(self.out_dir, "image_vid2vid", {"masks": _where(self.masks, self.out_dir)}, "images")
         return synthesise_images(
             self.network,
             self.masks,
@@ -208,7 +217,7 @@ class Refinement:
         if Path(self.out_dir).resolve() == Path(_where(self.pairs)).resolve():
             raise SettingError(f"refined_dir: {self.out_dir} is the input pairs' folder; refine into another one")
         settings = {
-            "pairs": _where(self.pairs),
+            "pairs": _where(self.pairs, self.out_dir),
             "views": list(self.views),
             "seed": self.seed,
             "noise_steps": self.refiner.noise_steps,

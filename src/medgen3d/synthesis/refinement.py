@@ -3,13 +3,19 @@
 Works on any paired dataset (the image generator's output, or real data). Each image is scaled to [-1, 1] by its
 modality (CT window, or its own MR percentiles), refined, and written back on the same scale, in the input's
 geometry, beside a copy of its mask. Each case draws its noise from its own seed; finished cases are skipped.
+
+The views' networks travel as one file, ``models/model.pt`` (the state dict of a
+:class:`~medgen3d.networks.ViewDenoisers`, what the model zoo and ``ckpt_export`` expect): training writes
+``models/<view>/model.pt``, :func:`assemble_view_weights` joins them, :func:`load_view_networks` splits them.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,10 +24,16 @@ from medgen3d.data.builder import case_seeds
 from medgen3d.data.dataset import SPLITS, DatasetSpec
 from medgen3d.data.intensity import volume_scale
 from medgen3d.data.io import DataError, save_nifti
-from medgen3d.diffusion.refiner import SegmentationDenoiser, SemanticRefiner, refine_volume
+from medgen3d.diffusion.refiner import VIEWS, SegmentationDenoiser, SemanticRefiner, refine_volume
+from medgen3d.engines.checkpoint import read_weights, save_atomically
+from medgen3d.networks.views import ViewDenoisers, check_views
 from medgen3d.synthesis.paired import copy_label, write_paired_dataset
 
-__all__ = ["refine_dataset", "load_view_networks"]
+__all__ = ["assemble_view_weights", "load_view_networks", "refine_dataset"]
+
+logger = logging.getLogger(__name__)
+
+VIEW_WEIGHTS = "model.pt"  # the name of both the assembled file and each view's training output
 
 
 def refine_dataset(
@@ -86,15 +98,130 @@ def _refine(networks, refiner, image, label, pairs, views, batch_size, seed) -> 
 def load_view_networks(
     network: torch.nn.Module, ckpt_dir: str | os.PathLike, views: Sequence[str], device: torch.device | str
 ) -> dict[str, torch.nn.Module]:
-    """One copy of ``network`` per view, with the weights of ``ckpt_dir/<view>/model.pt`` (eval mode).
+    """One copy of ``network`` per view, with that view's trained weights, on ``device`` in eval mode.
 
-    A missing or mismatched view checkpoint raises :class:`DataError` naming the file.
+    The weights come from ``ckpt_dir/model.pt``, the state dict of a :class:`~medgen3d.networks.ViewDenoisers`
+    (every view's weights under ``"<view>."``, what the bundle ships and ``ckpt_export`` loads); when it is absent,
+    from the per-view training outputs ``ckpt_dir/<view>/model.pt`` (models trained before the views were
+    assembled into one file). A requested view that the weights lack, or weights that are unreadable or do not
+    fit ``network``, raise :class:`DataError` naming the file; a per-view output newer than ``model.pt`` is
+    logged, since ``model.pt`` (not the newer weights) is what is loaded.
+
+    Args:
+        network: the SPADE diffusion UNet of one view (copied per view), or a ``ViewDenoisers`` of them.
+        ckpt_dir: the bundle's ``models`` folder.
+        views: the views to load, each one of :data:`~medgen3d.diffusion.refiner.VIEWS`.
+        device: where the networks go.
+
+    Returns:
+        view -> its network.
     """
-    import copy
+    views = check_views(views)
+    if isinstance(network, ViewDenoisers):
+        network = next(iter(network.values()))  # every view's network has the same architecture
+    ckpt_dir = Path(ckpt_dir)
+    assembled = ckpt_dir / VIEW_WEIGHTS
+    if assembled.is_file():
+        states = _split_views(read_weights(assembled), assembled)
+        sources = dict.fromkeys(states, assembled)
+        _warn_if_stale(assembled, ckpt_dir, views)
+        holder = f"{assembled}: holds"
+    else:
+        sources = _per_view_files(ckpt_dir, views)
+        states = {view: read_weights(path) for view, path in sources.items()}
+        holder = f"{assembled}: not found; the per-view weights {ckpt_dir}/<view>/{VIEW_WEIGHTS} hold"
+    missing = [view for view in views if view not in states]
+    if missing:
+        held = [view for view in VIEWS if view in states]
+        raise DataError(f"{holder} views {held}; missing {missing}: {_remedy(ckpt_dir, missing)}")
+    denoisers = ViewDenoisers(network, views)
+    for view in views:
+        try:
+            denoisers[view].load_state_dict(states[view])
+        except (RuntimeError, TypeError) as err:
+            raise DataError(
+                f"{sources[view]}: the {view} weights do not fit the configured network: {_first_problem(err)}"
+            ) from err
+    return {view: denoisers[view].to(device).eval() for view in views}
 
-    from medgen3d.engines.checkpoint import load_weights
 
-    return {
-        view: load_weights(copy.deepcopy(network), Path(ckpt_dir) / view / "model.pt").to(device).eval()
-        for view in views
-    }
+def assemble_view_weights(ckpt_dir: str | os.PathLike, views: Sequence[str]) -> Path:
+    """Write ``ckpt_dir/model.pt``, every view's weights in one file, from the per-view training outputs.
+
+    The file is the state dict of a :class:`~medgen3d.networks.ViewDenoisers`: the weights of
+    ``ckpt_dir/<view>/model.pt`` under ``"<view>."`` for each of ``views`` whose file exists. Any other view keeps
+    the weights an existing ``model.pt`` holds for it (a downloaded bundle with one view retrained), or is absent
+    (:func:`load_view_networks` names it when asked for it). Written atomically.
+
+    Args:
+        ckpt_dir: the bundle's ``models`` folder, where training wrote ``<view>/model.pt``.
+        views: the views to take from their training outputs.
+
+    Returns:
+        The path written, ``ckpt_dir/model.pt``.
+
+    Raises:
+        DataError: no view has weights, or a file read is unreadable (the message names it).
+    """
+    views = check_views(views)
+    ckpt_dir = Path(ckpt_dir)
+    target = ckpt_dir / VIEW_WEIGHTS
+    sources = _per_view_files(ckpt_dir, views)
+    states: dict[str, Mapping[str, Any]] = {}
+    if target.is_file() and set(sources) != set(VIEWS):  # it may hold views that no training output replaces
+        states.update(_split_views(read_weights(target), target))
+    states.update({view: read_weights(path) for view, path in sources.items()})
+    if not states:
+        raise DataError(
+            f"{ckpt_dir}: no view weights to assemble ({ckpt_dir}/<view>/{VIEW_WEIGHTS} for views {list(views)}): "
+            f"train them (train.json --view {views[0]})"
+        )
+    order = [view for view in VIEWS if view in states]
+    save_atomically({f"{view}.{key}": value for view in order for key, value in states[view].items()}, target)
+    return target
+
+
+def _per_view_files(ckpt_dir: Path, views: Sequence[str]) -> dict[str, Path]:
+    """view -> its training output, for the views that have one."""
+    paths = {view: ckpt_dir / view / VIEW_WEIGHTS for view in views}
+    return {view: path for view, path in paths.items() if path.is_file()}
+
+
+def _remedy(ckpt_dir: Path, missing: Sequence[str]) -> str:
+    """What to do about views the weights lack: assemble the ones trained since, train the others."""
+    trained = list(_per_view_files(ckpt_dir, missing))
+    if trained:
+        return f"assemble_view_weights adds {trained} from {ckpt_dir}/<view>/{VIEW_WEIGHTS}"
+    return f"train them (train.json --view {missing[0]})"
+
+
+def _split_views(state: Mapping[str, Any], path: Path) -> dict[str, dict[str, Any]]:
+    """A :class:`ViewDenoisers` state dict -> view -> that view's network state dict."""
+    states: dict[str, dict[str, Any]] = {}
+    for key, value in state.items():
+        view, _, inner = key.partition(".")
+        if view not in VIEWS or not inner:
+            # most likely one view's network saved alone (a training output copied to model.pt)
+            raise DataError(
+                f"{path}: key {key!r} does not start with a view name {list(VIEWS)}: not the weights of every "
+                f"view (write them with assemble_view_weights)"
+            )
+        states.setdefault(view, {})[inner] = value
+    return states
+
+
+def _warn_if_stale(assembled: Path, ckpt_dir: Path, views: Sequence[str]) -> None:
+    newer = [
+        str(path)
+        for path in _per_view_files(ckpt_dir, views).values()
+        if path.stat().st_mtime > assembled.stat().st_mtime
+    ]
+    if newer:
+        logger.warning(f"{assembled} is older than {newer}: loading it; assemble_view_weights updates it")
+
+
+def _first_problem(err: Exception) -> str:
+    """The first line of a ``load_state_dict`` error that says what is wrong (the first only names the class)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    problem = lines[1] if len(lines) > 1 else lines[0] if lines else type(err).__name__
+    return problem if len(problem) <= 300 else problem[:297] + "..."

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from medgen3d.data.dataset import DatasetSpec
-from medgen3d.data.io import DataError
+from medgen3d.data.io import SettingError
 
 __all__ = ["data_slice_shape", "fit_size", "slice_size"]
 
@@ -26,9 +26,9 @@ def data_slice_shape(spec: DatasetSpec) -> tuple[int, int]:
 def fit_size(size: Sequence[int], multiple: int) -> tuple[int, ...]:
     """``size`` rounded to the nearest multiples of ``multiple`` (at least one multiple per axis)."""
     if multiple < 1:
-        raise ValueError(f"multiple must be a positive integer, got {multiple}")
+        raise SettingError(f"multiple: must be a positive integer, got {multiple}")
     if any(int(s) < 1 for s in size):
-        raise ValueError(f"image_size must be positive, got {list(size)}")
+        raise SettingError(f"image_size: every side must be positive, got {list(size)}")
     return tuple(max(multiple, int(round(int(s) / multiple)) * multiple) for s in size)
 
 
@@ -45,7 +45,7 @@ def slice_size(
     """
     wanted = tuple(int(s) for s in image_size) if image_size else data_slice_shape(spec)
     if len(wanted) != 2:
-        raise DataError(f"{spec.path('dataset.json')}: image_size must be two numbers (h, w), got {list(wanted)}")
+        raise SettingError(f"image_size: must be two numbers (h, w), got {list(wanted)}")
     fitted = fit_size(wanted, multiple)
     if fitted != wanted:
         print(

@@ -1,0 +1,441 @@
+"""Exporting trained stages as self-contained model-zoo bundles.
+
+A stage trained by the workflow leaves ``<models_dir>/<stage>/model.pt`` and the record of its data,
+``training_data.json``. :func:`export_bundles` turns each into what the model zoo and MONAI Label expect: a copy of
+the stage's bundle folder from this repository with ``models/model.pt``, ``models/training_data.json``, a
+``large_files.yml`` holding the weights' sha256 and a ``configs/metadata.json`` that describes the trained network
+(label names, channel counts, modality, slice size), plus the archive ``<name>_v<version>.zip`` whose single top
+folder is ``<name>/`` (the zoo's release format, which ``monai.bundle.download(url=...)`` unpacks).
+
+Nothing is written until every requested stage has been checked, and each bundle is assembled in a hidden folder
+beside its destination and renamed into place at the end, so an interrupted or failed export never leaves a half
+bundle under a bundle's name. A destination that exists is replaced only when it is itself an export (its metadata
+carries :data:`EXPORT_MARKER`), so a folder of the user's own is never overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from medgen3d.data.io import DataError, atomic_path, read_json, write_json
+from medgen3d.zoo.record import RECORD_NAME, read_training_record
+
+__all__ = ["BUNDLE_STAGES", "EXPORT_MARKER", "ExportedBundle", "export_bundles", "exported_metadata"]
+
+# bundle -> the folders under models_dir that may hold its trained stage, first match wins (the workflow trains
+# segmentation_eval as its "segmenter"; a stand-alone run of the bundle names the folder after it)
+BUNDLE_STAGES: dict[str, tuple[str, ...]] = {
+    "mask_mcdpm": ("mask_mcdpm",),
+    "image_vid2vid": ("image_vid2vid",),
+    "sdm_refiner": ("sdm_refiner",),
+    "segmentation_eval": ("segmenter", "segmentation_eval"),
+}
+EXPORT_MARKER = "medgen3d_training_data"
+WEIGHTS = "models/model.pt"
+# generators work slice by slice, so a record's in-plane image_size is their input and output size
+SLICE_NETWORKS = ("mask_mcdpm", "image_vid2vid", "sdm_refiner")
+
+_LARGE_FILES = """\
+# models/model.pt is not kept in git. To share this bundle without the weights inside, publish models/model.pt
+# (a release asset, a Hugging Face repository, ...) and put its address in url; `python -m monai.bundle
+# download_large_files --bundle_path .` then fetches it and checks the hash. With the file present and matching,
+# that command downloads nothing.
+large_files:
+  - path: "{path}"
+    url: ""
+    hash_val: "{sha256}"
+    hash_type: "sha256"
+"""
+
+
+class ExportedBundle(NamedTuple):
+    """One exported bundle: its folder ``OUT/<name>/``, its archive ``OUT/<name>_v<version>.zip`` and the sha256 of
+    its ``models/model.pt``."""
+
+    folder: Path
+    archive: Path
+    sha256: str
+
+    @property
+    def name(self) -> str:
+        """The bundle's name (its folder's)."""
+        return self.folder.name
+
+    def describe(self) -> str:
+        """One summary line: name, folder, archive and the first 12 digits of the weights' sha256."""
+        return f"{self.name}: {self.folder}  {self.archive}  sha256 {self.sha256[:12]}"
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A checked export, before anything is written."""
+
+    name: str
+    source: Path
+    weights: Path
+    metadata: dict[str, Any]
+
+
+def export_bundles(
+    models_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    bundles: Sequence[str] | str | None = None,
+    repo_bundles: str | os.PathLike | None = None,
+) -> list[ExportedBundle]:
+    """Export every trained stage in ``models_dir`` (or those named in ``bundles``) as a bundle under ``out``.
+
+    Args:
+        models_dir: the workflow's models folder: ``mask_mcdpm/``, ``image_vid2vid/``, ``sdm_refiner/`` and
+            ``segmenter/`` (or ``segmentation_eval/``), each with ``model.pt`` and ``training_data.json``.
+        out: where ``<name>/`` and ``<name>_v<version>.zip`` go (created if missing).
+        bundles: bundle names to export (a list, or one name or several separated by commas); default: every
+            bundle whose weights are found. A named bundle without weights is an error.
+        repo_bundles: the folder holding the bundle sources (default: this checkout's ``bundles/``).
+
+    Returns:
+        The exported bundles, in pipeline order.
+
+    Raises:
+        DataError: no weights found, a named bundle's weights or record missing, a record that is not one, or an
+            existing ``out/<name>`` that is not an earlier export. Nothing is written then.
+    """
+    models = Path(models_dir)
+    if not models.is_dir():
+        raise DataError(f"{models}: models folder not found")
+    source_root = Path(repo_bundles) if repo_bundles is not None else Path(__file__).resolve().parents[3] / "bundles"
+    if not source_root.is_dir():
+        raise DataError(f"{source_root}: the bundles folder was not found; export from a clone of the repository")
+    out = Path(out)
+    package_version = _medgen3d_version()
+    plans = [
+        _plan(name, weights, source_root / name, out, package_version)
+        for name, weights in _find_weights(models, _bundle_names(bundles)).items()
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    return [_write(plan, out) for plan in plans]
+
+
+def exported_metadata(
+    metadata: Mapping[str, Any],
+    record: Mapping[str, Any],
+    name: str,
+    sizes: Mapping[str, int],
+    package_version: str,
+    record_path: str | os.PathLike = RECORD_NAME,
+) -> dict[str, Any]:
+    """``metadata`` (a bundle's ``configs/metadata.json``) describing the network trained on ``record``'s data.
+
+    Args:
+        metadata: the bundle's metadata as in the repository.
+        record: the stage's training record (see :mod:`medgen3d.zoo.record`).
+        name: the bundle (a key of :data:`BUNDLE_STAGES`).
+        sizes: ``subsequence_length`` (mask_mcdpm) or ``history`` (image_vid2vid), as the network was built.
+        package_version: the installed medgen3d version, pinned in ``required_packages_version``.
+        record_path: the record's file, named in errors.
+
+    Returns:
+        A new metadata dict: medgen3d pinned, ``label_classes`` and ``network_data_format`` from the labels,
+        modality and fixed slice sizes from the record, ``version`` in the ``changelog``, and the record itself under
+        :data:`EXPORT_MARKER`.
+    """
+    names = _label_names(record, record_path)
+    meta = json.loads(json.dumps(metadata))  # a deep copy that is plain JSON
+    meta["required_packages_version"] = {**meta.get("required_packages_version", {}), "medgen3d": package_version}
+    meta["label_classes"] = f"{record.get('name', 'training data')}: " + ", ".join(
+        f"{value} {label}" for value, label in enumerate(names)
+    )
+    image, pred = _channels(name, names, sizes)
+    formats = meta.setdefault("network_data_format", {})
+    formats.setdefault("inputs", {}).setdefault("image", {}).update(image)
+    formats.setdefault("outputs", {}).setdefault("pred", {}).update(pred)
+    if name in ("sdm_refiner", "segmentation_eval"):  # their input starts with an image of the data's modality
+        formats["inputs"]["image"]["modality"] = _modality(record, record_path)
+    image_size = _image_size(record, record_path)
+    if name in SLICE_NETWORKS and image_size:
+        for tensor in (formats["inputs"]["image"], formats["outputs"]["pred"]):
+            tensor["spatial_shape"] = image_size
+    meta["image_classes"], meta["pred_classes"] = _class_texts(name, names, sizes)
+    changelog = meta.setdefault("changelog", {})
+    if meta.get("version") not in changelog:
+        changelog[meta.get("version")] = "exported with trained weights"
+    meta[EXPORT_MARKER] = dict(record)
+    return meta
+
+
+def _bundle_names(bundles: Sequence[str] | str | None) -> list[str] | None:
+    if bundles is None:
+        return None
+    if isinstance(bundles, str):
+        bundles = [part.strip() for part in bundles.split(",") if part.strip()]
+    unknown = [b for b in bundles if b not in BUNDLE_STAGES]
+    if unknown:
+        raise DataError(f"--bundles: unknown bundle(s) {unknown}; choose from {list(BUNDLE_STAGES)}")
+    # pipeline order, each once, whatever order they were named in
+    return [b for b in BUNDLE_STAGES if b in bundles]
+
+
+def _find_weights(models: Path, names: list[str] | None) -> dict[str, Path]:
+    """bundle -> its weights; a named bundle without weights, or nothing found at all, raises DataError."""
+    found = {}
+    for name in names if names is not None else BUNDLE_STAGES:
+        candidates = [models / folder / "model.pt" for folder in BUNDLE_STAGES[name]]
+        weights = next((path for path in candidates if path.is_file()), None)
+        if weights is not None:
+            found[name] = weights
+        elif names is not None:
+            alternatives = "".join(f" (nor {path})" for path in candidates[1:])
+            raise DataError(f"{candidates[0]}: trained weights of {name} not found{alternatives}; train it first")
+    if not found:
+        expected = ", ".join(f"{folder}/model.pt" for folders in BUNDLE_STAGES.values() for folder in folders)
+        raise DataError(f"{models}: no trained stage found (expected one of {expected})")
+    return found
+
+
+def _plan(name: str, weights: Path, source: Path, out: Path, package_version: str) -> _Plan:
+    """Check everything the export of ``name`` needs and build its metadata; writes nothing."""
+    meta_path = source / "configs" / "metadata.json"
+    if not meta_path.is_file():
+        raise DataError(f"{meta_path}: bundle metadata not found; export from a clone of the repository")
+    target = out / name
+    if target.exists() and not _is_export(target):
+        raise DataError(f"{target}: exists and is not an export; choose another --out")
+    record = read_training_record(weights.parent)
+    record_path = weights.parent / RECORD_NAME
+    sizes = {key: _setting(source, key, record, record_path) for key in _SIZE_KEYS.get(name, ())}
+    metadata = exported_metadata(read_json(meta_path), record, name, sizes, package_version, record_path)
+    return _Plan(name, source, weights, metadata)
+
+
+# the network's structural settings whose values set its channel counts
+_SIZE_KEYS = {"mask_mcdpm": ("subsequence_length",), "image_vid2vid": ("history",)}
+
+
+def _setting(source: Path, key: str, record: Mapping[str, Any], record_path: Path) -> int:
+    """``key`` as the network was built: from the record when training kept it there, else the bundle's config.
+
+    The raw JSON is read, not parsed by MONAI, because these are plain integers and parsing would run the
+    config's imports and expressions (which need a dataset) just to read one number.
+    """
+    if key in record.get("settings", {}):
+        return _positive_int(record["settings"][key], key, record_path)
+    if key in record:
+        return _positive_int(record[key], key, record_path)
+    # inference.json holds the network; common.json did before the configs were merged into it
+    for path in (source / "configs" / "inference.json", source / "configs" / "common.json"):
+        if path.is_file():
+            config = read_json(path)
+            if isinstance(config, Mapping) and key in config:
+                return _positive_int(config[key], key, path)
+    raise DataError(f"{source / 'configs' / 'inference.json'}: no '{key}' setting (a plain integer) found")
+
+
+def _positive_int(value: Any, key: str, path: Path) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DataError(f"{path}: '{key}' must be a positive integer, got {value!r}")
+    return value
+
+
+def _label_names(record: Mapping[str, Any], path: str | os.PathLike) -> list[str]:
+    labels = record.get("labels")
+    try:
+        by_value = {int(value): str(label) for value, label in labels.items()}
+    except (AttributeError, TypeError, ValueError):
+        by_value = {}
+    if len(by_value) < 2 or sorted(by_value) != list(range(len(by_value))):
+        raise DataError(f"{path}: 'labels' must number the classes 0..K-1 (0 = background), got {labels!r}")
+    return [by_value[value] for value in range(len(by_value))]
+
+
+def _image_size(record: Mapping[str, Any], path: str | os.PathLike) -> list[int] | None:
+    size = record.get("image_size")
+    if size is None:
+        return None  # the network takes any size
+    if not isinstance(size, list) or not size or not all(isinstance(s, int) and s > 0 for s in size):
+        raise DataError(f"{path}: 'image_size' must be null or a list of positive integers, got {size!r}")
+    return list(size)
+
+
+def _modality(record: Mapping[str, Any], path: str | os.PathLike) -> str:
+    modality = record.get("modality")
+    if not isinstance(modality, str) or not modality:
+        raise DataError(f"{path}: no 'modality' (CT or MR) in the training record")
+    return modality
+
+
+def _channels(name: str, labels: list[str], sizes: Mapping[str, int]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``num_channels`` and ``channel_def`` of the network's ``image`` input and ``pred`` output."""
+    k = len(labels)
+    if name == "mask_mcdpm":  # m slices of K one-hot channels, then m slice indicators -> m slices of K
+        m = sizes["subsequence_length"]
+        slices = {str(s * k + c): f"slice {s + 1}, {label}" for s in range(m) for c, label in enumerate(labels)}
+        indicators = {str(m * k + s): f"indicator of slice {s + 1}" for s in range(m)}
+        return _tensor({**slices, **indicators}), _tensor(slices)
+    if name == "image_vid2vid":  # one-hot masks of slices t-L..t, then the L previous image slices -> slice t
+        history = sizes["history"]
+        masks = {
+            str(j * k + c): f"slice {_offset(history - j)}, {label}"
+            for j in range(history + 1)
+            for c, label in enumerate(labels)
+        }
+        previous = {str((history + 1) * k + j): f"previous image slice {_offset(history - j)}" for j in range(history)}
+        return _tensor({**masks, **previous}), _tensor({"0": "image slice t"})
+    if name == "sdm_refiner":  # noisy image slice, then its one-hot mask -> the predicted noise
+        mask = {str(1 + c): f"mask: {label}" for c, label in enumerate(labels)}
+        return _tensor({"0": "noisy image slice", **mask}), _tensor({"0": "predicted noise"})
+    if name == "segmentation_eval":
+        return _tensor({"0": "image"}), _tensor({str(c): label for c, label in enumerate(labels)})
+    raise ValueError(f"name must be one of {list(BUNDLE_STAGES)}, got {name!r}")
+
+
+def _offset(steps: int) -> str:
+    return f"t-{steps}" if steps else "t"
+
+
+def _tensor(channel_def: dict[str, str]) -> dict[str, Any]:
+    return {"num_channels": len(channel_def), "channel_def": channel_def}
+
+
+def _class_texts(name: str, labels: list[str], sizes: Mapping[str, int]) -> tuple[str, str]:
+    """``image_classes`` and ``pred_classes`` with this network's numbers, replacing the defaults' ones."""
+    k = len(labels)
+    if name == "mask_mcdpm":
+        m = sizes["subsequence_length"]
+        return (
+            f"{m * (k + 1)} channels: {m} slices of {k} one-hot channels in [-1, 1] (clean where given, noisy where "
+            f"generated), then {m} slice indicators",
+            f"{m * k} channels: the diffusion prediction for every slice ({m} slices of {k} channels)",
+        )
+    if name == "image_vid2vid":
+        history = sizes["history"]
+        return (
+            f"{(history + 1) * k + history} channels: {k} one-hot mask channels of each slice t-{history}..t in "
+            f"[-1, 1], then the {history} previous image slices in [-1, 1]",
+            "1 channel: the generated image slice in [-1, 1]",
+        )
+    if name == "sdm_refiner":
+        return f"{1 + k} channels: the noisy image slice in [-1, 1], then {k} one-hot mask channels", (
+            "1 channel: the predicted noise"
+        )
+    return "single channel image in [-1, 1] (CT window or MR percentiles)", f"{k} channels: " + ", ".join(labels)
+
+
+def _medgen3d_version() -> str:
+    try:
+        return version("medgen3d")
+    except PackageNotFoundError as err:
+        raise DataError("medgen3d is not installed as a package, so its version is unknown: pip install -e .") from err
+
+
+def _is_export(folder: Path) -> bool:
+    """Whether ``folder`` is an earlier export (its metadata carries the training record)."""
+    try:
+        return EXPORT_MARKER in json.loads((folder / "configs" / "metadata.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _ignore_untracked(root: Path) -> Callable[[str, list[str]], set[str]]:
+    """A ``copytree`` ignore function: what git does not track in a bundle folder (weights, outputs, caches)."""
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        skipped = {n for n in names if n.startswith(".") or n == "__pycache__" or n.endswith((".pyc", ".pyo"))}
+        skipped |= {n for n in names if n.endswith((".pt", ".ts"))}
+        if Path(folder).resolve() == root.resolve():
+            skipped |= {"models", "eval", "large_files.yml"} & set(names)
+        return skipped
+
+    return ignore
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write(plan: _Plan, out: Path) -> ExportedBundle:
+    """Assemble ``plan`` in a hidden folder in ``out``, then rename it and its archive into place."""
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{plan.name}.", dir=out))
+    try:
+        _share(staging, 0o777)
+        shutil.copytree(plan.source, staging, ignore=_ignore_untracked(plan.source), dirs_exist_ok=True)
+        weights = staging / WEIGHTS
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(plan.weights, weights)
+        sha256 = _sha256(weights)
+        shutil.copyfile(plan.weights.parent / RECORD_NAME, weights.parent / RECORD_NAME)
+        (staging / "large_files.yml").write_text(_LARGE_FILES.format(path=WEIGHTS, sha256=sha256))
+        write_json(staging / "configs" / "metadata.json", plan.metadata)
+        _pin_settings(staging / "configs" / "inference.json", read_training_record(plan.weights.parent))
+        _share(staging / "configs" / "metadata.json", 0o666)  # written atomically, so under a private name
+        folder = out / plan.name
+        archive = out / f"{plan.name}_v{plan.metadata['version']}.zip"
+        # the archive is renamed into place right after the folder, so the two change together
+        with atomic_path(archive) as tmp_archive:
+            _write_archive(staging, plan.name, tmp_archive)
+            _share(tmp_archive, 0o666)
+            _replace_folder(staging, folder)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return ExportedBundle(folder, archive, sha256)
+
+
+def _pin_settings(config_path: Path, record: Mapping[str, Any]) -> None:
+    """Write the settings the network was trained with (the record's ``settings`` and ``image_size``) into the
+    exported ``inference.json``, so that it builds the network its weights fit, whatever preset or command-line
+    override the training had. Only top-level values the config already has are replaced."""
+    if not config_path.is_file():
+        return
+    config = read_json(config_path)
+    values = dict(record.get("settings") or {})
+    if record.get("image_size"):
+        values["image_size"] = list(record["image_size"])
+    changed = {key: value for key, value in values.items() if key in config and config[key] != value}
+    if changed:
+        config.update(changed)
+        write_json(config_path, config)
+        _share(config_path, 0o666)
+
+
+def _share(path: Path, mode: int) -> None:
+    """Give ``path`` the permissions of a normally created file or folder: temporary names are created private
+    (0600/0700), and a bundle made to be shared should not stay so after its rename."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(mode & ~umask)
+
+
+def _write_archive(folder: Path, name: str, path: Path) -> None:
+    """Zip ``folder`` as the single top folder ``name/`` (how zoo releases are unpacked, ``has_base=True``)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+            archive.write(file, f"{name}/{file.relative_to(folder).as_posix()}")
+
+
+def _replace_folder(staging: Path, folder: Path) -> None:
+    """Rename ``staging`` onto ``folder``; an earlier export there is moved aside first and removed after."""
+    if not folder.exists():
+        os.rename(staging, folder)
+        return
+    aside = folder.with_name(f".old-{folder.name}.{uuid.uuid4().hex[:8]}")
+    os.rename(folder, aside)
+    try:
+        os.rename(staging, folder)
+    except BaseException:
+        os.rename(aside, folder)  # put the earlier export back rather than leave no bundle at all
+        raise
+    shutil.rmtree(aside)

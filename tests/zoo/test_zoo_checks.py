@@ -1,0 +1,158 @@
+"""A trained bundle through what model-zoo CI checks (``ci/verify_bundle.py``), after ``medgen3d bundle export``.
+
+Each stage bundle is trained for a few iterations on tiny data, exported, and the exported folder is checked as the
+zoo's CI checks a bundle: the required files, the version in the changelog, the metadata schema,
+``verify_net_in_out`` and ``ckpt_export`` on ``configs/inference.json`` alone, and the exported ``inference.json``
+run alone in a fresh process, which must write a valid dataset.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from medgen3d.data.validate import validate_dataset
+from medgen3d.zoo.export import export_bundles
+from tests.bundles.helpers import workflow
+from tests.bundles.test_bundle_layout import schema_path
+from tests.conftest import write_tiny_dataset
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "mask_mcdpm": {
+        "image_size": [16, 16],
+        "subsequence_length": 4,
+        "channels": [8, 16],
+        "attention_levels": [False, False],
+        "norm_num_groups": 8,
+        "num_head_channels": 8,
+        "num_train_timesteps": 20,
+        "max_iterations": 2,
+        "batch_size": 2,
+        "val_interval": 2,
+        "save_interval": 2,
+        "preview_depth": 8,
+    },
+    "image_vid2vid": {
+        "image_size": [16, 16],
+        "ngf": 8,
+        "n_downsample": 2,
+        "n_blocks": 1,
+        "ndf": 8,
+        "discriminator_scales": 1,
+        "discriminator_layers": 2,
+        "run_length": 4,
+        "max_iterations": 1,
+        "batch_size": 1,
+        "val_interval": 1,
+        "save_interval": 1,
+    },
+}
+# (network input shape for ckpt_export, the exported inference.json's run, what it writes)
+RUNS = {
+    "mask_mcdpm": ({"num_cases": 2, "num_inference_steps": 2, "synthetic_dir": "out"}, "out"),
+    "image_vid2vid": ({"synthetic_dir": "out"}, "out"),
+}
+REQUIRED = ("configs/metadata.json", "LICENSE", "models/model.pt", "configs/inference.json")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("zoo")
+    dataset = write_tiny_dataset(base / "data").root
+    for bundle, overrides in TINY.items():
+        root = base / "train" / bundle
+        wf = workflow(
+            bundle, ["train.json"], root, dataset_dir=str(dataset), ckpt_dir=str(base / "models" / bundle), **overrides
+        )
+        wf.run()
+        wf.finalize()
+    export_bundles(base / "models", base / "out", bundles=list(TINY))
+    return base / "out", dataset
+
+
+def _command(folder: Path, *args: str) -> tuple[int, str]:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=folder, capture_output=True, text=True, env=env, timeout=300
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("bundle", list(TINY))
+def test_exported_bundle_passes_the_zoo_checks(exported, bundle):
+    out, dataset = exported
+    folder = out / bundle
+    assert [name for name in REQUIRED if not (folder / name).is_file()] == []
+    metadata = json.loads((folder / "configs" / "metadata.json").read_text())
+    assert metadata["version"] in metadata["changelog"]
+    assert metadata["required_packages_version"]["medgen3d"]
+    schema = schema_path()
+    if schema is not None:
+        from monai.bundle import verify_metadata
+
+        verify_metadata(meta_file=str(folder / "configs" / "metadata.json"), filepath=str(schema))
+    status, log = _command(
+        folder,
+        "verify_net_in_out",
+        "network_def",
+        "--meta_file",
+        "configs/metadata.json",
+        "--config_file",
+        "configs/inference.json",
+        "--device",
+        "cpu",
+        "--n",
+        "2",
+        "--dataset_dir",
+        str(dataset),
+    )
+    assert status == 0 and "data shape of network is verified with no error" in log, log[-3000:]
+    image = metadata["network_data_format"]["inputs"]["image"]
+    shape = [1, image["num_channels"], *TINY[bundle]["image_size"]]
+    status, log = _command(
+        folder,
+        "ckpt_export",
+        "network_def",
+        "--filepath",
+        "models/model.ts",
+        "--ckpt_file",
+        "models/model.pt",
+        "--meta_file",
+        "configs/metadata.json",
+        "--config_file",
+        "configs/inference.json",
+        "--use_trace",
+        "True",
+        "--input_shape",
+        repr(shape),
+        "--dataset_dir",
+        str(dataset),
+    )
+    assert status == 0, log[-3000:]
+    traced = torch.jit.load(str(folder / "models" / "model.ts"))
+    assert traced(torch.rand(*shape)).shape[1] == metadata["network_data_format"]["outputs"]["pred"]["num_channels"]
+
+
+@pytest.mark.parametrize("bundle", list(TINY))
+def test_exported_inference_json_runs_alone_in_a_fresh_process(exported, bundle, tmp_path):
+    out, dataset = exported
+    overrides, written = RUNS[bundle]
+    values = {**overrides, "synthetic_dir": str(tmp_path / written), "dataset_dir": str(dataset)}
+    if bundle == "image_vid2vid":
+        values["masks_dir"] = str(dataset)
+    args = [arg for key, value in values.items() for arg in (f"--{key}", repr(value))]
+    status, log = _command(
+        out / bundle, "run", "--config_file", "configs/inference.json", "--bundle_root", str(out / bundle), *args
+    )
+    assert status == 0, log[-3000:]
+    summary = validate_dataset(tmp_path / written)
+    assert sum(summary.split_sizes.values()) >= 2
