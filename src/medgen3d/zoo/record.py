@@ -1,10 +1,12 @@
 """The record of the data a stage was trained on, kept beside its weights.
 
 Training writes ``<ckpt_dir>/training_data.json``: the dataset's name, modality, label set, the network's
-in-plane size and the settings the network was built with (its ``network_settings``: channels, depths, ...). Inference configs take their defaults from it where the data is not at hand (segmentation_eval's
-``inference.json``, which MONAI Label loads with nothing but MONAI), and ``medgen3d bundle export`` fills an exported
-bundle's metadata and the values of its ``inference.json`` from it, so a bundle that leaves the repository says what it
-was trained on and builds the network its weights fit, whatever preset or override it was trained with.
+in-plane size and the settings the network was built with (its ``network_settings``: channels, depths, ...).
+Inference configs take their defaults from it where the data is not at hand (segmentation_eval's
+``inference.json``, which MONAI Label loads with nothing but MONAI), and ``medgen3d bundle export`` fills an
+exported bundle's metadata and the values of its ``inference.json`` from it, so a bundle that leaves the repository
+says what it was trained on and builds the network its weights fit, whatever preset or override it was trained
+with.
 """
 
 from __future__ import annotations
