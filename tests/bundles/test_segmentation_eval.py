@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
-from monai.transforms import Compose, SaveImaged
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.transforms import Compose, SaveImaged, ScaleIntensityRanged
 
+from medgen3d.data.dataset import DatasetSpec, read_dataset
+from medgen3d.data.intensity import volume_scale
 from medgen3d.data.io import load_nifti
-from tests.bundles.helpers import BUNDLES, error_chain, run_torchrun, workflow
+from medgen3d.zoo.record import read_training_record, write_training_record
+from tests.bundles.helpers import BUNDLES, error_chain, run_bundle_command, run_torchrun, workflow
 from tests.conftest import write_tiny_dataset
 
+CONFIGS = BUNDLES / "segmentation_eval" / "configs"
 LABELS = {"0": "background", "1": "slab_1", "2": "slab_2", "3": "slab_3"}
-# 3 training cases, 2 crops each per batch of one volume: 3 iterations per pass over the data
-TRAIN = {"roi_size": [16, 16, 16], "max_iterations": 180, "val_interval": 60, "learning_rate": 0.002, "labels": LABELS}
+# 3 training cases, 2 crops each per batch of one volume: 3 iterations per pass over the data; labels and modality
+# come from the dataset (train.json's defaults)
+TRAIN = {"roi_size": [16, 16, 16], "max_iterations": 180, "val_interval": 60, "learning_rate": 0.002}
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +63,36 @@ def test_short_training_on_an_easy_dataset_scores_above_08_on_held_out_cases(tra
     assert (root / "eval" / "evaluation" / "results.png").is_file()
 
 
+def test_training_records_the_labels_and_modality_of_its_data_beside_the_weights(trained):
+    root, dataset = trained
+    record = read_training_record(root / "models")
+    assert record["labels"] == LABELS and record["modality"] == "MR" and record["name"] == read_dataset(dataset).name
+
+
+def test_evaluation_is_a_named_component_whose_arguments_are_overridden_by_id(trained, tmp_path):
+    root, dataset = trained
+    # a held-out set with a validation case and no test case: scoring any split but the one set by id would fail
+    held_out = write_tiny_dataset(tmp_path / "held-out", splits=(3, 1, 0)).root
+    out = tmp_path / "evaluation"
+    overrides = {
+        "evaluation#test_split": "validation",
+        "evaluation#test_sets": {"held-out": str(held_out)},
+        "network_name": "unet3d",
+        "evaluation_dir": str(out),
+    }
+    wf = _train_workflow(root, dataset, ["evaluate.json"], **overrides)
+    wf.run()
+    rows = json.loads((out / "results.json").read_text())
+    assert [(r["test_set"], r["network"], r["strategy"]) for r in rows] == [("held-out", "unet3d", "E2-1")]
+    assert set(rows[0]["dice"]) == {"slab_1", "slab_2", "slab_3"}
+
+
 def test_monai_label_style_load_segments_a_volume_in_its_own_geometry(trained, tmp_path):
     root, dataset = trained
     # as MONAI Label's BundleInferTask does: inference.json alone, bundle_root overridden, no metadata references,
     # network_def + models/model.pt, then preprocessing -> inferer(inputs, network) -> postprocessing without SaveImaged
-    inference = BUNDLES / "segmentation_eval" / "configs" / "inference.json"
+    # (the class count comes from models/training_data.json, which training wrote)
+    inference = CONFIGS / "inference.json"
     assert "@_meta_" not in inference.read_text()
     parser = ConfigParser()
     parser.read_config(str(inference))
@@ -69,11 +100,8 @@ def test_monai_label_style_load_segments_a_volume_in_its_own_geometry(trained, t
         {
             "bundle_root": str(root),
             "device": torch.device("cpu"),
-            "num_classes": 4,
             "roi_size": [16, 16, 16],
-            "network_def": ConfigParser.load_config_file(
-                str(BUNDLES / "segmentation_eval" / "configs" / "unet3d.json")
-            )["network_def"],
+            "network_def": ConfigParser.load_config_file(str(CONFIGS / "unet3d.json"))["network_def"],
         }
     )
     network = parser.get_parsed_content("network_def")
@@ -95,9 +123,7 @@ def test_monai_label_style_load_segments_a_volume_in_its_own_geometry(trained, t
 
 def test_inference_config_writes_segmentations_with_the_input_geometry(trained, tmp_path):
     root, dataset = trained
-    from monai.bundle import ConfigWorkflow
-
-    configs = BUNDLES / "segmentation_eval" / "configs"
+    configs = CONFIGS
     wf = ConfigWorkflow(
         config_file=[str(configs / "inference.json"), str(configs / "unet3d.json")],
         meta_file=str(configs / "metadata.json"),
@@ -105,7 +131,6 @@ def test_inference_config_writes_segmentations_with_the_input_geometry(trained, 
         workflow_type="infer",
         bundle_root=str(root),
         dataset_dir=str(dataset),
-        num_classes=4,
         roi_size=[16, 16, 16],
         output_dir=str(tmp_path / "pred"),
     )
@@ -192,9 +217,13 @@ def test_networks_verify_and_export(tmp_path, overlay):
     import subprocess
     import sys
 
-    configs = BUNDLES / "segmentation_eval" / "configs"
+    configs = CONFIGS
     files = "[" + ",".join(f"'{configs / c}'" for c in ["inference.json", *overlay]) + "]"
     meta = str(configs / "metadata.json")
+    # the zoo's checks run from the bundle folder (bundle_root "."), whose models/ holds the training record; the
+    # record's labels are the metadata's channels, which verify_net_in_out compares the output with
+    channel_def = json.loads((configs / "metadata.json").read_text())["network_data_format"]["outputs"]["pred"]
+    _write_record(tmp_path / "models", channel_def["channel_def"])
     verify = [
         sys.executable,
         "-m",
@@ -212,6 +241,7 @@ def test_networks_verify_and_export(tmp_path, overlay):
     assert result.returncode == 0 and "verified with no error" in result.stdout + result.stderr, result.stderr[-2000:]
     parser = ConfigParser()
     parser.read_config([str(configs / "inference.json"), *[str(configs / c) for c in overlay]])
+    parser["bundle_root"] = str(tmp_path)
     torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "model.pt")
     export = [
         sys.executable,
@@ -239,11 +269,9 @@ def test_networks_verify_and_export(tmp_path, overlay):
 
 
 def test_unet2d_overlay_trains_on_slices_and_segments_volumes_slice_by_slice(tmp_path):
-    from monai.bundle import ConfigWorkflow
-
     real = write_tiny_dataset(tmp_path / "real").root
     root = tmp_path / "bundle"
-    configs = BUNDLES / "segmentation_eval" / "configs"
+    configs = CONFIGS
     wf = ConfigWorkflow(
         config_file=[str(configs / "train.json"), str(configs / "unet2d.json")],
         meta_file=str(configs / "metadata.json"),
@@ -269,7 +297,6 @@ def test_unet2d_overlay_trains_on_slices_and_segments_volumes_slice_by_slice(tmp
         workflow_type="infer",
         bundle_root=str(root),
         dataset_dir=str(real),
-        num_classes=4,
         slice_size=[16, 16],
         output_dir=str(tmp_path / "pred"),
     )
@@ -278,3 +305,222 @@ def test_unet2d_overlay_trains_on_slices_and_segments_volumes_slice_by_slice(tmp
     pred, image = load_nifti(tmp_path / "pred" / "case-0_seg.nii.gz"), load_nifti(real / "images" / "case-0.nii.gz")
     assert pred.array.shape == image.array.shape
     np.testing.assert_allclose(pred.affine, image.affine, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# inference.json needs only MONAI (MONAI Label loads it in-process with nothing else installed)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _write_record(ckpt_dir, labels, modality="MR", name="tiny"):
+    """A training record as train.json writes it, without training."""
+    return write_training_record(DatasetSpec(name, modality, {int(k): v for k, v in labels.items()}), ckpt_dir)
+
+
+def _strings(content):
+    """Every key and string value of a JSON document."""
+    if isinstance(content, dict):
+        return [s for k, v in content.items() for s in (k, *_strings(v))]
+    if isinstance(content, list):
+        return [s for v in content for s in _strings(v)]
+    return [content] if isinstance(content, str) else []
+
+
+@pytest.fixture(scope="module")
+def swin_bundle(tmp_path_factory):
+    """A bundle folder as the zoo ships it: the configs, models/model.pt (an untrained Swin-UNETR, inference.json's
+    own network) and models/training_data.json, plus a one-case tiny dataset."""
+    base = tmp_path_factory.mktemp("swin")
+    dataset = write_tiny_dataset(base / "data", splits=(1, 0, 0)).root
+    bundle = base / "segmentation_eval"
+    shutil.copytree(BUNDLES / "segmentation_eval", bundle, ignore=shutil.ignore_patterns("models", "eval"))
+    _write_record(bundle / "models", LABELS)
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser["bundle_root"] = str(bundle)
+    torch.manual_seed(0)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
+    return bundle, dataset
+
+
+def _assert_segmentations(pred_dir, dataset):
+    spec = read_dataset(dataset)
+    for case in spec.cases():
+        pred = load_nifti(pred_dir / f"{case.case_id}_seg.nii.gz")
+        image = load_nifti(spec.path(case.image))
+        assert pred.array.shape == image.array.shape and set(np.unique(pred.array)) <= {0, 1, 2, 3}
+        np.testing.assert_allclose(pred.affine, image.affine, atol=1e-4)
+
+
+def test_inference_json_has_no_medgen3d_component_or_import():
+    content = json.loads((CONFIGS / "inference.json").read_text())
+    assert not [s for s in _strings(content) if "medgen3d" in s.lower()]
+
+
+def test_inference_json_alone_segments_with_the_labels_of_the_training_record(swin_bundle, tmp_path):
+    bundle, dataset = swin_bundle
+    # only inference.json and the metadata, as MONAI Label loads them: Swin-UNETR with the record's 4 classes
+    wf = ConfigWorkflow(
+        config_file=str(CONFIGS / "inference.json"),
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type="infer",
+        bundle_root=str(bundle),
+        dataset_dir=str(dataset),
+        output_dir=str(tmp_path / "pred"),
+        device="$torch.device('cpu')",
+    )
+    wf.initialize()
+    assert wf.parser.get_parsed_content("num_classes") == 4 and wf.parser.get_parsed_content("modality") == "MR"
+    wf.run()
+    _assert_segmentations(tmp_path / "pred", dataset)
+
+
+def test_inference_runs_with_the_zoo_command_from_the_bundle_folder_without_medgen3d(swin_bundle, tmp_path):
+    bundle, dataset = swin_bundle
+    out = tmp_path / "pred"
+    result = run_bundle_command(
+        bundle,
+        ["configs/inference.json"],
+        block=["medgen3d"],
+        dataset_dir=str(dataset),
+        output_dir=str(out),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_segmentations(out, dataset)
+
+
+def test_inference_without_a_training_record_names_the_missing_file(tmp_path):
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser["bundle_root"] = str(tmp_path)
+    with pytest.raises(Exception) as err:
+        parser.get_parsed_content("network_def")
+    assert f"{tmp_path / 'models' / 'training_data.json'}: training record not found" in error_chain(err.value)
+    # labels and modality given by hand need no record
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update({"bundle_root": str(tmp_path), "labels": LABELS, "modality": "CT"})
+    assert parser.get_parsed_content("num_classes") == 4
+    assert isinstance(parser.get_parsed_content("scale_intensity"), ScaleIntensityRanged)
+
+
+@pytest.mark.parametrize("config", ["inference.json", "train.json"])
+def test_an_unknown_modality_is_refused_naming_it(config):
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / config))
+    parser["modality"] = "PET"
+    with pytest.raises(Exception) as err:
+        parser.get_parsed_content("scale_intensity")
+    assert "modality 'PET': no intensity scaling for it; set modality to one of ['CT', 'MR']" in error_chain(err.value)
+
+
+def _scaled(modality, image):
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser["modality"] = modality
+    return parser.get_parsed_content("scale_intensity")({"image": image.clone()})["image"]
+
+
+def test_ct_scaling_is_medgen3ds_hu_window():
+    # HU well beyond the window on both sides, so the clipping is compared too
+    image = torch.empty(1, 40, 36, 20).uniform_(-3000.0, 3000.0)
+    expected = volume_scale(image, "CT").to_network(image)
+    torch.testing.assert_close(torch.as_tensor(_scaled("CT", image)), expected, atol=1e-6, rtol=0)
+
+
+def test_mr_scaling_is_medgen3ds_per_volume_percentiles():
+    image = torch.randn(1, 40, 36, 20) * 300.0 + 200.0
+    image[0, :4] = 5000.0  # bright outliers above the 99.5th percentile, clipped to 1
+    expected = volume_scale(image, "MR").to_network(image)
+    scaled = torch.as_tensor(_scaled("MR", image))
+    assert scaled.dtype == torch.float32 and scaled.min() == -1.0 and scaled.max() == 1.0
+    torch.testing.assert_close(scaled, expected, atol=1e-6, rtol=0)
+    # above 2M voxels medgen3d takes its percentiles from every k-th voxel (k = voxels // 1M) and MONAI from all of
+    # them: close, not equal
+    large = torch.randn(1, 136, 128, 128) * 300.0 + 200.0
+    difference = (torch.as_tensor(_scaled("MR", large)) - volume_scale(large, "MR").to_network(large)).abs().max()
+    assert difference < 5e-3
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# one network definition, in two stand-alone files
+# ------------------------------------------------------------------------------------------------------------------
+
+# what train.json and inference.json must define alike: the network, what it is built from, the intensity scaling
+# and the sliding window
+SHARED_IDS = ["network_def", "feature_size", "roi_size", "num_classes", "intensity", "scale_intensity", "inferer"]
+
+
+def test_train_and_inference_define_the_network_and_its_inputs_alike():
+    train = json.loads((CONFIGS / "train.json").read_text())
+    inference = json.loads((CONFIGS / "inference.json").read_text())
+    for key in SHARED_IDS:
+        assert train[key] == inference[key], key
+
+
+@pytest.mark.parametrize("overlay", ["unet2d.json", "unet3d.json", "unetr.json"])
+def test_a_network_overlay_gives_train_and_inference_the_same_network(overlay):
+    expected = json.loads((CONFIGS / overlay).read_text())["network_def"]
+    for config in ("train.json", "inference.json"):
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / config), str(CONFIGS / overlay)])
+        assert parser.get("network_def") == expected, config
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# train.json: labels and modality from the dataset, or the training record, or given by hand
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_labels_set_by_hand_that_differ_from_the_datasets_are_refused_before_the_record_is_written(tmp_path):
+    real = write_tiny_dataset(tmp_path / "real").root
+    root = tmp_path / "bundle"
+    _write_record(root / "models", LABELS, name="earlier")
+    with pytest.raises(Exception) as err:
+        _train_workflow(root, real, labels={**LABELS, "3": "liver"})
+    assert "differ from the configured labels" in error_chain(err.value)
+    assert read_training_record(root / "models")["name"] == "earlier"  # the record of the earlier training stays
+
+
+def test_a_modality_set_by_hand_that_differs_from_the_datasets_is_refused(tmp_path):
+    real = write_tiny_dataset(tmp_path / "real").root
+    with pytest.raises(Exception) as err:
+        _train_workflow(tmp_path / "bundle", real, modality="CT")
+    assert "modality 'MR' differs from the configured 'CT'" in error_chain(err.value)
+
+
+def test_training_without_a_dataset_folder_takes_labels_from_the_record_as_monai_label_does(tmp_path):
+    # MONAI Label trains train.json with its own data lists and no dataset folder, on a bundle that holds the record
+    # of its earlier training; it overrides only the ids below
+    real = write_tiny_dataset(tmp_path / "real")
+    root = tmp_path / "bundle"
+    _write_record(root / "models", LABELS, modality="MR", name="earlier")
+    pairs = [{"image": str(real.path(c.image)), "label": str(real.path(c.label))} for c in real.cases()]
+    overrides = {
+        "train#dataset#data": pairs[:4],
+        "validate#dataset#data": pairs[4:],
+        "train#trainer#max_epochs": 1,
+        "device": "$torch.device('cpu')",
+        "val_interval": 2,
+    }
+    wf = _train_workflow(root, tmp_path / "no-dataset-here", **overrides)
+    assert wf.parser.get_parsed_content("labels") == LABELS and wf.parser.get_parsed_content("num_classes") == 4
+    wf.run()
+    assert (root / "models" / "model.pt").is_file()
+    record = read_training_record(root / "models")  # rewritten from what training used: the record's own values
+    assert (record["name"], record["modality"], record["labels"]) == ("earlier", "MR", LABELS)
+
+
+def test_training_without_a_dataset_folder_or_record_needs_labels_and_modality(tmp_path):
+    root = tmp_path / "bundle"
+    missing = tmp_path / "no-dataset-here"
+    with pytest.raises(Exception) as err:
+        _train_workflow(root, missing)
+    message = error_chain(err.value)
+    assert f"{missing / 'dataset.json'}: not found, and no training record" in message
+    assert "set labels, modality and dataset_name" in message
+    # given by hand, they need neither, and the record is written from them
+    _train_workflow(root, missing, labels=LABELS, modality="CT", dataset_name="by-hand")
+    record = read_training_record(root / "models")
+    assert (record["name"], record["modality"], record["labels"]) == ("by-hand", "CT", LABELS)

@@ -67,8 +67,13 @@ def test_missing_corrupt_and_mismatched_checkpoints_are_named(tmp_path):
     with pytest.raises(DataError, match=r"corrupt\.pt: not a readable checkpoint"):
         load_weights(network, tmp_path / "corrupt.pt")
     save_atomically(torch.nn.Linear(3, 1).state_dict(), tmp_path / "other.pt")
-    with pytest.raises(DataError, match=r"other\.pt: does not fit the configured network"):
+    with pytest.raises(DataError, match=r"other\.pt: does not fit the configured network") as err:
         load_weights(network, tmp_path / "other.pt")
+    # one line, saying what differs: torch's own message lists every key on lines of its own
+    assert str(err.value).endswith("1 of another shape (first 'weight': (1, 3) in the file, (1, 2) in the network)")
+    save_atomically({"extra.weight": torch.zeros(1)}, tmp_path / "foreign.pt")
+    with pytest.raises(DataError, match=r"2 weights missing \(first 'weight'\); 1 unexpected \(first 'extra.weight'\)"):
+        load_weights(network, tmp_path / "foreign.pt")
     save_atomically({"model": network.state_dict()}, tmp_path / "wrapped.pt")
     assert load_weights(torch.nn.Linear(2, 1), tmp_path / "wrapped.pt") is not None
 

@@ -32,6 +32,9 @@ LABELS = {"0": "background", "1": "liver", "2": "spleen", "3": "kidney"}
 K = len(LABELS)
 SEG_RECORD = {"name": "tiny-ct", "modality": "CT", "labels": LABELS, "image_size": None}
 
+# the archive name carries the bundle version, read from the bundle itself
+VERSION = json.loads((REPO / "bundles" / "segmentation_eval" / "configs" / "metadata.json").read_text())["version"]
+
 
 def schema_path() -> Path | None:
     """The offline bundle schema, found as tests/bundles/test_bundle_layout.py finds it."""
@@ -83,7 +86,7 @@ def test_export_copies_the_bundle_with_its_weights_and_record(exported):
     assert [b.name for b in result] == ["segmentation_eval"]
     bundle = result[0]
     assert bundle.folder == out / "segmentation_eval"
-    assert bundle.archive == out / "segmentation_eval_v0.1.0.zip" and bundle.archive.is_file()
+    assert bundle.archive == out / f"segmentation_eval_v{VERSION}.zip" and bundle.archive.is_file()
     source = REPO / "bundles" / "segmentation_eval"
     for name in ("LICENSE", "docs/README.md", "configs/inference.json", "configs/train.json", "configs/logging.conf"):
         assert (bundle.folder / name).read_bytes() == (source / name).read_bytes(), name
@@ -95,7 +98,7 @@ def test_export_copies_the_bundle_with_its_weights_and_record(exported):
     assert sorted(p.name for p in (bundle.folder / "models").iterdir()) == ["model.pt", "training_data.json"]
     assert not (bundle.folder / "eval").exists() and not list(bundle.folder.rglob("__pycache__"))
     # nothing but the bundle and its archive: no temporary folder or file is left behind
-    assert sorted(p.name for p in out.iterdir()) == ["segmentation_eval", "segmentation_eval_v0.1.0.zip"]
+    assert sorted(p.name for p in out.iterdir()) == ["segmentation_eval", f"segmentation_eval_v{VERSION}.zip"]
     assert bundle.sha256[:12] in bundle.describe()
 
 
@@ -285,7 +288,7 @@ def test_an_earlier_export_is_replaced(seg_models, tmp_path):
     (second,) = export_bundles(seg_models, out)
     assert second.folder == first.folder and second.sha256 != first.sha256
     assert not (second.folder / "stale.txt").exists()
-    assert sorted(p.name for p in out.iterdir()) == ["segmentation_eval", "segmentation_eval_v0.1.0.zip"]
+    assert sorted(p.name for p in out.iterdir()) == ["segmentation_eval", f"segmentation_eval_v{VERSION}.zip"]
 
 
 def test_a_failure_midway_leaves_no_half_bundle(seg_models, tmp_path, monkeypatch):
@@ -333,7 +336,7 @@ def test_cli_exports_and_prints_one_line_per_bundle(seg_models, tmp_path, capsys
     sha = hashlib.sha256((seg_models / "segmentation_eval" / "model.pt").read_bytes()).hexdigest()
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("segmentation_eval: ") and sha[:12] in lines[0]
-    assert (out / "segmentation_eval_v0.1.0.zip").is_file()
+    assert (out / f"segmentation_eval_v{VERSION}.zip").is_file()
 
     assert main([*args, "--bundles", "[sdm_refiner]"]) == 2
     err = capsys.readouterr().err.strip()

@@ -23,6 +23,8 @@ from torch.optim.lr_scheduler import LRScheduler
 from medgen3d.data.io import DataError, atomic_path
 
 __all__ = [
+    "first_line",
+    "weights_mismatch",
     "BestModelSaver",
     "ResumableCheckpoint",
     "load_torchscript",
@@ -53,7 +55,7 @@ def read_weights(path: str | os.PathLike, key: str = "model") -> Mapping[str, An
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
-        raise DataError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+        raise DataError(f"{path}: not a readable checkpoint ({type(err).__name__}: {first_line(err)})") from err
     if isinstance(state, Mapping) and key in state:
         state = state[key]
     if not isinstance(state, Mapping):
@@ -68,8 +70,38 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike, key: str = "
     try:
         _unwrap(network).load_state_dict(state)
     except (RuntimeError, TypeError) as err:
-        raise DataError(f"{path}: does not fit the configured network: {str(err).splitlines()[0]}") from err
+        raise DataError(f"{path}: does not fit the configured network: {weights_mismatch(network, state)}") from err
     return network
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of ``err``'s message, cut to ``limit`` characters: an error report stays one line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = lines[0] if lines else type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def weights_mismatch(network: torch.nn.Module, state: Mapping[str, Any]) -> str:
+    """One line saying how ``state`` differs from ``network``'s own state dict: how many weights are missing,
+    unexpected, or of another shape, with the first of each (torch's own message lists every key, one per line)."""
+    own = _unwrap(network).state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [
+        k for k in own if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} weights missing (first '{missing[0]}')")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (first '{unexpected[0]}')")
+    if reshaped:
+        k = reshaped[0]
+        parts.append(
+            f"{len(reshaped)} of another shape (first '{k}': {tuple(state[k].shape)} in the file, "
+            f"{tuple(own[k].shape)} in the network)"
+        )
+    return "; ".join(parts) or "the weights do not load (wrong types)"
 
 
 def load_torchscript(path: str | os.PathLike, what: str) -> torch.jit.ScriptModule:

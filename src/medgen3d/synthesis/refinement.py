@@ -25,7 +25,7 @@ from medgen3d.data.dataset import SPLITS, DatasetSpec
 from medgen3d.data.intensity import volume_scale
 from medgen3d.data.io import DataError, save_nifti
 from medgen3d.diffusion.refiner import VIEWS, SegmentationDenoiser, SemanticRefiner, refine_volume
-from medgen3d.engines.checkpoint import read_weights, save_atomically
+from medgen3d.engines.checkpoint import read_weights, save_atomically, weights_mismatch
 from medgen3d.networks.views import ViewDenoisers, check_views
 from medgen3d.synthesis.paired import copy_label, write_paired_dataset
 
@@ -140,7 +140,8 @@ def load_view_networks(
             denoisers[view].load_state_dict(states[view])
         except (RuntimeError, TypeError) as err:
             raise DataError(
-                f"{sources[view]}: the {view} weights do not fit the configured network: {_first_problem(err)}"
+                f"{sources[view]}: the {view} weights do not fit the configured network: "
+                f"{weights_mismatch(denoisers[view], states[view])}"
             ) from err
     return {view: denoisers[view].to(device).eval() for view in views}
 
@@ -218,10 +219,3 @@ def _warn_if_stale(assembled: Path, ckpt_dir: Path, views: Sequence[str]) -> Non
     ]
     if newer:
         logger.warning(f"{assembled} is older than {newer}: loading it; assemble_view_weights updates it")
-
-
-def _first_problem(err: Exception) -> str:
-    """The first line of a ``load_state_dict`` error that says what is wrong (the first only names the class)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    problem = lines[1] if len(lines) > 1 else lines[0] if lines else type(err).__name__
-    return problem if len(problem) <= 300 else problem[:297] + "..."
