@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from medgen3d.data.io import load_nifti
 from medgen3d.data.validate import validate_dataset
 from medgen3d.zoo.export import export_bundles
 from tests.bundles.helpers import workflow
@@ -51,12 +53,30 @@ TINY = {
         "val_interval": 1,
         "save_interval": 1,
     },
+    "sdm_refiner": {
+        "channels": [8, 16],
+        "attention_levels": [False, False],
+        "norm_num_groups": 8,
+        "num_head_channels": 8,
+        "spade_channels": 8,
+        "max_iterations": 1,
+        "batch_size": 4,
+        "val_interval": 1,
+        "save_interval": 1,
+    },
+    # the quality report's slice segmenter, as the workflow trains it: an overlay replaces the bundle's network
+    "segmentation_eval": {"slice_size": [16, 16], "max_iterations": 2, "val_interval": 2, "learning_rate": 0.002},
 }
-# (network input shape for ckpt_export, the exported inference.json's run, what it writes)
-RUNS = {
-    "mask_mcdpm": ({"num_cases": 2, "num_inference_steps": 2, "synthetic_dir": "out"}, "out"),
-    "image_vid2vid": ({"synthetic_dir": "out"}, "out"),
+# task configs each bundle trains with (the refiner: one run per view)
+TRAINING = {
+    "mask_mcdpm": [["train.json"]],
+    "image_vid2vid": [["train.json"]],
+    "sdm_refiner": [["train.json"]] * 3,
+    "segmentation_eval": [["train.json", "unet2d.json"]],
 }
+VIEWS = ("axial", "coronal", "sagittal")
+# spatial size of the packed input ckpt_export traces the network with
+TRACE_SIZE = {"mask_mcdpm": [16, 16], "image_vid2vid": [16, 16], "sdm_refiner": [16, 16], "segmentation_eval": [64, 64]}
 REQUIRED = ("configs/metadata.json", "LICENSE", "models/model.pt", "configs/inference.json")
 
 
@@ -65,12 +85,20 @@ def exported(tmp_path_factory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("zoo")
     dataset = write_tiny_dataset(base / "data").root
     for bundle, overrides in TINY.items():
-        root = base / "train" / bundle
-        wf = workflow(
-            bundle, ["train.json"], root, dataset_dir=str(dataset), ckpt_dir=str(base / "models" / bundle), **overrides
-        )
-        wf.run()
-        wf.finalize()
+        for i, configs in enumerate(TRAINING[bundle]):
+            view = {"view": VIEWS[i]} if bundle == "sdm_refiner" else {}
+            ckpt_dir = str(base / "models" / bundle)
+            wf = workflow(
+                bundle,
+                configs,
+                base / "train" / bundle,
+                dataset_dir=str(dataset),
+                ckpt_dir=ckpt_dir,
+                **overrides,
+                **view,
+            )
+            wf.run()
+            wf.finalize()
     export_bundles(base / "models", base / "out", bundles=list(TINY))
     return base / "out", dataset
 
@@ -117,7 +145,7 @@ def test_exported_bundle_passes_the_zoo_checks(exported, bundle):
     )
     assert status == 0 and "data shape of network is verified with no error" in log, log[-3000:]
     image = metadata["network_data_format"]["inputs"]["image"]
-    shape = [1, image["num_channels"], *TINY[bundle]["image_size"]]
+    shape = [1, image["num_channels"], *TRACE_SIZE[bundle]]
     status, log = _command(
         folder,
         "ckpt_export",
@@ -145,14 +173,24 @@ def test_exported_bundle_passes_the_zoo_checks(exported, bundle):
 @pytest.mark.parametrize("bundle", list(TINY))
 def test_exported_inference_json_runs_alone_in_a_fresh_process(exported, bundle, tmp_path):
     out, dataset = exported
-    overrides, written = RUNS[bundle]
-    values = {**overrides, "synthetic_dir": str(tmp_path / written), "dataset_dir": str(dataset)}
-    if bundle == "image_vid2vid":
-        values["masks_dir"] = str(dataset)
+    values = {"dataset_dir": str(dataset)}
+    values.update(
+        {
+            "mask_mcdpm": {"num_cases": 2, "num_inference_steps": 2, "synthetic_dir": str(tmp_path / "out")},
+            "image_vid2vid": {"masks_dir": str(dataset), "synthetic_dir": str(tmp_path / "out")},
+            "sdm_refiner": {"pairs_dir": str(dataset), "refined_dir": str(tmp_path / "out"), "noise_steps": 2},
+            "segmentation_eval": {"output_dir": str(tmp_path / "out")},
+        }[bundle]
+    )
     args = [arg for key, value in values.items() for arg in (f"--{key}", repr(value))]
     status, log = _command(
         out / bundle, "run", "--config_file", "configs/inference.json", "--bundle_root", str(out / bundle), *args
     )
     assert status == 0, log[-3000:]
-    summary = validate_dataset(tmp_path / written)
-    assert sum(summary.split_sizes.values()) >= 2
+    if bundle == "segmentation_eval":  # predictions on each image's own grid, labels of the training record
+        image = load_nifti(dataset / "images" / "case-0.nii.gz")
+        pred = load_nifti(tmp_path / "out" / "case-0_seg.nii.gz")
+        assert pred.array.shape == image.array.shape and set(np.unique(pred.array)) <= set(range(4))
+    else:
+        summary = validate_dataset(tmp_path / "out")
+        assert sum(summary.split_sizes.values()) >= 2

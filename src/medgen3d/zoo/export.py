@@ -214,7 +214,31 @@ def _plan(name: str, weights: Path, source: Path, out: Path, package_version: st
     record_path = weights.parent / RECORD_NAME
     sizes = {key: _setting(source, key, record, record_path) for key in _SIZE_KEYS.get(name, ())}
     metadata = exported_metadata(read_json(meta_path), record, name, sizes, package_version, record_path)
+    overlay = _network_overlay(source, record, record_path)
+    if overlay.get("slice_size"):  # a slice network: MONAI Label reads the dimension from the shape's length
+        for tensor in (
+            metadata["network_data_format"]["inputs"]["image"],
+            metadata["network_data_format"]["outputs"]["pred"],
+        ):
+            tensor["spatial_shape"] = [int(s) for s in overlay["slice_size"]]
     return _Plan(name, source, weights, metadata)
+
+
+# training-only entries of a network overlay, which an exported inference.json leaves out
+_TRAIN_ONLY = ("random_transforms",)
+
+
+def _network_overlay(source: Path, record: Mapping[str, Any], record_path: Path) -> dict[str, Any]:
+    """The network overlay the weights were trained with (segmentation_eval's ``unet2d.json`` and the like, named
+    in the record as ``network_overlay``), without its training-only entries; empty for the bundle's own network."""
+    name = record.get("network_overlay")
+    if not name:
+        return {}
+    path = source / "configs" / str(name)
+    if not path.is_file():
+        raise DataError(f"{record_path}: names the network overlay {name!r}, which {source / 'configs'} lacks")
+    overlay = read_json(path)
+    return {key: value for key, value in overlay.items() if key not in _TRAIN_ONLY}
 
 
 # the network's structural settings whose values set its channel counts
@@ -401,10 +425,14 @@ def _pin_settings(config_path: Path, record: Mapping[str, Any]) -> None:
     if not config_path.is_file():
         return
     config = read_json(config_path)
-    values = dict(record.get("settings") or {})
+    # the network the weights were trained as, when an overlay replaced the bundle's own
+    overlay = _network_overlay(config_path.parents[1], record, config_path)
+    values = {**overlay, **dict(record.get("settings") or {})}
     if record.get("image_size"):
         values["image_size"] = list(record["image_size"])
-    changed = {key: value for key, value in values.items() if key in config and config[key] != value}
+    changed = {
+        key: value for key, value in values.items() if (key in config or key in overlay) and config.get(key) != value
+    }
     if changed:
         config.update(changed)
         write_json(config_path, config)
