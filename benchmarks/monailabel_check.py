@@ -213,15 +213,19 @@ def versions(torchvision_line: str) -> None:
     import monailabel
     import torch
 
-    import medgen3d
-
     say(f"python {sys.version.split()[0]} ({sys.executable})")
     say(
         f"monailabel {monailabel.__version__}, monai {monai.__version__}, "
         f"torch {torch.__version__}, numpy {np.__version__}"
     )
     say(torchvision_line)
-    say(f"medgen3d from {Path(medgen3d.__file__).parent}")
+    try:
+        import medgen3d
+    except ImportError:
+        # the environment a MONAI Label server needs for inference: the bundle's inference.json uses MONAI alone
+        say("medgen3d: not installed (inference needs nothing but MONAI; --train needs it, for train.json)")
+    else:
+        say(f"medgen3d from {Path(medgen3d.__file__).parent}")
 
 
 def static_checks(bundle: Path) -> dict:

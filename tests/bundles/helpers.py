@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -15,6 +14,27 @@ from monai.bundle import ConfigWorkflow
 from medgen3d.pipeline.stages import working_directory
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
+
+# network settings small enough for 16 x 16 slices and seconds of training, per generating bundle
+TINY_NETWORKS = {
+    "mask_mcdpm": {
+        "image_size": [16, 16],
+        "subsequence_length": 4,
+        "channels": [8, 16],
+        "attention_levels": [False, False],
+        "norm_num_groups": 8,
+        "num_head_channels": 8,
+        "num_train_timesteps": 20,
+    },
+    "image_vid2vid": {"image_size": [16, 16], "ngf": 8, "n_downsample": 2, "n_blocks": 2},
+    "sdm_refiner": {
+        "channels": [8, 16],
+        "attention_levels": [False, False],
+        "norm_num_groups": 8,
+        "num_head_channels": 8,
+        "spade_channels": 8,
+    },
+}
 
 
 def workflow(
@@ -51,7 +71,7 @@ def run_torchrun(
     """``torchrun --nproc_per_node=2 -m monai.bundle run`` on the CPU (gloo), over ``base`` + ``configs``."""
     config_dir = BUNDLES / bundle / "configs"
     files = ",".join(f"'{config_dir / c}'" for c in [*base, *configs])
-    args = [arg for key, value in overrides.items() for arg in (f"--{key}", json.dumps(value))]
+    args = cli_args(overrides)
     cmd = [
         sys.executable,
         "-m",
@@ -75,16 +95,26 @@ def run_torchrun(
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=BUNDLES / bundle)
 
 
-def bundle_command(bundle: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle ARGS`` in a fresh process, from the bundle folder (the zoo's commands)."""
+def cli_args(overrides: dict) -> list[str]:
+    """``--id value`` pairs for ``python -m monai.bundle``, values as Python literals: fire reads the command line
+    with Python's syntax, so JSON's ``false`` would arrive as a (true) string."""
+    return [arg for key, value in overrides.items() for arg in (f"--{key}", repr(value))]
+
+
+def bundle_command(
+    where: str | Path, *args: str, timeout: int = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle ARGS`` in a fresh process, from a bundle folder (the zoo's commands): ``where`` is a
+    bundle's name in ``bundles/`` or any bundle folder (an exported one)."""
+    folder = BUNDLES / where if isinstance(where, str) else where
     cmd = [sys.executable, "-m", "monai.bundle", *args]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=BUNDLES / bundle, env=env, timeout=timeout)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=folder, env=env, timeout=timeout)
 
 
 def verify_net_in_out(bundle: str, n: int = 2, **overrides: str) -> subprocess.CompletedProcess:
     """``monai.bundle verify_net_in_out network_def`` on ``configs/inference.json`` alone, from the bundle folder."""
-    args = [arg for key, value in overrides.items() for arg in (f"--{key}", value)]
+    args = [arg for key, value in overrides.items() for arg in (f"--{key}", value)]  # given as command-line text
     return bundle_command(
         bundle,
         "verify_net_in_out",
@@ -113,11 +143,10 @@ def run_bundle_command(
         block: top-level packages that must not be imported: each is shadowed by a package whose import fails, so
             a run that needs it fails (e.g. ``["medgen3d"]`` for a config that must need only MONAI).
         timeout: seconds before the command is killed.
-        overrides: further ``--id value`` pairs (values as JSON).
+        overrides: further ``--id value`` pairs (Python values).
     """
     files = configs[0] if len(configs) == 1 else "[" + ",".join(f"'{c}'" for c in configs) + "]"
-    args = [arg for key, value in overrides.items() for arg in (f"--{key}", json.dumps(value))]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    env = {}
     if block:
         shadows = Path(tempfile.mkdtemp(prefix="blocked-packages-"))
         for package in block:
@@ -125,5 +154,6 @@ def run_bundle_command(
             (shadows / package / "__init__.py").write_text(f"raise ImportError('{package} is blocked in this run')\n")
         # PYTHONPATH comes before site-packages (and an editable install's path), so the shadow is found first
         env["PYTHONPATH"] = os.pathsep.join([str(shadows), *filter(None, [os.environ.get("PYTHONPATH")])])
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=bundle_dir, env=env, timeout=timeout)
+    return bundle_command(
+        Path(bundle_dir), "run", "--config_file", files, *cli_args(overrides), timeout=timeout, env=env
+    )

@@ -11,22 +11,11 @@ import pytest
 import torch
 
 from medgen3d.data.io import load_nifti, read_json, save_nifti, write_json
-from tests.bundles.helpers import bundle_command, workflow
+from tests.bundles.helpers import TINY_NETWORKS, bundle_command, cli_args, workflow
 from tests.conftest import TINY_AFFINE, write_tiny_dataset
 
-MASK = {
-    "image_size": [16, 16],
-    "subsequence_length": 4,
-    "channels": [8, 16],
-    "attention_levels": [False, False],
-    "norm_num_groups": 8,
-    "num_head_channels": 8,
-    "num_train_timesteps": 20,
-    "num_inference_steps": 2,
-    "num_cases": 2,
-    "batch_size": 2,
-}
-IMAGE = {"image_size": [16, 16], "ngf": 8, "n_downsample": 2, "n_blocks": 1, "ndf": 8}
+MASK = {**TINY_NETWORKS["mask_mcdpm"], "num_inference_steps": 2, "num_cases": 2, "batch_size": 2}
+IMAGE = {**TINY_NETWORKS["image_vid2vid"], "ndf": 8}
 TRAIN = {"max_iterations": 1, "batch_size": 1, "val_interval": 1, "save_interval": 1, "preview_depth": 8}
 
 pytestmark = pytest.mark.slow
@@ -49,8 +38,7 @@ def setup(tmp_path_factory) -> dict[str, Path]:
 
 
 def _run(bundle: str, config: str, root: Path, overrides: dict) -> tuple[int, str]:
-    # Python literals, as fire reads them on the command line ("[False, False]", not JSON's "[false, false]")
-    args = [arg for key, value in overrides.items() for arg in (f"--{key}", repr(value))]
+    args = cli_args(overrides)
     result = bundle_command(
         bundle, "run", "--config_file", f"configs/{config}", "--bundle_root", str(root), *args, timeout=240
     )
@@ -180,7 +168,7 @@ CASES = {
         "inference.json",
         None,
         _other_run,
-        "holds another mask_mcdpm run (num_cases, seed",
+        "holds another mask_mcdpm run (",
     ),
     "masks with another label set": (
         "image_vid2vid",

@@ -9,19 +9,10 @@ from ignite.engine import Events
 
 from medgen3d.data.io import load_nifti, save_nifti
 from medgen3d.data.validate import validate_dataset
-from tests.bundles.helpers import error_chain, run_torchrun, verify_net_in_out, workflow
+from tests.bundles.helpers import TINY_NETWORKS, error_chain, run_torchrun, verify_net_in_out, workflow
 from tests.conftest import write_tiny_dataset
 
-TINY = {
-    "image_size": [16, 16],
-    "subsequence_length": 4,
-    "channels": [8, 16],
-    "attention_levels": [False, False],
-    "norm_num_groups": 8,
-    "num_head_channels": 8,
-    "num_train_timesteps": 20,
-    "labels": {"0": "background", "1": "slab_1", "2": "slab_2", "3": "slab_3"},
-}
+TINY = {**TINY_NETWORKS["mask_mcdpm"], "labels": {"0": "background", "1": "slab_1", "2": "slab_2", "3": "slab_3"}}
 TRAIN = {"max_iterations": 4, "batch_size": 2, "val_interval": 4, "save_interval": 2, "preview_depth": 8}
 INFER = {"num_cases": 2, "batch_size": 2, "num_inference_steps": 4}
 

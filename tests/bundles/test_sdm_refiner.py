@@ -8,17 +8,10 @@ import torch
 
 from medgen3d.data.io import load_nifti
 from medgen3d.data.validate import validate_dataset
-from tests.bundles.helpers import error_chain, run_torchrun, verify_net_in_out, workflow
+from tests.bundles.helpers import TINY_NETWORKS, error_chain, run_torchrun, verify_net_in_out, workflow
 from tests.conftest import TINY_AFFINE, write_tiny_dataset
 
-TINY = {
-    "channels": [8, 16],
-    "attention_levels": [False, False],
-    "norm_num_groups": 8,
-    "num_head_channels": 8,
-    "spade_channels": 8,
-    "labels": {"0": "background", "1": "slab_1", "2": "slab_2", "3": "slab_3"},
-}
+TINY = {**TINY_NETWORKS["sdm_refiner"], "labels": {"0": "background", "1": "slab_1", "2": "slab_2", "3": "slab_3"}}
 TRAIN = {"max_iterations": 2, "batch_size": 4, "val_interval": 2, "save_interval": 1}
 
 

@@ -18,7 +18,7 @@ import torch
 from medgen3d.data.io import load_nifti
 from medgen3d.data.validate import validate_dataset
 from medgen3d.zoo.export import export_bundles
-from tests.bundles.helpers import workflow
+from tests.bundles.helpers import TINY_NETWORKS, bundle_command, cli_args, workflow
 from tests.bundles.test_bundle_layout import schema_path
 from tests.conftest import write_tiny_dataset
 
@@ -26,13 +26,7 @@ pytestmark = pytest.mark.slow
 
 TINY = {
     "mask_mcdpm": {
-        "image_size": [16, 16],
-        "subsequence_length": 4,
-        "channels": [8, 16],
-        "attention_levels": [False, False],
-        "norm_num_groups": 8,
-        "num_head_channels": 8,
-        "num_train_timesteps": 20,
+        **TINY_NETWORKS["mask_mcdpm"],
         "max_iterations": 2,
         "batch_size": 2,
         "val_interval": 2,
@@ -40,10 +34,7 @@ TINY = {
         "preview_depth": 8,
     },
     "image_vid2vid": {
-        "image_size": [16, 16],
-        "ngf": 8,
-        "n_downsample": 2,
-        "n_blocks": 1,
+        **TINY_NETWORKS["image_vid2vid"],
         "ndf": 8,
         "discriminator_scales": 1,
         "discriminator_layers": 2,
@@ -54,11 +45,7 @@ TINY = {
         "save_interval": 1,
     },
     "sdm_refiner": {
-        "channels": [8, 16],
-        "attention_levels": [False, False],
-        "norm_num_groups": 8,
-        "num_head_channels": 8,
-        "spade_channels": 8,
+        **TINY_NETWORKS["sdm_refiner"],
         "max_iterations": 1,
         "batch_size": 4,
         "val_interval": 1,
@@ -104,14 +91,7 @@ def exported(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def _command(folder: Path, *args: str) -> tuple[int, str]:
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args], cwd=folder, capture_output=True, text=True, env=env, timeout=300
-    )
+    result = bundle_command(folder, *args)
     return result.returncode, result.stdout + result.stderr
 
 
@@ -182,7 +162,7 @@ def test_exported_inference_json_runs_alone_in_a_fresh_process(exported, bundle,
             "segmentation_eval": {"output_dir": str(tmp_path / "out")},
         }[bundle]
     )
-    args = [arg for key, value in values.items() for arg in (f"--{key}", repr(value))]
+    args = cli_args(values)
     status, log = _command(
         out / bundle, "run", "--config_file", "configs/inference.json", "--bundle_root", str(out / bundle), *args
     )

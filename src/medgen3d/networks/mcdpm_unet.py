@@ -128,6 +128,8 @@ class MultiConditionDiffusionUNet(DiffusionModelUNet):
         self.num_classes = num_classes
         self.subsequence_length = subsequence_length
         self.position_mode = position_mode
+        # every level but the last halves the slice: both sides must be multiples of this
+        self.size_multiple = 2 ** (len(channels) - 1)
         if position_mode == "add":
             self.class_embedding = PositionEmbedding(channels[0], channels[0] * 4)
         else:

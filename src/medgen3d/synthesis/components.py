@@ -26,7 +26,7 @@ from medgen3d.diffusion.sampler import SubsequenceSampler
 from medgen3d.synthesis.image_sequences import synthesise_images
 from medgen3d.synthesis.refinement import refine_dataset
 
-__all__ = ["claim_folder", "MaskSynthesis", "MaskCompletion", "ImageSynthesis", "Refinement"]
+__all__ = ["check_size", "claim_folder", "MaskSynthesis", "MaskCompletion", "ImageSynthesis", "Refinement"]
 
 Progress = Callable[[int, int, str], None]
 
@@ -35,6 +35,16 @@ def _at_least(minimum: int, **values: int | None) -> None:
     for name, value in values.items():
         if value is not None and int(value) < minimum:
             raise SettingError(f"{name}: must be at least {minimum}, got {value}")
+
+
+def check_size(network: torch.nn.Module, image_size: Sequence[int] | None) -> None:
+    """Refuse a slice size the network cannot take (a side that is not a multiple of its ``size_multiple``), naming
+    the size and the multiple, before any sampling rather than as a shape mismatch deep inside the network."""
+    multiple = getattr(network, "size_multiple", None)
+    if image_size and multiple and any(int(s) % multiple for s in image_size):
+        raise SettingError(
+            f"image_size: {list(image_size)} does not fit the network: both sides must be multiples of {multiple}"
+        )
 
 
 def claim_folder(out: str | os.PathLike, stage: str, settings: Mapping[str, Any], outputs: str) -> None:
@@ -108,6 +118,7 @@ class MaskSynthesis:
             raise SettingError(f"depth: {self.depth} is shallower than one subsequence ({m} slices)")
         if m is not None and self.num_condition >= m:
             raise SettingError(f"num_condition: must be below the subsequence length {m}, got {self.num_condition}")
+        check_size(self.network, self.image_size)
 
     def settings(self) -> dict[str, Any]:
         """What makes two runs the same run (recorded in the output folder)."""
@@ -154,6 +165,7 @@ class MaskCompletion:
             raise SettingError("partial_file: give the partial mask to complete (--partial_file FILE)")
         if len(self.known_slices) != 2 or not 0 <= self.known_slices[0] < self.known_slices[1]:
             raise SettingError(f"known_slices: must be [first, end) with 0 <= first < end, got {self.known_slices}")
+        check_size(self.network, self.image_size)
 
     def run(self) -> Path:
         return complete_mask_file(
@@ -183,6 +195,12 @@ class ImageSynthesis:
 
     def __post_init__(self) -> None:
         _at_least(1, batch_size=self.batch_size)
+        multiple = 2 ** getattr(self.network, "n_downsample", 0)
+        if self.image_size and any(int(s) % multiple for s in self.image_size):
+            raise SettingError(
+                f"image_size: {list(self.image_size)} does not fit the generator: both sides must be multiples of "
+                f"{multiple}"
+            )
 
     def run(self) -> DatasetSpec:
         claim_folder(self.out_dir, "image_vid2vid", {"masks": _where(self.masks, self.out_dir)}, "images")
