@@ -9,28 +9,37 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from monai.bundle import ConfigParser
 
 from medgen3d.data.io import load_nifti, read_json, save_nifti, write_json
-from tests.bundles.helpers import TINY_NETWORKS, bundle_command, cli_args, workflow
+from tests.bundles.helpers import BUNDLES, TINY_NETWORKS, bundle_command, cli_args
 from tests.conftest import TINY_AFFINE, write_tiny_dataset
 
 MASK = {**TINY_NETWORKS["mask_mcdpm"], "num_inference_steps": 2, "num_cases": 2, "batch_size": 2}
 IMAGE = {**TINY_NETWORKS["image_vid2vid"], "ndf": 8}
+REFINER = {**TINY_NETWORKS["sdm_refiner"], "noise_steps": 2}
+SETTINGS = {"mask_mcdpm": MASK, "image_vid2vid": IMAGE, "sdm_refiner": REFINER}
 TRAIN = {"max_iterations": 1, "batch_size": 1, "val_interval": 1, "save_interval": 1, "preview_depth": 8}
+
+DATA_FILES = sorted(["dataset.json"] + [f"case-{i}.nii.gz" for i in range(5) for _ in ("image", "label")])
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict[str, Path]:
-    """A tiny dataset and untrained mask and image checkpoints (what inference loads; values do not matter)."""
+    """A tiny dataset and untrained checkpoints (what inference loads; values do not matter); the refiner's holds
+    its axial view only."""
     base = tmp_path_factory.mktemp("bad-input")
     dataset = write_tiny_dataset(base / "data").root
     roots = {}
-    for bundle, overrides in (("mask_mcdpm", MASK), ("image_vid2vid", IMAGE)):
+    for bundle, overrides in SETTINGS.items():
         root = base / bundle
-        network = workflow(bundle, ["train.json"], root, dataset_dir=str(dataset), **{**overrides, **TRAIN}).parser
-        state = network.get_parsed_content("network").state_dict()
+        views = {"views": ["axial"]} if bundle == "sdm_refiner" else {}
+        parser = ConfigParser()
+        parser.read_config(str(BUNDLES / bundle / "configs" / "inference.json"))
+        parser.update({"dataset_dir": str(dataset), **overrides, **views})
+        state = parser.get_parsed_content("network_def").state_dict()  # model.pt's form
         (root / "models").mkdir(parents=True, exist_ok=True)
         torch.save(state, root / "models" / "model.pt")
         roots[bundle] = root
@@ -122,6 +131,10 @@ def _stray_images(root: Path, tmp: Path) -> dict:
     return {"synthetic_dir": str(out)}
 
 
+def _into_input(root: Path, tmp: Path) -> dict:
+    return {"views": ["axial"], "refined_dir": "@pairs_dir"}
+
+
 # (bundle, config, dataset change, overrides or a function of (bundle root, tmp) giving them, expected message)
 CASES = {
     "undeclared label value": ("mask_mcdpm", "train.json", _bad_label_value, {}, "label values [7] are not in"),
@@ -177,6 +190,20 @@ CASES = {
         {},
         "differ from the configured labels",
     ),
+    "refiner weights lacking views": (
+        "sdm_refiner",
+        "inference.json",
+        None,
+        {},
+        "model.pt: holds views ['axial']; missing ['coronal', 'sagittal']",
+    ),
+    "refining into the input folder": (
+        "sdm_refiner",
+        "inference.json",
+        None,
+        _into_input,
+        "is the input pairs' folder",
+    ),
     "image folder of another run": (
         "image_vid2vid",
         "inference.json",
@@ -193,11 +220,13 @@ def test_bad_input_ends_with_one_line_and_leaves_nothing(setup, tmp_path, case):
     root = setup[bundle]
     data = change_data(setup["data"], tmp_path) if change_data else setup["data"]
     values = overrides(root, tmp_path) if callable(overrides) else dict(overrides)
-    base = {**(MASK if bundle == "mask_mcdpm" else IMAGE), "dataset_dir": str(setup["data"])}
+    base = {**SETTINGS[bundle], "dataset_dir": str(setup["data"])}
     if config == "train.json":
         base.update(TRAIN, dataset_dir=str(data), ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "eval"))
     elif bundle == "image_vid2vid":
         base.update(masks_dir=str(data), synthetic_dir=str(tmp_path / "pairs"))
+    elif bundle == "sdm_refiner":
+        base.update(pairs_dir=str(data), refined_dir=str(tmp_path / "pairs"))
     else:
         base["synthetic_dir"] = str(tmp_path / "masks")
     status, last = _run(bundle, config, root, {**base, **values})
@@ -207,3 +236,4 @@ def test_bad_input_ends_with_one_line_and_leaves_nothing(setup, tmp_path, case):
     written = [p for p in tmp_path.rglob("*") if p.is_file() and (p.name.startswith(".tmp-") or p.suffix == ".pt")]
     written += list((tmp_path / "masks").glob("labels/*")) + list((tmp_path / "pairs").glob("images/*"))
     assert [p for p in written if p not in given] == []
+    assert sorted(p.name for p in setup["data"].rglob("*") if p.is_file()) == DATA_FILES  # the input untouched
