@@ -77,6 +77,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def tiny_spade(label_nc: int, channels: tuple[int, int] = (8, 8), spade_channels: int = 8):
+    """A tiny 2D SPADE diffusion UNet (one refiner view): ``(x (B, 1, H, W), t, seg (B, label_nc, H, W))``."""
+    from monai.networks.nets import SPADEDiffusionModelUNet
+
+    return SPADEDiffusionModelUNet(
+        2,
+        1,
+        1,
+        label_nc=label_nc,
+        channels=channels,
+        attention_levels=(False, False),
+        num_res_blocks=1,
+        norm_num_groups=8,
+        num_head_channels=8,
+        spade_intermediate_channels=spade_channels,
+    )
+
+
 def random_mcdpm(num_classes: int = 3, length: int = 4):
     """A tiny MC-DPM with random weights (MONAI zero-initialises the output layer, which would hide bugs)."""
     from medgen3d.networks import MultiConditionDiffusionUNet

@@ -37,9 +37,7 @@ TINY_NETWORKS = {
 }
 
 
-def workflow(
-    bundle: str, configs: list[str], root: Path, base: tuple[str, ...] = (), **overrides
-) -> ConfigWorkflow:
+def workflow(bundle: str, configs: list[str], root: Path, base: tuple[str, ...] = (), **overrides) -> ConfigWorkflow:
     """An initialised workflow over ``base`` + ``configs`` of ``bundles/<bundle>``, parsed from the bundle folder as
     the zoo's commands run (a task config's ``%configs/inference.json#id`` macros are read from there)."""
     config_dir = BUNDLES / bundle / "configs"
@@ -112,8 +110,10 @@ def bundle_command(
     return subprocess.run(cmd, capture_output=True, text=True, cwd=folder, env=env, timeout=timeout)
 
 
-def verify_net_in_out(bundle: str, n: int = 2, **overrides: str) -> subprocess.CompletedProcess:
-    """``monai.bundle verify_net_in_out network_def`` on ``configs/inference.json`` alone, from the bundle folder."""
+def verify_net_in_out(bundle: str | Path, n: int = 2, **overrides: str) -> subprocess.CompletedProcess:
+    """``monai.bundle verify_net_in_out network_def`` on ``configs/inference.json`` alone, from the bundle folder
+    (a bundle's name in ``bundles/`` or any bundle folder, as :func:`bundle_command`); overrides as command-line
+    text."""
     args = [arg for key, value in overrides.items() for arg in (f"--{key}", value)]  # given as command-line text
     return bundle_command(
         bundle,

@@ -12,19 +12,13 @@ from medgen3d.data.io import load_nifti, read_json
 from medgen3d.data.validate import validate_dataset
 from medgen3d.metrics.report import quality_report
 from medgen3d.pipeline.stages import StageBundle
-from tests.bundles.helpers import BUNDLES, error_chain
+from tests.bundles.helpers import BUNDLES, TINY_NETWORKS, error_chain
 from tests.conftest import TINY_AFFINE, TINY_SHAPE, write_tiny_dataset
 
 # tiny networks and a few iterations per stage: seconds each
 STAGES = {
     "mask_mcdpm": {
-        "image_size": [16, 16],
-        "subsequence_length": 4,
-        "channels": [8, 16],
-        "attention_levels": [False, False],
-        "norm_num_groups": 8,
-        "num_head_channels": 8,
-        "num_train_timesteps": 20,
+        **TINY_NETWORKS["mask_mcdpm"],
         "max_iterations": 4,
         "batch_size": 2,
         "val_interval": 4,
@@ -33,10 +27,7 @@ STAGES = {
         "num_inference_steps": 4,
     },
     "image_vid2vid": {
-        "image_size": [16, 16],
-        "ngf": 8,
-        "n_downsample": 2,
-        "n_blocks": 2,
+        **TINY_NETWORKS["image_vid2vid"],
         "max_iterations": 4,
         "batch_size": 2,
         "run_length": 4,
@@ -47,11 +38,7 @@ STAGES = {
         "discriminator_layers": 2,
     },
     "sdm_refiner": {
-        "channels": [8, 16],
-        "attention_levels": [False, False],
-        "norm_num_groups": 8,
-        "num_head_channels": 8,
-        "spade_channels": 8,
+        **TINY_NETWORKS["sdm_refiner"],
         "max_iterations": 2,
         "batch_size": 4,
         "val_interval": 2,

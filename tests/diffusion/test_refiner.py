@@ -3,28 +3,16 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import SPADEDiffusionModelUNet
 from monai.networks.schedulers import DDPMScheduler
 
 from medgen3d.diffusion.refiner import VIEWS, SemanticRefiner, from_view, refine_volume, to_view
 from medgen3d.engines.sdm_trainer import SemanticDiffusionTrainer
-from tests.conftest import slab_label
+from tests.conftest import slab_label, tiny_spade
 
 
 def _network(k=4):
     torch.manual_seed(0)
-    return SPADEDiffusionModelUNet(
-        2,
-        1,
-        1,
-        label_nc=k,
-        channels=(16, 32),
-        attention_levels=(False, False),
-        num_res_blocks=1,
-        norm_num_groups=8,
-        num_head_channels=8,
-        spade_intermediate_channels=16,
-    )
+    return tiny_spade(k, channels=(16, 32), spade_channels=16)
 
 
 @pytest.mark.parametrize("view, axis", [("axial", 2), ("coronal", 1), ("sagittal", 0)])

@@ -5,7 +5,6 @@ import warnings
 import pytest
 import torch
 from ignite.handlers import Checkpoint
-from monai.networks.nets import SPADEDiffusionModelUNet
 from monai.networks.utils import copy_model_state
 
 from medgen3d.networks import (
@@ -17,21 +16,11 @@ from medgen3d.networks import (
     ViewDenoisers,
 )
 from medgen3d.networks.views import check_views
+from tests.conftest import tiny_spade
 
 
 def _spade():
-    return SPADEDiffusionModelUNet(
-        2,
-        1,
-        1,
-        label_nc=3,
-        channels=(8, 8),
-        attention_levels=(False, False),
-        num_res_blocks=1,
-        norm_num_groups=8,
-        num_head_channels=8,
-        spade_intermediate_channels=8,
-    )
+    return tiny_spade(3)
 
 
 def _mcdpm():

@@ -6,7 +6,6 @@ import os
 import numpy as np
 import pytest
 import torch
-from monai.networks.nets import SPADEDiffusionModelUNet
 from monai.networks.schedulers import DDPMScheduler
 
 from medgen3d.data.io import DataError, load_nifti, save_nifti
@@ -15,22 +14,11 @@ from medgen3d.diffusion.refiner import VIEWS, SemanticRefiner
 from medgen3d.engines.checkpoint import save_atomically
 from medgen3d.networks import ViewDenoisers
 from medgen3d.synthesis.refinement import assemble_view_weights, load_view_networks, refine_dataset
-from tests.conftest import TINY_AFFINE
+from tests.conftest import TINY_AFFINE, tiny_spade
 
 
 def _network():
-    return SPADEDiffusionModelUNet(
-        2,
-        1,
-        1,
-        label_nc=4,
-        channels=(8, 16),
-        attention_levels=(False, False),
-        num_res_blocks=1,
-        norm_num_groups=8,
-        num_head_channels=8,
-        spade_intermediate_channels=8,
-    ).eval()
+    return tiny_spade(4, channels=(8, 16)).eval()
 
 
 def test_zero_steps_copy_every_image_exactly_and_pairs_keep_their_masks(tiny_dataset, tmp_path):
@@ -169,9 +157,7 @@ def test_unreadable_foreign_and_mismatched_weights_are_named(per_view, tmp_path)
     with pytest.raises(DataError, match=rf"^{path}: key '.*' does not start with a view name"):
         load_view_networks(_network(), models, ["axial"], "cpu")
     save_atomically(ViewDenoisers(_network()).state_dict(), path)
-    other = SPADEDiffusionModelUNet(
-        2, 1, 1, label_nc=4, channels=(8, 8), attention_levels=(False, False), num_res_blocks=1, norm_num_groups=8
-    )
+    other = tiny_spade(4)
     with pytest.raises(DataError, match=rf"^{path}: the axial weights do not fit the configured network: ") as err:
         load_view_networks(other, models, ["axial"], "cpu")
     assert "of another shape (first '" in str(err.value) and "\n" not in str(err.value)

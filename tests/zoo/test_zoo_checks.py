@@ -18,7 +18,7 @@ import torch
 from medgen3d.data.io import load_nifti
 from medgen3d.data.validate import validate_dataset
 from medgen3d.zoo.export import export_bundles
-from tests.bundles.helpers import TINY_NETWORKS, bundle_command, cli_args, workflow
+from tests.bundles.helpers import TINY_NETWORKS, bundle_command, cli_args, verify_net_in_out, workflow
 from tests.bundles.test_bundle_layout import schema_path
 from tests.conftest import write_tiny_dataset
 
@@ -108,21 +108,8 @@ def test_exported_bundle_passes_the_zoo_checks(exported, bundle):
         from monai.bundle import verify_metadata
 
         verify_metadata(meta_file=str(folder / "configs" / "metadata.json"), filepath=str(schema))
-    status, log = _command(
-        folder,
-        "verify_net_in_out",
-        "network_def",
-        "--meta_file",
-        "configs/metadata.json",
-        "--config_file",
-        "configs/inference.json",
-        "--device",
-        "cpu",
-        "--n",
-        "2",
-        "--dataset_dir",
-        str(dataset),
-    )
+    result = verify_net_in_out(folder, dataset_dir=str(dataset))
+    status, log = result.returncode, result.stdout + result.stderr
     assert status == 0 and "data shape of network is verified with no error" in log, log[-3000:]
     image = metadata["network_data_format"]["inputs"]["image"]
     shape = [1, image["num_channels"], *TRACE_SIZE[bundle]]
