@@ -89,6 +89,15 @@ def _shape_mismatch(data: Path, tmp: Path) -> Path:
     return out
 
 
+def _affine_mismatch(data: Path, tmp: Path) -> Path:
+    out = _copy_dataset(data, tmp / "affine")
+    image = load_nifti(out / "images" / "case-2.nii.gz")
+    moved = image.affine.copy()
+    moved[0, 3] += 5.0
+    save_nifti(out / "images" / "case-2.nii.gz", image.array, moved)
+    return out
+
+
 def _other_labels(data: Path, tmp: Path) -> Path:
     out = _copy_dataset(data, tmp / "other-labels")
     content = read_json(out / "dataset.json")
@@ -154,7 +163,20 @@ CASES = {
         {"labels": {"0": "background", "1": "x"}},
         "differ from the configured",
     ),
-    "image and label shapes differ": ("image_vid2vid", "train.json", _shape_mismatch, {}, "case-0.nii.gz"),
+    "image and label shapes differ": (
+        "image_vid2vid",
+        "train.json",
+        _shape_mismatch,
+        {},
+        "labels/case-0.nii.gz: shape (16, 16, 12) differs from its image",
+    ),
+    "image and label affines differ": (
+        "image_vid2vid",
+        "train.json",
+        _affine_mismatch,
+        {},
+        "labels/case-2.nii.gz: affine differs from its image",
+    ),
     "size no network can take": (
         "mask_mcdpm",
         "train.json",

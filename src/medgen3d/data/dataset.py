@@ -164,8 +164,9 @@ def check_pair(
         )
     if not np.allclose(image.affine, label.affine, atol=atol):
         raise DataError(
-            f"{label_path}: affine differs from its image {image_path}:\n{np.round(label.affine, 4)}\n"
-            f"vs\n{np.round(image.affine, 4)}"
+            # one line, so that it stays the one line a run ends with
+            f"{label_path}: affine differs from its image {image_path}: {np.round(label.affine, 4).tolist()} vs "
+            f"{np.round(image.affine, 4).tolist()}"
         )
     check_labels(label_path, label, labels)
 
