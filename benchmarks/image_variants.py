@@ -75,7 +75,10 @@ def _write(path: Path, entry: dict) -> None:
 def _stage(bundle: str, run: Path):
     from medgen3d.pipeline.stages import StageBundle
 
-    return StageBundle(BUNDLES / bundle, run / "models", run / "eval", overrides={"dataset_dir": str(DATASET)})
+    # brain.json: the 64 x 80 slices the quality benchmark's brain run (and so these results) used
+    return StageBundle(
+        BUNDLES / bundle, run / "models", run / "eval", overlays=["brain.json"], overrides={"dataset_dir": str(DATASET)}
+    )
 
 
 def _require_quality_run() -> None:

@@ -38,9 +38,9 @@ def run(dataset: str = "brain-mni", noise_steps: int = 10, guidance_scale: float
     torch.set_num_threads(2)
     data_dir, overlays = DATASETS[dataset]
     parser = ConfigParser()
-    parser.read_config([str(BUNDLE / "configs" / c) for c in ["common.json", *overlays]])
+    parser.read_config([str(BUNDLE / "configs" / c) for c in ["inference.json", *overlays]])
     parser["dataset_dir"] = str(data_dir)
-    network = parser.get_parsed_content("network_def").eval()
+    network = parser.get_parsed_content("denoiser_def").eval()  # one view's network
     num_classes = parser.get_parsed_content("num_classes")
     spec = read_dataset(data_dir)
     image, label = spec.load_case(spec.validation[0])
