@@ -46,7 +46,7 @@ def test_image_synthesis_refuses_a_size_the_generator_cannot_take(tiny_dataset, 
     from medgen3d.networks import SequenceGenerator
 
     generator = SequenceGenerator(num_classes=4, ngf=4, n_downsample=2, n_blocks=1)
-    with pytest.raises(SettingError, match=r"image_size: \[16, 18\] does not fit the generator: .* multiples of 4"):
+    with pytest.raises(SettingError, match=r"image_size: \[16, 18\] does not fit the network: .* multiples of 4"):
         ImageSynthesis(generator, tiny_dataset, tmp_path, IntensityScale(0, 1), image_size=[16, 18])
 
 

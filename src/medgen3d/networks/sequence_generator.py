@@ -149,6 +149,7 @@ class SequenceGenerator(nn.Module):
         if history < 1:
             raise ValueError(f"history must be at least 1, got {history}")
         self.num_classes, self.history, self.n_downsample, self.skips = num_classes, history, n_downsample, skips
+        self.size_multiple = 2**n_downsample  # both sides of a slice must be multiples of it
         shared, branch = n_blocks - n_blocks // 2, n_blocks // 2
         self.branch_blocks = branch
         # masks of the current and previous slices
@@ -174,7 +175,7 @@ class SequenceGenerator(nn.Module):
             The composite slice and its parts.
         """
         b, _, k, h, w = masks.shape
-        multiple = 2**self.n_downsample
+        multiple = self.size_multiple
         if h % multiple or w % multiple:
             # caught here: otherwise the decoders' output or the skips' sum fails with a shape mismatch deep inside
             raise ValueError(

@@ -195,12 +195,7 @@ class ImageSynthesis:
 
     def __post_init__(self) -> None:
         _at_least(1, batch_size=self.batch_size)
-        multiple = 2 ** getattr(self.network, "n_downsample", 0)
-        if self.image_size and any(int(s) % multiple for s in self.image_size):
-            raise SettingError(
-                f"image_size: {list(self.image_size)} does not fit the generator: both sides must be multiples of "
-                f"{multiple}"
-            )
+        check_size(self.network, self.image_size)
 
     def run(self) -> DatasetSpec:
         claim_folder(self.out_dir, "image_vid2vid", {"masks": _where(self.masks, self.out_dir)}, "images")
