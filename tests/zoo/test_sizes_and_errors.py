@@ -55,3 +55,17 @@ def test_an_uncaught_data_error_ends_with_one_line(debug):
     assert result.returncode == 1
     assert lines[-1] == "medgen3d: error: /data/case.nii.gz: not a NIfTI file"
     assert ("Traceback" in result.stderr) == debug  # the traceback only when asked for
+
+
+def test_default_labels_come_from_the_data_else_from_the_training_record(tiny_dataset, tmp_path):
+    from medgen3d.data.dataset import DatasetSpec
+    from medgen3d.zoo.record import default_labels, write_training_record
+
+    expected = {"0": "background", "1": "slab_1", "2": "slab_2", "3": "slab_3"}
+    assert default_labels(tiny_dataset.root, tmp_path / "models") == expected
+    other = DatasetSpec("other", "CT", {0: "background", 1: "liver"})
+    write_training_record(other, tmp_path / "models")
+    assert default_labels(tiny_dataset.root, tmp_path / "models") == expected  # the data wins
+    assert default_labels(tmp_path / "none", tmp_path / "models") == {"0": "background", "1": "liver"}
+    with pytest.raises(DataError, match=r"none: dataset folder not found, and no training record .* --dataset_dir"):
+        default_labels(tmp_path / "none", tmp_path / "empty")

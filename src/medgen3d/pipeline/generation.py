@@ -28,12 +28,14 @@ from typing import NamedTuple
 from medgen3d.data.dataset import DATASET_JSON, DatasetSpec, read_dataset
 from medgen3d.data.io import DataError, read_json, write_json
 from medgen3d.pipeline.stages import PipelineStages, StageBundle, require_files
+from medgen3d.synthesis.components import run_record_name
 
 __all__ = ["GenerationResult", "generate_dataset", "stage_checkpoints", "RUN_MARKER"]
 
 RUN_MARKER = ".medgen3d-generate.json"
 # what a generation writes into its folder: the only things `overwrite` deletes
-_OUTPUTS = ("images", "labels", "unrefined", "previews", DATASET_JSON, RUN_MARKER, ".medgen3d-sdm_refiner.json")
+# (the refinement writes straight into the folder, with the record of its run; the other stages into unrefined/)
+_OUTPUTS = ("images", "labels", "unrefined", "previews", DATASET_JSON, RUN_MARKER, run_record_name("sdm_refiner"))
 
 
 class GenerationResult(NamedTuple):
@@ -136,8 +138,15 @@ def generate_dataset(
         seconds[name] = time.monotonic() - start
 
     print(f"[medgen3d] generating {num_cases} paired cases into {out}", file=sys.stderr, flush=True)
-    timed("masks", stages.mask, synthetic_dir=str(unrefined), num_cases=num_cases, batch_size=batch_size, rank=0,
-          world_size=1)
+    timed(
+        "masks",
+        stages.mask,
+        synthetic_dir=str(unrefined),
+        num_cases=num_cases,
+        batch_size=batch_size,
+        rank=0,
+        world_size=1,
+    )
     timed("images", stages.image, masks_dir=str(unrefined), synthetic_dir=str(unrefined), batch_size=batch_size)
     timed("refinement", stages.refiner, pairs_dir=str(unrefined), refined_dir=str(out), views=list(views))
     start = time.monotonic()

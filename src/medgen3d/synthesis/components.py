@@ -26,7 +26,15 @@ from medgen3d.diffusion.sampler import SubsequenceSampler
 from medgen3d.synthesis.image_sequences import synthesise_images
 from medgen3d.synthesis.refinement import refine_dataset
 
-__all__ = ["check_size", "claim_folder", "MaskSynthesis", "MaskCompletion", "ImageSynthesis", "Refinement"]
+__all__ = [
+    "check_size",
+    "claim_folder",
+    "run_record_name",
+    "MaskSynthesis",
+    "MaskCompletion",
+    "ImageSynthesis",
+    "Refinement",
+]
 
 Progress = Callable[[int, int, str], None]
 
@@ -47,6 +55,11 @@ def check_size(network: torch.nn.Module, image_size: Sequence[int] | None) -> No
         )
 
 
+def run_record_name(stage: str) -> str:
+    """The file in an output folder that records the settings of the ``stage`` run writing into it."""
+    return f".medgen3d-{stage}.json"
+
+
 def claim_folder(out: str | os.PathLike, stage: str, settings: Mapping[str, Any], outputs: str) -> None:
     """Make ``out`` this run's folder for ``stage``, or refuse it.
 
@@ -56,7 +69,7 @@ def claim_folder(out: str | os.PathLike, stage: str, settings: Mapping[str, Any]
     run, interrupted: it resumes.
     """
     out = Path(out)
-    marker = out / f".medgen3d-{stage}.json"
+    marker = out / run_record_name(stage)
     settings = dict(settings)
     if marker.is_file():
         recorded = read_json(marker)

@@ -19,7 +19,7 @@ from typing import Any
 from medgen3d.data.dataset import DatasetSpec
 from medgen3d.data.io import DataError, read_json, write_json
 
-__all__ = ["RECORD_NAME", "training_record", "write_training_record", "read_training_record"]
+__all__ = ["RECORD_NAME", "default_labels", "training_record", "write_training_record", "read_training_record"]
 
 RECORD_NAME = "training_data.json"
 
@@ -59,3 +59,20 @@ def read_training_record(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(record, Mapping) or not isinstance(record.get("labels"), Mapping):
         raise DataError(f"{path}: not a training record (no 'labels' mapping)")
     return dict(record)
+
+
+def default_labels(dataset_dir: str | os.PathLike, ckpt_dir: str | os.PathLike) -> dict[str, str]:
+    """The label set (``{"0": "background", ...}``) a stage works with unless one is configured: the dataset's
+    when ``dataset_dir`` holds one, else the training record's beside the weights, so an exported bundle builds its
+    network without the data it was trained on (the model zoo's ``verify_net_in_out`` and ``ckpt_export`` pass no
+    dataset). With neither, :class:`DataError` names both places."""
+    from medgen3d.data.dataset import DATASET_JSON, read_dataset
+
+    if (Path(dataset_dir) / DATASET_JSON).is_file():
+        return {str(k): v for k, v in sorted(read_dataset(dataset_dir).labels.items())}
+    if (Path(ckpt_dir) / RECORD_NAME).is_file():
+        return {str(k): str(v) for k, v in read_training_record(ckpt_dir)["labels"].items()}
+    raise DataError(
+        f"{dataset_dir}: dataset folder not found, and no training record {Path(ckpt_dir) / RECORD_NAME} to take the "
+        "labels from; give --dataset_dir"
+    )
