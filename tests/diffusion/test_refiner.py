@@ -44,6 +44,26 @@ def test_the_result_is_the_mean_of_the_views(monkeypatch):
     assert torch.allclose(refine_volume(networks, refiner, image, label, 4), image + 0.3)
 
 
+def test_intensities_beyond_the_networks_range_keep_their_excess():
+    refiner = SemanticRefiner(DDPMScheduler(1000), noise_steps=3)
+    network = _network().eval()
+    for p in network.parameters():  # a network that changes its input, so the refinement does something
+        torch.nn.init.normal_(p, std=0.05)
+    networks = dict.fromkeys(VIEWS, network)
+    label = torch.from_numpy(slab_label((8, 8, 6))).long()
+    within = torch.rand(8, 8, 6, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    outliers = within.clone()
+    outliers[2, 3, 1], outliers[5, 5, 4], outliers[0, 7, 2] = 1.0, 1.0, -1.0
+    beyond = outliers.clone()
+    beyond[2, 3, 1], beyond[5, 5, 4], beyond[0, 7, 2] = 6.0, 2.5, -4.0
+    refined = refine_volume(networks, refiner, outliers, label, 4, generator=torch.Generator().manual_seed(1))
+    kept = refine_volume(networks, refiner, beyond, label, 4, generator=torch.Generator().manual_seed(1))
+    assert (refined - outliers).abs().max() > 0.01  # the refinement changed the image ...
+    # ... and the out-of-range voxels carry their excess through it: the networks saw the same clipped volume
+    assert torch.allclose(kept - refined, beyond - outliers, atol=1e-5)
+    assert kept[2, 3, 1] > 4.0 and kept[0, 7, 2] < -2.0
+
+
 @torch.no_grad()
 def test_guidance_scale_one_is_the_conditional_prediction():
     network = _network().eval()

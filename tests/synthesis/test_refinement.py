@@ -49,6 +49,29 @@ def test_refined_images_keep_geometry_and_scale_and_finished_cases_are_kept(tiny
     assert first.stat().st_mtime_ns == stamp and len(done) == 5
 
 
+def test_a_perfect_denoiser_returns_the_image_as_zero_steps_do_outliers_included(tiny_dataset, tmp_path, monkeypatch):
+    # the brightest voxels lie far beyond the 99.5th percentile that maps to 1: clipping would cut them off
+    image = load_nifti(tiny_dataset.path(tiny_dataset.training[0].image))
+    bright = image.array.copy()
+    bright[4:6, 4:6, 3] = 5.0 * bright.max()
+    save_nifti(tiny_dataset.path(tiny_dataset.training[0].image), bright, image.affine)
+    views = dict.fromkeys(VIEWS, _trained(0))
+    unchanged = SemanticRefiner(DDPMScheduler(1000), noise_steps=0)
+    copied = refine_dataset(views, unchanged, tiny_dataset, tmp_path / "copied")
+    perfect = SemanticRefiner(DDPMScheduler(1000), noise_steps=4)
+    monkeypatch.setattr(perfect, "refine_slices", lambda network, x, seg, generator: x)  # gives back what it sees
+    refined = refine_dataset(views, perfect, tiny_dataset, tmp_path / "perfect")
+    for a, b in zip(copied.cases(), refined.cases()):
+        np.testing.assert_allclose(
+            load_nifti(copied.path(a.image)).array, load_nifti(refined.path(b.image)).array, rtol=1e-5, atol=1e-3
+        )
+    # a real network refines the image and the bright voxels stay bright
+    monkeypatch.undo()
+    spec = refine_dataset(views, perfect, tiny_dataset, tmp_path / "real")
+    out = load_nifti(spec.path(spec.training[0].image)).array
+    assert np.abs(out - bright).max() > 1.0 and out[4:6, 4:6, 3].min() > 4.0 * image.array.max()
+
+
 def test_mismatched_pair_and_missing_view_checkpoint_are_named(tiny_dataset, tmp_path):
     save_nifti(tiny_dataset.path(tiny_dataset.training[0].label), np.zeros((16, 16, 10), np.uint8), TINY_AFFINE)
     refiner = SemanticRefiner(DDPMScheduler(1000), noise_steps=1)

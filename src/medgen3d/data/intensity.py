@@ -29,13 +29,15 @@ class IntensityScale(NamedTuple):
     low: float
     high: float
 
-    def to_network(self, x: torch.Tensor) -> torch.Tensor:
-        """Saved units -> [-1, 1] (clipped)."""
-        return ((x - self.low) / (self.high - self.low) * 2.0 - 1.0).clamp(-1.0, 1.0)
+    def to_network(self, x: torch.Tensor, clip: bool = True) -> torch.Tensor:
+        """Saved units -> [-1, 1]: ``low`` -> -1, ``high`` -> 1; values beyond them are clipped unless ``clip`` is
+        false (then the map is linear everywhere, and :meth:`from_network` inverts it exactly)."""
+        y = (x - self.low) / (self.high - self.low) * 2.0 - 1.0
+        return y.clamp(-1.0, 1.0) if clip else y
 
     def from_network(self, y: torch.Tensor) -> torch.Tensor:
-        """[-1, 1] -> saved units."""
-        return (y.clamp(-1.0, 1.0) + 1.0) / 2.0 * (self.high - self.low) + self.low
+        """[-1, 1] -> saved units, linearly (values outside [-1, 1] map beyond ``low`` and ``high``)."""
+        return (y + 1.0) / 2.0 * (self.high - self.low) + self.low
 
 
 def volume_scale(image: np.ndarray | torch.Tensor, modality: str) -> IntensityScale:

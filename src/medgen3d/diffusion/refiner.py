@@ -142,10 +142,15 @@ def refine_volume(
 ) -> torch.Tensor:
     """Refine one volume along each view and return the mean of the views.
 
+    The networks see the image clipped to [-1, 1], their training range; what they change is added to the image
+    itself, so intensities beyond the range keep their excess (a CT bone above the window, the brightest MR
+    voxels) instead of being cut off, and a network that returns its input unchanged returns ``image`` exactly,
+    as ``noise_steps=0`` does.
+
     Args:
         networks: view -> its SPADE diffusion UNet.
         refiner: the noising/denoising schedule.
-        image: ``(H, W, D)`` in [-1, 1].
+        image: ``(H, W, D)``, [-1, 1] the networks' range (values beyond it pass through).
         label: ``(H, W, D)`` integer labels.
         num_classes: ``K``.
         views: the views to refine along (their mean is returned).
@@ -153,7 +158,7 @@ def refine_volume(
         generator: random source.
 
     Returns:
-        ``(H, W, D)`` in [-1, 1].
+        ``(H, W, D)``: ``image`` plus the mean over the views of the refinement's change.
     """
     if tuple(image.shape) != tuple(label.shape):
         raise ValueError(f"image shape {tuple(image.shape)} differs from mask shape {tuple(label.shape)}")
@@ -165,9 +170,10 @@ def refine_volume(
     device = next(iter(networks[views[0]].parameters())).device if hasattr(networks[views[0]], "parameters") else "cpu"
     seg = F.one_hot(label.long(), num_classes).permute(3, 0, 1, 2).float().to(device)  # (K, H, W, D)
     volume = image.float()[None].to(device)  # (1, H, W, D)
+    within = volume.clamp(-1.0, 1.0)  # what the networks were trained on
     refined = []
     for view in views:
-        x, s = to_view(volume, view), to_view(seg, view)
+        x, s = to_view(within, view), to_view(seg, view)
         out = torch.cat(
             [
                 refiner.refine_slices(networks[view], x[i : i + batch_size], s[i : i + batch_size], generator)
@@ -175,4 +181,4 @@ def refine_volume(
             ]
         )
         refined.append(from_view(out, view)[0])
-    return torch.stack(refined).mean(0).clamp(-1.0, 1.0)
+    return (volume + torch.stack(refined).mean(0) - within)[0]

@@ -1,8 +1,11 @@
 """Refinement of every image/mask pair of a dataset with the three-view semantic diffusion refiner.
 
-Works on any paired dataset (the image generator's output, or real data). Each image is scaled to [-1, 1] by its
-modality (CT window, or its own MR percentiles), refined, and written back on the same scale, in the input's
-geometry, beside a copy of its mask. Each case draws its noise from its own seed; finished cases are skipped.
+Works on any paired dataset (the image generator's output, or real data). Each image is scaled linearly by its
+modality (CT window, or its own MR percentiles, to [-1, 1]), refined, and written back on the same scale, in the
+input's geometry, beside a copy of its mask. Nothing is clipped: intensities beyond the scale (bone above the CT
+window, the brightest MR voxels) keep their excess through refinement (see
+:func:`~medgen3d.diffusion.refiner.refine_volume`). Each case draws its noise from its own seed; finished cases
+are skipped.
 
 The views' networks travel as one file, ``models/model.pt`` (the state dict of a
 :class:`~medgen3d.networks.ViewDenoisers`, what the model zoo and ``ckpt_export`` expect): training writes
@@ -81,7 +84,7 @@ def _refine(networks, refiner, image, label, pairs, views, batch_size, seed) -> 
     if refiner.noise_steps == 0:
         return image  # nothing noised, nothing changed: the input exactly
     scale = volume_scale(image, pairs.modality)
-    x = scale.to_network(torch.from_numpy(image))
+    x = scale.to_network(torch.from_numpy(image), clip=False)  # refine_volume passes the out-of-range part through
     refined = refine_volume(
         networks,
         refiner,
