@@ -97,3 +97,27 @@ def test_brain_mni_and_preview_commands(tmp_path, capsys):
     assert (out / "previews" / "case-000.png").is_file()
     assert main(_brain_mni(out, "small")) == 2
     assert "built with other settings" in capsys.readouterr().err
+
+
+def test_brain_mni_scanner_b_builds_the_second_scanner_dataset(tmp_path, capsys):
+    pytest.importorskip("nilearn")
+    out = tmp_path / "brain-b"
+    assert main([*_brain_mni(out, "tiny"), "--scanner", "b"]) == 0
+    spec = read_dataset(out)
+    assert spec.name == "brain-mni-scanner-b" and spec.extra["medgen3d"]["params"]["scanner"] == "b"
+    assert f"brain-mni-scanner-b (tiny): 2 subjects in {spec.root}" in capsys.readouterr().out
+    assert main([*_brain_mni(tmp_path / "brain-c", "tiny"), "--scanner", "c"]) == 2
+    assert "scanner must be one of ['a', 'b'], got 'c'" in capsys.readouterr().err
+
+
+def test_subset_command_writes_the_first_cases(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "sub"
+    assert main(["data", "subset", str(tiny_dataset.root), "--out", str(out), "--training", "2"]) == 0
+    spec = read_dataset(out)
+    assert spec.training == tiny_dataset.training[:2] and spec.test == tiny_dataset.test
+    assert capsys.readouterr().out.strip() == f"tiny subset (training 2, validation 1, test 1) in {spec.root}"
+    args = ["data", "subset", str(tiny_dataset.root), "--out", str(tmp_path / "sub2"), "--training", "4"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("medgen3d: error: ") and "asked for 4 training cases but the training split has only 3" in err
+    assert err.count("\n") == 1

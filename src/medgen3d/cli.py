@@ -2,10 +2,11 @@
 
 ::
 
-    medgen3d data brain-mni      --out DIR [--preset small] [--seed 0]
+    medgen3d data brain-mni      --out DIR [--preset small] [--seed 0] [--scanner a|b]
     medgen3d data thorax-phantom --out DIR [--preset small] [--seed 0]
     medgen3d data import SRC OUT --modality CT --spacing "[1.5,1.5,2.5]" [--size "[128,128,96]"] ...
     medgen3d data validate DIR
+    medgen3d data subset SOURCE --out DIR --training 5 [--validation N] [--test N]
     medgen3d data restore DATASET VOLUME --case CASE --out FILE
     medgen3d data export-nnunet DATASET [DATASET ...] --out nnUNet_raw --dataset_id 501 [--name NAME]
     medgen3d preview DATASET [--out DIR] [--max_cases 4]
@@ -43,20 +44,30 @@ def _triple(value: Any, name: str, kind: type = float) -> tuple | None:
 
 
 def brain_mni(
-    out: str = "data/brain-mni",
+    out: str | None = None,
     preset: str = "small",
     seed: int = 0,
     num_training: int = 40,
     num_validation: int = 10,
     num_test: int = 10,
     overwrite: bool = False,
+    scanner: str = "a",
 ) -> None:
-    """Build the embedded brain MR dataset from the MNI ICBM152 2009a template (presets: paper, small, tiny)."""
-    from medgen3d.data.brain_mni import build_brain_mni
+    """Build the embedded brain MR dataset from the MNI ICBM152 2009a template (presets: paper, small, tiny).
 
+    Args:
+        out: the dataset folder (default: data/brain-mni, or data/brain-mni-scanner-b for scanner b).
+        scanner: 'a' (brain-mni) or 'b' (brain-mni-scanner-b: the same subjects and labels for the same seed,
+            with another scanner's contrast, bias field and noise).
+    """
+    from medgen3d.data.brain_mni import brain_mni_name, build_brain_mni
+
+    name = brain_mni_name(scanner)
     sizes = SplitSizes(num_training, num_validation, num_test)
-    spec = build_brain_mni(out, preset, sizes, seed, progress_printer("brain-mni"), overwrite)
-    print(f"brain-mni ({preset}): {len(spec.cases())} subjects in {spec.root}")
+    spec = build_brain_mni(
+        out or f"data/{name}", preset, sizes, seed, progress_printer(name), overwrite, scanner=scanner
+    )
+    print(f"{name} ({preset}): {len(spec.cases())} subjects in {spec.root}")
 
 
 def thorax_phantom(
@@ -149,6 +160,21 @@ def validate(dataset: str) -> None:
     from medgen3d.data.validate import validate_dataset
 
     print(validate_dataset(dataset, progress_printer("validate")).describe())
+
+
+def subset(source: str, out: str, training: int | None, validation: int | None = None, test: int | None = None) -> None:
+    """Copy the first cases of each split of a dataset into a smaller one, for low-data experiments.
+
+    Args:
+        source: the dataset folder to take cases from.
+        out: the new dataset folder.
+        training, validation, test: cases to keep from the start of each split (default: the whole split).
+    """
+    from medgen3d.data.subset import subset_dataset
+
+    spec = subset_dataset(source, out, training, validation, test)
+    counts = ", ".join(f"{split} {len(spec.split(split))}" for split in ("training", "validation", "test"))
+    print(f"{spec.name} subset ({counts}) in {spec.root}")
 
 
 def restore(dataset: str, volume: str, case: str, out: str, mode: str = "nearest") -> None:
@@ -263,6 +289,7 @@ COMMANDS = {
         "thorax-phantom": thorax_phantom,
         "import": import_data,
         "validate": validate,
+        "subset": subset,
         "restore": restore,
         "export-nnunet": export_nnunet,
     },

@@ -13,6 +13,13 @@ random smooth non-linear and affine deformation, with its own intensity changes 
 field, Rician noise, gain), all drawn from the subject's seed. Labels are the arg-max of the deformed tissue
 probabilities, so they stay aligned with the deformed image. The subjects are deformations of one template, not
 separate people: they share its anatomy and differ in shape, size, pose and contrast.
+
+The intensity changes are drawn from a *scanner profile* (:data:`SCANNERS`). Scanner ``"a"`` is the one
+``brain-mni`` has always used; scanner ``"b"`` sees the same subjects as another scanner would: a harder gamma
+contrast, a stronger and coarser bias field, a lower gain and two to three times the noise. A subject's anatomy (its
+deformation, hence its label map) is drawn before its intensities, so the same seed gives the same label map on
+either scanner: ``brain-mni-scanner-b`` is a target domain for transfer experiments, with the labels of
+``brain-mni``.
 """
 
 from __future__ import annotations
@@ -31,7 +38,15 @@ from medgen3d.data.dataset import DatasetSpec
 from medgen3d.data.io import load_nifti
 from medgen3d.data.spatial import Grid, random_affine, sample_at, smooth_random_field, world_points
 
-__all__ = ["BRAIN_LABELS", "BRAIN_PRESETS", "make_brain_case", "build_brain_mni"]
+__all__ = [
+    "BRAIN_LABELS",
+    "BRAIN_PRESETS",
+    "SCANNERS",
+    "ScannerProfile",
+    "brain_mni_name",
+    "make_brain_case",
+    "build_brain_mni",
+]
 
 BRAIN_LABELS = {0: "background", 1: "cortex", 2: "subcortical_gm", 3: "white_matter", 4: "csf"}
 # (H, W, D) and spacing in mm, RAS, slices along the last (inferior -> superior) axis. Every preset covers the
@@ -48,6 +63,49 @@ _SUBCORTICAL_CENTER = np.array([0.0, -6.0, 4.0])
 _SUBCORTICAL_RADII = np.array([33.0, 34.0, 24.0])
 # ... and at least this far (mm) from the brain's outer surface, which keeps the insular cortex out.
 _SUBCORTICAL_DEPTH_MM = 12.0
+
+
+class ScannerProfile(NamedTuple):
+    """The ranges a scanner's per-subject MR intensity changes are drawn from (see :func:`_brain_image`).
+
+    Attributes:
+        gamma: ``(low, high)`` of the gamma contrast applied to the [0, 1] template T1; above 1 darkens grey matter
+            and CSF more than white matter.
+        bias_amplitude: standard deviation of the log bias field's coarse values.
+        bias_control_points: coarse grid points per axis of the bias field; fewer is coarser.
+        gain: ``(low, high)`` of the signal scale, in arbitrary MR units.
+        noise: ``(low, high)`` of the Rician noise sigma as a fraction of the gain.
+    """
+
+    gamma: tuple[float, float]
+    bias_amplitude: float
+    bias_control_points: int
+    gain: tuple[float, float]
+    noise: tuple[float, float]
+
+
+SCANNERS: dict[str, ScannerProfile] = {
+    # the original brain-mni intensities: changing any value here changes every existing dataset
+    "a": ScannerProfile(
+        gamma=(0.7, 1.4), bias_amplitude=0.12, bias_control_points=4, gain=(600.0, 1000.0), noise=(0.01, 0.03)
+    ),
+    # another scanner: harder contrast, a stronger and coarser bias field, lower gain and more noise
+    "b": ScannerProfile(
+        gamma=(1.8, 2.6), bias_amplitude=0.3, bias_control_points=3, gain=(200.0, 400.0), noise=(0.04, 0.07)
+    ),
+}
+
+
+def _check_scanner(scanner: str) -> ScannerProfile:
+    if scanner not in SCANNERS:
+        raise ValueError(f"scanner must be one of {sorted(SCANNERS)}, got {scanner!r}")
+    return SCANNERS[scanner]
+
+
+def brain_mni_name(scanner: str = "a") -> str:
+    """The dataset name for ``scanner``: ``brain-mni`` for scanner ``"a"``, ``brain-mni-scanner-<name>`` else."""
+    _check_scanner(scanner)
+    return "brain-mni" if scanner == "a" else f"brain-mni-scanner-{scanner}"
 
 
 class _Template(NamedTuple):
@@ -88,25 +146,31 @@ def _load_template() -> _Template:
     return _Template(torch.from_numpy(tissues.astype(np.float32)), torch.from_numpy(t1 / t1.max())[None], affine)
 
 
-def _brain_image(rng: np.random.Generator, t1: torch.Tensor) -> np.ndarray:
+def _brain_image(rng: np.random.Generator, t1: torch.Tensor, profile: ScannerProfile) -> np.ndarray:
     """Per-subject MR intensities from the deformed template T1 ``(1, H, W, D)`` in [0, 1]: gamma contrast, smooth
-    multiplicative bias field, gain, and Rician noise (the magnitude of complex Gaussian noise, as in MR)."""
-    gamma = rng.uniform(0.7, 1.4)
-    bias = torch.exp(smooth_random_field(rng, tuple(t1.shape[1:]), control_points=4, amplitude=0.12))
-    gain = rng.uniform(600.0, 1000.0)
+    multiplicative bias field, gain, and Rician noise (the magnitude of complex Gaussian noise, as in MR), each
+    drawn from the ranges of the scanner ``profile``. Returns float32 ``(H, W, D)``."""
+    # the draw order is part of the datasets' definition: reordering it changes every existing subject
+    gamma = rng.uniform(*profile.gamma)
+    bias_field = smooth_random_field(
+        rng, tuple(t1.shape[1:]), control_points=profile.bias_control_points, amplitude=profile.bias_amplitude
+    )
+    bias = torch.exp(bias_field)
+    gain = rng.uniform(*profile.gain)
     signal = gain * t1.clamp(0, 1) ** gamma * bias
-    sigma = gain * rng.uniform(0.01, 0.03)
+    sigma = gain * rng.uniform(*profile.noise)
     real = signal + torch.from_numpy(rng.normal(0.0, sigma, size=signal.shape)).float()
     imag = torch.from_numpy(rng.normal(0.0, sigma, size=signal.shape)).float()
     return torch.sqrt(real**2 + imag**2)[0].numpy().astype(np.float32)
 
 
-def make_brain_case(seed: int, preset: str = "small") -> GeneratedCase:
+def make_brain_case(seed: int, preset: str = "small", scanner: str = "a") -> GeneratedCase:
     """One ``brain-mni`` subject from its seed.
 
     Args:
         seed: the subject's seed; the same seed gives the same subject.
         preset: ``"paper"`` (1 mm, 160x192x160), ``"small"`` (2 mm, 80x96x80) or ``"tiny"`` (32^3, tests).
+        scanner: the scanner profile in :data:`SCANNERS`; it changes the image only, never the label.
 
     Returns:
         ``image`` float32 ``(H, W, D)`` (arbitrary MR units), ``label`` uint8 ``(H, W, D)`` with values
@@ -114,6 +178,7 @@ def make_brain_case(seed: int, preset: str = "small") -> GeneratedCase:
     """
     if preset not in BRAIN_PRESETS:
         raise ValueError(f"preset must be one of {sorted(BRAIN_PRESETS)}, got {preset!r}")
+    profile = _check_scanner(scanner)
     shape, spacing = BRAIN_PRESETS[preset]
     template = _load_template()
     rng = np.random.default_rng(seed)
@@ -126,8 +191,9 @@ def make_brain_case(seed: int, preset: str = "small") -> GeneratedCase:
     tissues = sample_at(template.tissues, template.affine, points)
     background = (1.0 - tissues.sum(0, keepdim=True)).clamp(min=0.0)
     label = torch.cat([background, tissues]).argmax(0).numpy().astype(np.uint8)
-    # 3. the image: the same deformation of the template T1, then per-subject intensity changes
-    image = _brain_image(rng, sample_at(template.t1, template.affine, points))
+    # 3. the image: the same deformation of the template T1, then per-subject intensity changes. These draws come
+    # after the anatomy's, so the scanner profile cannot change the label map of a seed.
+    image = _brain_image(rng, sample_at(template.t1, template.affine, points), profile)
     return GeneratedCase(image=image, label=label, affine=grid.affine)
 
 
@@ -138,23 +204,32 @@ def build_brain_mni(
     seed: int = 0,
     progress: Callable[[int, int, str], None] | None = None,
     overwrite: bool = False,
+    scanner: str = "a",
 ) -> DatasetSpec:
     """Build the ``brain-mni`` dataset (default split 40/10/10, as the paper's OASIS experiment) in ``out_dir``.
 
-    Resumable: finished subjects are kept. See :func:`medgen3d.data.builder.build_dataset`.
+    With ``scanner="b"`` the dataset is ``brain-mni-scanner-b``: the same subjects for the same ``seed`` (same
+    label maps), seen through scanner ``"b"`` of :data:`SCANNERS`. Resumable: finished subjects are kept. See
+    :func:`medgen3d.data.builder.build_dataset`.
     """
     if preset not in BRAIN_PRESETS:
         raise ValueError(f"preset must be one of {sorted(BRAIN_PRESETS)}, got {preset!r}")
+    name = brain_mni_name(scanner)
     shape, spacing = BRAIN_PRESETS[preset]
+    params = {"preset": preset, "shape": list(shape), "spacing": list(spacing)}
+    if scanner != "a":
+        # scanner "a" is left out of the record so that folders built before scanners existed stay resumable
+        # (the builder refuses a folder whose recorded params differ)
+        params["scanner"] = scanner
     return build_dataset(
         out_dir,
-        name="brain-mni",
+        name=name,
         modality="MR",
         labels=BRAIN_LABELS,
-        make_case=functools.partial(make_brain_case, preset=preset),
+        make_case=functools.partial(make_brain_case, preset=preset, scanner=scanner),
         sizes=SplitSizes(*sizes),
         seed=seed,
-        params={"preset": preset, "shape": list(shape), "spacing": list(spacing)},
+        params=params,
         progress=progress,
         overwrite=overwrite,
     )
