@@ -14,6 +14,7 @@ from monai.transforms import Compose, SaveImaged, ScaleIntensityRanged
 from medgen3d.data.dataset import DatasetSpec, read_dataset
 from medgen3d.data.intensity import volume_scale
 from medgen3d.data.io import load_nifti
+from medgen3d.metrics.segmentation import dice_per_structure, mean_present
 from medgen3d.zoo.record import read_training_record, write_training_record
 from tests.bundles.helpers import BUNDLES, error_chain, run_bundle_command, run_torchrun, workflow
 from tests.conftest import write_tiny_dataset
@@ -156,43 +157,150 @@ def test_a_test_set_with_other_labels_is_refused(trained, tmp_path):
 
 
 STRATEGIES = [
+    "e2_0_augmented",
     "e2_1_real",
     "e2_2_synthetic",
     "e2_3_mixed",
     "e2_4_finetune_synthetic",
     "e2_5_finetune_mixed",
-    "e3_transfer",
+    "e3_1_target_only",
+    "e3_2_from_e2_1",
+    "e3_3_from_e2_4",
+    "e3_4_from_e2_5",
 ]
 
 
-def test_every_strategy_overlay_composes_runs_and_fine_tunes_from_its_checkpoint(tmp_path):
+def _first_weights(wf):
+    """The network's weights as the first training step starts (filled in when the workflow runs)."""
     from ignite.engine import Events
 
+    network, weights = wf.parser.get_parsed_content("network"), {}
+    wf.parser.get_parsed_content("train#trainer").add_event_handler(
+        Events.ITERATION_STARTED(once=1),
+        lambda e: weights.update({k: v.clone() for k, v in network.state_dict().items()}),
+    )
+    return weights
+
+
+def test_every_strategy_overlay_composes_runs_and_starts_from_its_source_or_fresh_weights(tmp_path):
     real = write_tiny_dataset(tmp_path / "real").root
     synthetic = write_tiny_dataset(tmp_path / "synthetic", splits=(4, 0, 0)).root
     target = write_tiny_dataset(tmp_path / "target", splits=(2, 1, 1)).root
     root = tmp_path / "bundle"
     quick = {"max_iterations": 2, "val_interval": 2, "synthetic_dir": str(synthetic), "target_dir": str(target)}
+    trained = {}
     for name in STRATEGIES:
         wf = _train_workflow(root, real, [f"strategies/{name}.json"], **quick)
         strategy = wf.parser.get_parsed_content("strategy")
         pretrained = wf.parser.get_parsed_content("pretrained_checkpoint")
-        trainer = wf.parser.get_parsed_content("train#trainer")
-        network = wf.parser.get_parsed_content("network")
-        first_weights = {}
-        trainer.add_event_handler(
-            Events.ITERATION_STARTED(once=1),
-            lambda e: first_weights.update({k: v.clone() for k, v in network.state_dict().items()}),
-        )
+        first = _first_weights(wf)
         size = len(wf.parser.get_parsed_content("train#dataset"))
         wf.run()
         assert (root / "models" / strategy / "checkpoint.pt").is_file(), name
-        expected_cases = {"E2-1": 3, "E2-2": 4, "E2-3": 7, "E2-4": 3, "E2-5": 3, "E3": 2}[strategy]
+        expected_cases = {"E2-2": 4, "E2-3": 7}.get(strategy, 2 if strategy.startswith("E3") else 3)
         assert size == expected_cases, name
-        if pretrained is not None:
-            # fine-tuning starts from the given model: the weights before the first step are exactly its weights
+        sources = {"E2-4": "E2-2", "E2-5": "E2-3", "E3-2": "E2-1", "E3-3": "E2-4", "E3-4": "E2-5"}
+        if strategy in sources:
+            # fine-tuning starts from its source's model: the weights before the first step are exactly its weights
+            assert pretrained == f"{root}/models/{sources[strategy]}/model.pt", name
             given = torch.load(pretrained, weights_only=True)
-            assert all(torch.equal(first_weights[k], given[k]) for k in given), name
+            assert all(torch.equal(first[k], given[k]) for k in given), name
+        else:
+            # from scratch: fresh weights, none of the models trained before it
+            assert pretrained is None, name
+            for model, weights in trained.items():
+                assert not all(torch.equal(first[k], weights[k]) for k in weights), (name, model)
+        trained[strategy] = torch.load(root / "models" / strategy / "model.pt", weights_only=True)
+
+
+def _patches(wf):
+    """The training images of every iteration, by epoch: ``{epoch: [(1, *roi) patches]}``."""
+    from ignite.engine import Events
+
+    seen = {}
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED,
+        # after an iteration MONAI holds the batch decollated: one dict per patch
+        lambda e: seen.setdefault(e.state.epoch, []).extend(torch.as_tensor(d["image"]).clone() for d in e.state.batch),
+    )
+    return trainer, seen
+
+
+def test_the_augmentation_baseline_transforms_every_epoch_anew_and_trains_as_long_as_e2_3(tmp_path):
+    real = write_tiny_dataset(tmp_path / "real").root
+    synthetic = write_tiny_dataset(tmp_path / "synthetic", splits=(4, 0, 0)).root
+    # 3 training volumes, one per step, 2 patches each: an epoch of 3 steps sees every volume once
+    quick = {"max_iterations": 6, "val_interval": 3, "synthetic_dir": str(synthetic)}
+    steps, distinct = {}, {}
+    for name in ("e2_0_augmented", "e2_1_real", "e2_3_mixed"):
+        wf = _train_workflow(tmp_path / name, real, [f"strategies/{name}.json"], **quick)
+        trainer, seen = _patches(wf)
+        wf.run()
+        steps[name] = trainer.state.iteration
+        # a tiny image holds 4 intensities (one per label); crops, flips, scaling and shifts keep 4, while
+        # deformation, bias field and noise make new ones
+        distinct[name] = [len(torch.unique(p)) for epoch in seen.values() for p in epoch]
+        if name == "e2_0_augmented":
+            assert len(seen) == 2 and len(seen[1]) == len(seen[2]) == 6
+            assert not any(torch.equal(a, b) for a in seen[1] for b in seen[2])  # every patch of epoch 2 is new
+    assert steps["e2_0_augmented"] == steps["e2_3_mixed"] == 6
+    assert max(distinct["e2_1_real"]) <= 4
+    assert sum(n > 4 for n in distinct["e2_0_augmented"]) > len(distinct["e2_0_augmented"]) // 2
+
+
+def test_the_augmentation_baseline_suits_the_2d_network_too(tmp_path):
+    real = write_tiny_dataset(tmp_path / "real").root
+    wf = workflow(
+        "segmentation_eval",
+        ["train.json", "unet2d.json", "strategies/e2_0_augmented.json"],
+        tmp_path / "bundle",
+        base=(),
+        dataset_dir=str(real),
+        slice_size=[16, 16],
+    )
+    patches = wf.parser.get_parsed_content("train#dataset")[0]
+    assert all(tuple(p["image"].shape) == (1, 16, 16) for p in patches)  # deformed volumes, then 2D slices
+
+
+def test_a_case_smaller_than_the_window_scores_only_its_own_voxels(tmp_path):
+    # 16 x 16 x 12 cases: a 16^3 window pads 4 slices; a voxel-wise network predicts each voxel from its own value,
+    # so the scores with and without padding can only agree if padded voxels are left out
+    dataset = write_tiny_dataset(tmp_path / "data", splits=(3, 1, 2)).root
+    root = tmp_path / "bundle"
+    # logits 2 c x - c^2 pick the class whose centre c is nearest to the voxel's value; the scaled slab intensities
+    # are -1, -1/3, 1/3 and 1, so labels 2 and 3 are both predicted as 2: an imperfect segmenter whose Dice
+    # would change with every replicated slice of label 3 at the volume's edge
+    network = torch.nn.Conv3d(1, 4, 1)
+    centres = torch.tensor([-1.0, -1 / 3, 2 / 3, 5.0])
+    with torch.no_grad():
+        network.weight.copy_(2 * centres.view(4, 1, 1, 1, 1))
+        network.bias.copy_(-(centres**2))
+    (root / "models").mkdir(parents=True)
+    torch.save(network.state_dict(), root / "models" / "model.pt")
+    voxelwise = {"_target_": "torch.nn.Conv3d", "in_channels": 1, "out_channels": "@num_classes", "kernel_size": 1}
+    scores = {}
+    for roi in ([16, 16, 16], [16, 16, 8]):
+        out = tmp_path / f"evaluation-{roi[2]}"
+        wf = _train_workflow(
+            root, dataset, ["evaluate.json"], roi_size=roi, network_def=voxelwise, evaluation_dir=str(out)
+        )
+        wf.run()
+        scores[roi[2]] = json.loads((out / "results.json").read_text())[0]
+    dice = {k: np.array([np.nan if v is None else v for v in s["dice"].values()]) for k, s in scores.items()}
+    # slab_1 is in neither map (n/a), slab_2 partly right, slab_3 never predicted
+    assert scores[16]["cases"] == 2 and np.isnan(dice[16][0]) and 0.0 < dice[16][1] < 1.0 and dice[16][2] == 0.0
+    np.testing.assert_allclose(dice[16], dice[8], atol=1e-6)
+    # and they are the Dice of the cases as saved
+    spec = read_dataset(dataset)
+    expected = []
+    for case in spec.test:
+        image, label = (load_nifti(spec.path(p)).array for p in (case.image, case.label))
+        x = volume_scale(image, "MR").to_network(torch.from_numpy(image))[None, None]
+        with torch.no_grad():
+            prediction = network(x).argmax(1)[0].numpy()
+        expected.append(dice_per_structure(prediction, label, 4))
+    np.testing.assert_allclose(dice[16], mean_present(expected, axis=0), atol=1e-5)
 
 
 def test_fine_tuning_without_its_checkpoint_is_a_clear_error(tmp_path):

@@ -64,7 +64,7 @@ def test_a_structure_without_a_score_is_left_out_of_means_and_shown_as_n_a(tmp_p
     assert summary[("E2-1", "unet3d", "brain-mni")]["wm"] == pytest.approx((0.5, 0.0))  # the seed with a score
     assert summary[("E2-1", "unet3d", "brain-mni")]["mean"] == pytest.approx((0.675, 0.125))  # seeds: 0.8 and 0.55
     assert all(np.isnan(v) for v in summary[("E2-2", "unet3d", "brain-mni")]["wm"])
-    assert "| E2-2 | unet3d | 0.700 ± 0.000 | n/a | 0.700 ± 0.000 |" in markdown_table(runs)
+    assert "| E2-2 | unet3d | – | 0.700 ± 0.000 | n/a | 0.700 ± 0.000 |" in markdown_table(runs)
     paths = write_results(runs, tmp_path)
     # valid JSON: NaN is null (json.loads would accept the non-standard NaN, parse_constant rejects it)
     rows = json.loads(paths["json"].read_text(), parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
@@ -74,8 +74,11 @@ def test_a_structure_without_a_score_is_left_out_of_means_and_shown_as_n_a(tmp_p
 def _results():
     runs = []
     for seed, (real, synth) in enumerate([(0.80, 0.70), (0.90, 0.74)]):
-        runs.append(SegmentationResult("E2-1", "unet3d", seed, "brain-mni", {"cortex": real, "wm": real - 0.1}))
-        runs.append(SegmentationResult("E2-2", "unet3d", seed, "brain-mni", {"cortex": synth, "wm": synth}))
+        dice = {"cortex": real, "wm": real - 0.1}
+        runs.append(SegmentationResult("E2-1", "unet3d", seed, "brain-mni", dice, cases=10, steps="300"))
+        dice = {"cortex": synth, "wm": synth}
+        runs.append(SegmentationResult("E2-4", "unet3d", seed, "brain-mni", dice, cases=10, steps="150 + 150"))
+        runs.append(SegmentationResult("E3-2", "unet3d", seed, "brain-mni", dice, cases=10, steps="300 + 100"))
     return runs
 
 
@@ -83,17 +86,24 @@ def test_summary_is_mean_and_std_over_seeds():
     summary = summarise(_results())
     assert summary[("E2-1", "unet3d", "brain-mni")]["cortex"] == pytest.approx((0.85, 0.05))
     assert summary[("E2-1", "unet3d", "brain-mni")]["mean"] == pytest.approx((0.80, 0.05))
-    assert summary[("E2-2", "unet3d", "brain-mni")]["wm"] == pytest.approx((0.72, 0.02))
+    assert summary[("E2-4", "unet3d", "brain-mni")]["wm"] == pytest.approx((0.72, 0.02))
 
 
 def test_table_and_files(tmp_path):
     table = markdown_table(_results())
-    assert "| strategy | network | brain-mni: cortex | brain-mni: wm | brain-mni: mean |" in table
-    assert "| E2-1 | unet3d | 0.850 ± 0.050 | 0.750 ± 0.050 | 0.800 ± 0.050 |" in table
+    assert table.startswith(
+        "Dice per structure on held-out cases (test cases: brain-mni 10), mean ± std over 2 seed(s)"
+    )
+    # one table per family (E2: Tables 2-3, E3: Table 4), each row with its optimiser steps
+    assert table.count("| strategy | network | steps | brain-mni: cortex | brain-mni: wm | brain-mni: mean |") == 2
+    assert "| E2-1 | unet3d | 300 | 0.850 ± 0.050 | 0.750 ± 0.050 | 0.800 ± 0.050 |" in table
+    assert "| E2-4 | unet3d | 150 + 150 | 0.720 ± 0.020 |" in table
+    assert table.index("| E2-4 |") < table.rindex("| strategy |") < table.index("| E3-2 | unet3d | 300 + 100 |")
     paths = write_results(_results(), tmp_path)
     assert json.loads(paths["json"].read_text())[0]["mean"] == pytest.approx(0.75)
     rows = list(csv.DictReader(paths["csv"].open()))
-    assert len(rows) == 4 * 3 and rows[0]["structure"] == "cortex"
+    assert len(rows) == 6 * 3 and rows[0]["structure"] == "cortex"
+    assert (rows[0]["steps"], rows[0]["cases"], rows[3]["steps"]) == ("300", "10", "150 + 150")
     assert paths["md"].read_text() == table
     assert mpimg.imread(paths["png"]).shape[0] > 100
     with pytest.raises(ValueError, match="no results"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ __all__ = [
     "first_line",
     "weights_mismatch",
     "BestModelSaver",
+    "WeightsSnapshot",
     "ResumableCheckpoint",
     "load_torchscript",
     "load_weights",
@@ -232,6 +233,38 @@ class ResumableCheckpoint:
         }
         save_atomically(state, self.checkpoint_path)
         save_atomically(state[self.export], self.model_path)
+
+
+class WeightsSnapshot:
+    """Attached to a trainer: writes the network's weights after the given iterations, ``model_step<k>.pt``.
+
+    A fine-tuning run that shares a fixed budget of optimiser steps with its pre-training starts from such a
+    snapshot: the source trains its full length for its own result, and the weights it had after the pre-training
+    share of the budget seed the fine-tuning. Written atomically by rank 0; a resumed training that passes the
+    iteration again writes the same weights (the checkpoint it resumed from precedes it).
+
+    Args:
+        network: the network being trained (unwrapped from DDP when wrapped).
+        ckpt_dir: the folder of the snapshots.
+        iterations: after which iterations (1-based, as ``engine.state.iteration``) to write one.
+    """
+
+    def __init__(self, network: torch.nn.Module, ckpt_dir: str | os.PathLike, iterations: Sequence[int] = ()) -> None:
+        self.network, self.ckpt_dir, self.iterations = network, Path(ckpt_dir), {int(i) for i in iterations}
+
+    def path(self, iteration: int) -> Path:
+        """Where the snapshot after ``iteration`` goes."""
+        return self.ckpt_dir / f"model_step{iteration}.pt"
+
+    def attach(self, engine: Engine) -> None:
+        if self.iterations:
+            engine.add_event_handler(Events.ITERATION_COMPLETED(event_filter=lambda _, i: i in self.iterations), self)
+
+    def __call__(self, engine: Engine) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+            return
+        save_atomically(_unwrap(self.network).state_dict(), self.path(engine.state.iteration))
+        logger.info(f"saved {self.path(engine.state.iteration)}")
 
 
 class BestModelSaver:

@@ -33,7 +33,9 @@ def evaluate_datasets(
     Args:
         network: the trained segmentation network.
         inferer: ``inferer(image (1, 1, H, W, D), network) -> logits (1, K, H, W, D)``, e.g. a sliding window.
-        preprocessing: the deterministic transforms applied to ``{"image": path, "label": path}``.
+        preprocessing: the deterministic transforms applied to ``{"image": path, "label": path}``, without
+            padding: the inferer pads a volume smaller than its window and crops its output back, so only the
+            case's own voxels are scored (a padded label would count replicated or filler voxels).
         test_sets: name -> dataset folder; each must declare exactly ``labels`` (else ``DataError`` naming it).
         labels: the model's label set (value -> name).
         strategy, network_name, seed: recorded in each result.
@@ -53,7 +55,7 @@ def evaluate_datasets(
             scores.append(dice_per_structure(prediction, np.asarray(data["label"])[0], len(labels)))
         mean = mean_present(scores, axis=0)  # a structure absent from both maps of a case is NaN there
         dice = {names[k]: float(mean[k - 1]) for k in sorted(names)}
-        results.append(SegmentationResult(strategy, network_name, seed, test_name, dice))
+        results.append(SegmentationResult(strategy, network_name, seed, test_name, dice, cases=len(scores)))
     return results
 
 

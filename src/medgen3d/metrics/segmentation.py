@@ -3,8 +3,9 @@
 A result is one (strategy, network, seed, test set) run with its mean Dice per structure over the test cases.
 A structure absent from both the prediction and the ground truth of a case has no Dice (NaN); every mean here is
 over the cases, structures or seeds where a score exists, and NaN only where none does (``n/a`` in tables).
-Results are written as JSON and CSV, as a Markdown table shaped like MedGen3D's Tables 2-4 (rows: strategy and
-network; columns: test set and structure; cells: mean ± std over seeds) and as a bar chart.
+Results are written as JSON and CSV, as Markdown tables shaped like MedGen3D's Tables 2-4 (one per strategy
+family, E2 and E3; rows: strategy and network with their optimiser steps; columns: test set and structure;
+cells: mean ± std over seeds; a caption with the number of test cases and seeds) and as a bar chart.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "mean_present",
     "SegmentationResult",
     "summarise",
+    "caption",
     "markdown_table",
     "write_results",
 ]
@@ -90,6 +92,8 @@ class SegmentationResult:
     seed: int
     test_set: str
     dice: Mapping[str, float]
+    cases: int = 0  # test cases scored
+    steps: str = ""  # optimiser steps of the model, "pre-training + fine-tuning" for a fine-tuned one
 
     @property
     def mean(self) -> float:
@@ -125,21 +129,44 @@ def _cell(mean: float, std: float) -> str:
     return "n/a" if np.isnan(mean) else f"{mean:.3f} ± {std:.3f}"
 
 
+def _family(strategy: str) -> str:
+    """The table a strategy belongs to: ``E2-3`` -> ``E2`` (MedGen3D's Tables 2-3), ``E3-1`` -> ``E3`` (Table 4)."""
+    return strategy.split("-")[0]
+
+
+def caption(results: Sequence[SegmentationResult]) -> str:
+    """What the tables average over: the test cases of each test set and the seeds."""
+    test_sets = list(dict.fromkeys(r.test_set for r in results))
+    cases = ", ".join(f"{t} {max(r.cases for r in results if r.test_set == t)}" for t in test_sets)
+    seeds = sorted({r.seed for r in results})
+    return (
+        f"Dice per structure on held-out cases (test cases: {cases}), mean ± std over {len(seeds)} seed(s) "
+        f"({', '.join(map(str, seeds))}). A structure absent from both the prediction and the reference of a case "
+        "is left out of that case's mean (n/a where no case has it). Steps: optimiser steps, pre-training + "
+        "fine-tuning for a fine-tuned strategy."
+    )
+
+
 def markdown_table(results: Sequence[SegmentationResult]) -> str:
-    """Rows: strategy and network; columns: each test set's structures and mean; cells: ``mean ± std`` over
-    seeds (the layout of MedGen3D Tables 2-4); ``n/a`` where no seed has a score, ``–`` where a run is missing."""
+    """:func:`caption`, then one table per strategy family (E2, E3), laid out like MedGen3D Tables 2-4.
+
+    Rows: strategy, network and steps; columns: each test set's structures and mean; cells: ``mean ± std`` over
+    seeds; ``n/a`` where no seed has a score, ``–`` where a run is missing."""
     summary = summarise(results)
     test_sets = list(dict.fromkeys(r.test_set for r in results))
-    rows = list(dict.fromkeys((r.strategy, r.network) for r in results))
     structures = {t: [*next(r for r in results if r.test_set == t).dice, "mean"] for t in test_sets}
-    header = ["strategy", "network"] + [f"{t}: {s}" for t in test_sets for s in structures[t]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for strategy, network in rows:
-        cells = [strategy, network]
-        for t in test_sets:
-            scores = summary.get((strategy, network, t))
-            cells += [_cell(*scores[s]) if scores else "–" for s in structures[t]]
-        lines.append("| " + " | ".join(cells) + " |")
+    steps = {(r.strategy, r.network): r.steps for r in results}
+    header = ["strategy", "network", "steps"] + [f"{t}: {s}" for t in test_sets for s in structures[t]]
+    lines = [caption(results)]
+    rows = list(dict.fromkeys((r.strategy, r.network) for r in results))
+    for family in dict.fromkeys(_family(s) for s, _ in rows):
+        lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for strategy, network in (row for row in rows if _family(row[0]) == family):
+            cells = [strategy, network, steps[(strategy, network)] or "–"]
+            for t in test_sets:
+                scores = summary.get((strategy, network, t))
+                cells += [_cell(*scores[s]) if scores else "–" for s in structures[t]]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -186,10 +213,11 @@ def write_results(results: Sequence[SegmentationResult], out_dir: str | os.PathL
     write_json(paths["json"], json_safe([asdict(r) | {"dice": dict(r.dice), "mean": r.mean} for r in results]))
     with atomic_path(paths["csv"]) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["strategy", "network", "seed", "test_set", "structure", "dice"])
+        writer.writerow(["strategy", "network", "steps", "seed", "test_set", "cases", "structure", "dice"])
         for r in results:
             for structure, value in [*r.dice.items(), ("mean", r.mean)]:
-                writer.writerow([r.strategy, r.network, r.seed, r.test_set, structure, f"{value:.6f}"])
+                row = [r.strategy, r.network, r.steps, r.seed, r.test_set, r.cases, structure, f"{value:.6f}"]
+                writer.writerow(row)
     with atomic_path(paths["md"]) as tmp:
         tmp.write_text(markdown_table(results))
     _bar_chart(paths["png"], results)
