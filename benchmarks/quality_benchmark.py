@@ -104,8 +104,12 @@ def _finished(stages, stage: str) -> bool:
     return True
 
 
-def run(dataset: str = "brain-mni", cases: int = 8, threads: int = 2) -> dict[str, Any]:
-    """Train, generate, evaluate and write the results of ``dataset`` (see the module docstring)."""
+def run(
+    dataset: str = "brain-mni", cases: int = 8, threads: int = 2, train_only: tuple[str, ...] | str = ()
+) -> dict[str, Any] | None:
+    """Train, generate, evaluate and write the results of ``dataset`` (see the module docstring).
+
+    ``train_only``: train just these stages (e.g. ``mask,image``) and stop; a later full run keeps them."""
     from medgen3d.pipeline.stages import StageBundle
 
     if dataset not in DATASETS:
@@ -117,12 +121,18 @@ def run(dataset: str = "brain-mni", cases: int = 8, threads: int = 2) -> dict[st
     workflow = StageBundle(BUNDLES / "medgen3d", run_dir / "models", run_dir / "eval", overlays=DATASETS[dataset])
     common = {"bundle_root": str(run_dir), "stages_dir": str(BUNDLES), "dataset_dir": str(data)}
     stages = workflow.workflow(["train.json"], **common).parser.get_parsed_content("stages")
-    for stage in STAGES:
+    only = train_only.split(",") if isinstance(train_only, str) else list(train_only)
+    unknown = sorted(set(only) - set(STAGES))
+    if unknown:
+        raise SystemExit(f"--train_only: unknown stages {unknown}; choose from {list(STAGES)}")
+    for stage in only or STAGES:
         if stage in _timings(run_dir) and _finished(stages, stage):
             continue
         machine, start = _machine(), time.monotonic()
         workflow.run(["train.json"], train_stages=[stage], **common)
         _record(run_dir, stage, time.monotonic() - start, machine)
+    if only:
+        return None
     for task, extra in (("generate", {"num_cases": cases}), ("evaluate", {})):
         machine, start = _machine(), time.monotonic()
         workflow.run([f"{task}.json"], **common, **extra)

@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from medgen3d.data.dataset import DatasetSpec, read_dataset, write_dataset
 from medgen3d.data.io import load_nifti, read_json
@@ -219,24 +220,50 @@ def test_a_copy_of_the_training_set_is_flagged_as_memorised_and_has_real_anatomy
     assert "refined: 4 case(s) closer to a training case" in (tmp_path / "report" / "report.md").read_text()
 
 
+def _trainer_iteration(ckpt_dir):
+    return torch.load(ckpt_dir / "checkpoint.pt", weights_only=True)["trainer"]["iteration"]
+
+
 @pytest.mark.slow
-def test_the_experiment_trains_sources_of_fine_tuning_scores_each_run_and_resumes(pipeline, tmp_path, monkeypatch):
+def test_the_experiment_trains_sources_with_equal_steps_scores_each_run_and_resumes(pipeline, tmp_path, monkeypatch):
     root, dataset = pipeline
+    target = write_tiny_dataset(tmp_path / "target", splits=(2, 1, 2)).root
+    experiment = tmp_path / "experiment"
     overrides = {
-        "experiment_dir": str(tmp_path / "experiment"),
-        "strategies": ["E2-1", "E2-4"],
+        "experiment_dir": str(experiment),
+        "strategies": ["E2-1", "E2-4", "E3-3"],
         "networks": ["unet3d"],
         "seeds": [0, 1],
-        "experiment_overrides": {"roi_size": [16, 16, 16], "max_iterations": 6, "val_interval": 3},
+        "target_dir": str(target),
+        "steps": 6,
+        "transfer_steps": 3,
+        "experiment_overrides": {"roi_size": [16, 16, 16], "val_interval": 3},
     }
     _run(root, dataset, ["experiment.json"], **overrides)
-    runs = sorted(p.name for p in (tmp_path / "experiment" / "runs").glob("*.json"))
-    assert runs == [f"{s}-unet3d-seed{k}.json" for s in ("E2-1", "E2-2", "E2-4") for k in (0, 1)]
-    results = read_json(tmp_path / "experiment" / "results.json")
-    assert sorted({(r["strategy"], r["seed"]) for r in results}) == [("E2-1", 0), ("E2-1", 1), ("E2-4", 0), ("E2-4", 1)]
-    assert "E2-2" not in (tmp_path / "experiment" / "results.md").read_text()  # trained as a source, not reported
-    # the fine-tuned run started from its source's weights, so its model differs from a fresh one only by training
-    assert (tmp_path / "experiment" / "models" / "unet3d" / "seed0" / "E2-4" / "model.pt").is_file()
+    runs = sorted(p.name for p in (experiment / "runs").glob("*.json"))
+    assert runs == [f"{s}-unet3d-seed{k}.json" for s in ("E2-1", "E2-2", "E2-4", "E3-3") for k in (0, 1)]
+    results = read_json(experiment / "results.json")
+    assert sorted({(r["strategy"], r["seed"]) for r in results if r["test_set"] == "tiny"}) == [
+        (s, k) for s in ("E2-1", "E2-4", "E3-3") for k in (0, 1)
+    ]
+    # equal steps per table: E2-4 is 3 steps of its source (E2-2's snapshot) and 3 of fine-tuning; E3-3 is its
+    # 6-step source and 3 steps on the target
+    assert {r["strategy"]: r["steps"] for r in results} == {"E2-1": "6", "E2-4": "3 + 3", "E3-3": "6 + 3"}
+    models = experiment / "models" / "unet3d" / "seed0"
+    assert {s: _trainer_iteration(models / s) for s in ("E2-1", "E2-2", "E2-4", "E3-3")} == {
+        "E2-1": 6,
+        "E2-2": 6,
+        "E2-4": 3,
+        "E3-3": 3,
+    }
+    assert (models / "E2-2" / "model_step3.pt").is_file()
+    # every run scored on both test sets, the table says on how many cases and seeds
+    # every run scored on both test sets (the target, named like the real data, under "target"); the table says
+    # on how many cases and seeds
+    assert {(r["test_set"], r["cases"]) for r in results} == {("tiny", 2), ("target", 2)}
+    table = (experiment / "results.md").read_text()
+    assert "mean ± std over 2 seed(s) (0, 1)" in table and "E2-2" not in table  # trained as a source only
+    assert table.count("| strategy | network | steps |") == 2  # one table for E2, one for E3
 
     def refuse(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
@@ -244,19 +271,44 @@ def test_the_experiment_trains_sources_of_fine_tuning_scores_each_run_and_resume
     monkeypatch.setattr(StageBundle, "run", refuse, raising=True)
     from medgen3d.pipeline.experiment import run_experiment
 
-    segmentation = StageBundle(BUNDLES / "segmentation_eval", tmp_path / "m", tmp_path / "l", base=())
-    synthetic = root / "eval" / "synthetic"
-    experiment = tmp_path / "experiment"
-    again = run_experiment(segmentation, dataset, synthetic, experiment, ["E2-1", "E2-4"], ["unet3d"], [0, 1])
-    assert sorted((r.strategy, r.seed, r.dice["slab_1"]) for r in again) == sorted(
-        (r["strategy"], r["seed"], r["dice"]["slab_1"]) for r in results
+    segmentation = StageBundle(
+        BUNDLES / "segmentation_eval", tmp_path / "m", tmp_path / "l", base=(), overrides={"val_interval": 3}
     )
+    synthetic = root / "eval" / "synthetic"
+    args = (segmentation, dataset, synthetic, experiment, ["E2-1", "E2-4", "E3-3"], ["unet3d"], [0, 1])
+    again = run_experiment(*args, target_dir=target, steps=6, transfer_steps=3)
+    assert sorted((r.strategy, r.seed, r.test_set, r.dice["slab_2"]) for r in again) == sorted(
+        (r["strategy"], r["seed"], r["test_set"], r["dice"]["slab_2"]) for r in results
+    )
+    # records of another step budget are not mixed into this one
+    with pytest.raises(ValueError, match=r"E2-1-unet3d-seed0.json: trained with 6 steps, this experiment plans 12"):
+        run_experiment(*args, target_dir=target, steps=12, transfer_steps=3)
+
+
+def test_the_step_budget_gives_every_strategy_of_a_table_the_same_steps():
+    from medgen3d.pipeline.experiment import STRATEGIES, StepBudget
+
+    budget = StepBudget(300, fine_tune_fraction=0.5, transfer_steps=100)
+    plans = {s: budget.plan(s) for s in STRATEGIES}
+    total = {s: sum(int(n) for n in p.steps.split(" + ")) for s, p in plans.items()}
+    assert {total[s] for s in STRATEGIES if s.startswith("E2")} == {300}
+    assert {total[s] for s in STRATEGIES if s.startswith("E3")} == {400}
+    # fine-tuned strategies start from their source's weights after the pre-training share, and train the rest
+    assert plans["E2-4"] == (150, "model_step150.pt", (), "150 + 150")
+    assert plans["E2-2"].snapshots == plans["E2-3"].snapshots == (150,)
+    assert plans["E3-3"] == (100, "model.pt", (), "300 + 100")
+    assert plans["E3-1"] == (400, None, (), "400") and plans["E2-0"] == (300, None, (), "300")
+    with pytest.raises(ValueError, match="transfer_steps must be >= 1"):
+        StepBudget(300).plan("E3-2")
+    with pytest.raises(ValueError, match="fine_tune_fraction"):
+        StepBudget(300, fine_tune_fraction=1.0)
 
 
 def test_unknown_strategies_and_networks_are_refused():
     from medgen3d.pipeline.experiment import run_order
 
     assert run_order(["E2-5", "E2-1"]) == ["E2-1", "E2-3", "E2-5"]
-    assert run_order(["E3"]) == ["E2-3", "E3"]
+    assert run_order(["E3-4"]) == ["E2-3", "E2-5", "E3-4"]
+    assert run_order(["E3-3", "E2-0"]) == ["E2-0", "E2-2", "E2-4", "E3-3"]
     with pytest.raises(ValueError, match="unknown strategies"):
         run_order(["E9"])
