@@ -39,9 +39,11 @@ SEGMENTER = {"roi_size": [64, 64, 64], "samples_per_volume": 2, "val_interval": 
 
 
 def _timed(times: dict[str, Any], name: str, step) -> Any:
+    """Run ``step`` and record its seconds with the machine's load seen as it started and as it ended."""
     machine, start = _machine(), time.monotonic()
     result = step()
-    times[name] = {"seconds": round(time.monotonic() - start, 1), "machine": machine}
+    seconds = round(time.monotonic() - start, 1)
+    times[name] = {"seconds": seconds, "machine": f"at the start {machine}; at the end {_machine().split(', ')[-1]}"}
     (RUN / "timings.json").write_text(json.dumps(times, indent=2) + "\n")
     return result
 

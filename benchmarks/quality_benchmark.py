@@ -15,6 +15,7 @@ rerun after an interruption continues (the seconds of a stage are those of the r
 
     .venv/bin/python benchmarks/quality_benchmark.py run --dataset brain-mni
     .venv/bin/python benchmarks/quality_benchmark.py run --dataset thorax-phantom
+    .venv/bin/python benchmarks/quality_benchmark.py run --train_only mask,image,refiner   # the generators only
     .venv/bin/python benchmarks/quality_benchmark.py record      # the files of a finished `make demo`
 """
 
