@@ -50,16 +50,21 @@ def _train_workflow(root, dataset, extra=(), **overrides):
 
 
 @pytest.mark.slow
-def test_short_training_on_an_easy_dataset_scores_above_08_on_held_out_cases(trained):
+def test_short_training_on_an_easy_dataset_scores_above_075_on_held_out_cases(trained):
+    # The held-out case is 12 slices deep and the window 16. Scored on its own voxels it reaches about 0.78 (its
+    # misses are at two slab boundaries); when the label was padded with 4 replicated edge slices, the same kind of
+    # model scored above 0.8, the bias that padding added.
     root, dataset = trained
     best = json.loads((root / "models" / "model.pt.best.json").read_text())
-    assert best["metric"] == "val_mean_dice" and best["value"] > 0.8
+    assert best["metric"] == "val_mean_dice" and best["value"] > 0.75
     assert (root / "models" / "checkpoint.pt").is_file() and (root / "models" / "model_last.pt").is_file()
     # the held-out validation case, scored by evaluate.json with per-structure Dice
     wf = _train_workflow(root, dataset, ["evaluate.json"], test_split="validation", network_name="unet3d")
     wf.run()
     rows = json.loads((root / "eval" / "evaluation" / "results.json").read_text())
-    assert len(rows) == 1 and rows[0]["network"] == "unet3d" and rows[0]["mean"] > 0.8
+    assert len(rows) == 1 and rows[0]["network"] == "unet3d" and rows[0]["mean"] > 0.75
+    # validation (MONAI's MeanDice) and evaluation (Dice per structure) score the best model's case alike
+    assert rows[0]["mean"] == pytest.approx(best["value"], abs=1e-4)
     assert set(rows[0]["dice"]) == {"slab_1", "slab_2", "slab_3"}
     assert (root / "eval" / "evaluation" / "results.png").is_file()
 
