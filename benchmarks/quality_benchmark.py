@@ -183,6 +183,14 @@ def _settings(workflow, common: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _machines(timings: dict[str, Any]) -> str | None:
+    """The machine's load as every timed step saw it: one label when all agree, else each step's own."""
+    seen = {step: t["machine"] for step, t in timings.items() if t.get("machine")}
+    if len(set(seen.values())) <= 1:
+        return next(iter(seen.values()), None)
+    return "; ".join(f"{step}: {machine}" for step, machine in seen.items())
+
+
 def summarise(title: str, run_dir: Path, workflow, common: dict[str, Any]) -> dict[str, Any]:
     """The results JSON from the quality report and the timings."""
     from medgen3d.metrics.report import memorised_cases
@@ -209,7 +217,7 @@ def summarise(title: str, run_dir: Path, workflow, common: dict[str, Any]) -> di
         "dataset": title,
         "cases": report["counts"]["synthetic"],
         "held_out_cases": report["counts"]["held_out"],
-        "machine": timings.get("mask", {}).get("machine"),
+        "machine": _machines(timings),
         "settings": _settings(workflow, common),
         "training_seconds": {stage: timings[stage]["seconds"] for stage in STAGES if stage in timings},
         "generation_seconds": timings.get("generate", {}).get("seconds"),
