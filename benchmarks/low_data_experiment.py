@@ -71,7 +71,7 @@ def run(
     transfer_steps: int = 100,
     threads: int = 2,
     synthetic_only: bool = False,
-) -> dict[str, Any] | None:
+) -> None:
     """Build the data, generate the synthetic set, run the experiment and write the results files
     (``synthetic_only``: stop after the synthetic set)."""
     from medgen3d.data.brain_mni import build_brain_mni
@@ -86,7 +86,7 @@ def run(
     if "synthetic pairs" not in times or len(list((synthetic / "images").glob("*.nii.gz"))) < cases:
         synthetic = _timed(times, "synthetic pairs", lambda: _synthetic(cases))
     if synthetic_only:
-        return None
+        return
     real = subset_dataset(QUALITY / "brain-mni-small", RUN / "brain-mni-5", training=training).root
     target = build_brain_mni(RUN / "brain-mni-scanner-b", "small", SplitSizes(5, 5, 10), seed=1, scanner="b").root
     workflow = StageBundle(BUNDLES / "medgen3d", RUN / "models", RUN / "eval")
@@ -125,7 +125,7 @@ def run(
     (RESULTS / "low_data_experiment.md").write_text(markdown(results, (experiment / "results.md").read_text()))
     shutil.copyfile(experiment / "results.png", RESULTS / "low_data_experiment.png")
     print((RESULTS / "low_data_experiment.md").read_text())
-    return results
+    # nothing returned: the results are in the files just printed (fire would print a returned dict in full)
 
 
 def markdown(results: dict[str, Any], tables: str) -> str:

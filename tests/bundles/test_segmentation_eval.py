@@ -264,8 +264,11 @@ def test_the_augmentation_baseline_suits_the_2d_network_too(tmp_path):
         dataset_dir=str(real),
         slice_size=[16, 16],
     )
-    patches = wf.parser.get_parsed_content("train#dataset")[0]
+    dataset = wf.parser.get_parsed_content("train#dataset")
+    patches = [p for _ in range(4) for p in dataset[0]]  # each access draws the random transforms anew
     assert all(tuple(p["image"].shape) == (1, 16, 16) for p in patches)  # deformed volumes, then 2D slices
+    # the tiny image holds 4 intensities; deformation, bias field and noise reach the slices and add more
+    assert any(len(torch.unique(p["image"])) > 4 for p in patches)
 
 
 def test_a_case_smaller_than_the_window_scores_only_its_own_voxels(tmp_path):

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
@@ -261,7 +262,7 @@ class WeightsSnapshot:
             engine.add_event_handler(Events.ITERATION_COMPLETED(event_filter=lambda _, i: i in self.iterations), self)
 
     def __call__(self, engine: Engine) -> None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+        if idist.get_rank() != 0:
             return
         save_atomically(_unwrap(self.network).state_dict(), self.path(engine.state.iteration))
         logger.info(f"saved {self.path(engine.state.iteration)}")

@@ -54,6 +54,8 @@ STRATEGIES = {
 }
 FINE_TUNED_FROM = {"E2-4": "E2-2", "E2-5": "E2-3", "E3-2": "E2-1", "E3-3": "E2-4", "E3-4": "E2-5"}
 TARGET_STRATEGIES = ("E3-1", "E3-2", "E3-3", "E3-4")  # trained and validated on the target dataset
+# the Table 2-3 fine-tuning (E2-4, E2-5) -> its source, whose run keeps a snapshot for it
+_FINE_TUNED_ON_REAL = {s: source for s, source in FINE_TUNED_FROM.items() if s not in TARGET_STRATEGIES}
 # network name -> its overlay (Swin-UNETR is train.json's own network)
 NETWORKS = {"swin_unetr": [], "unetr": ["unetr.json"], "unet3d": ["unet3d.json"], "unet2d": ["unet2d.json"]}
 
@@ -111,17 +113,17 @@ class StepBudget:
 
     def plan(self, strategy: str) -> TrainingPlan:
         """The run of ``strategy`` under this budget."""
-        if strategy in ("E2-4", "E2-5"):
+        if strategy in _FINE_TUNED_ON_REAL:
             return TrainingPlan(
                 self.fine_tuning, f"model_step{self.pretraining}.pt", (), f"{self.pretraining} + {self.fine_tuning}"
             )
-        if strategy == "E3-1":
+        if strategy in TARGET_STRATEGIES and strategy not in FINE_TUNED_FROM:  # E3-1
             return TrainingPlan(self.steps + self.transfer_steps, None, (), str(self.steps + self.transfer_steps))
         if strategy in FINE_TUNED_FROM:
             if self.transfer_steps < 1:
                 raise ValueError(f"{strategy} fine-tunes on the target: transfer_steps must be >= 1, got 0")
             return TrainingPlan(self.transfer_steps, "model.pt", (), f"{self.steps} + {self.transfer_steps}")
-        snapshots = (self.pretraining,) if strategy in ("E2-2", "E2-3") else ()
+        snapshots = (self.pretraining,) if strategy in _FINE_TUNED_ON_REAL.values() else ()
         return TrainingPlan(self.steps, None, snapshots, str(self.steps))
 
 
