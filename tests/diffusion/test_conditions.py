@@ -5,6 +5,7 @@ import torch
 
 from medgen3d.diffusion.conditions import (
     ConditionMode,
+    SubsequenceCondition,
     condition_indicator,
     decode_slices,
     draw_indicators,
@@ -36,7 +37,7 @@ def test_pack_takes_known_slices_where_indicated_and_appends_the_indicator():
     b, m, k, h, w = 2, 4, 3, 5, 6
     x_t, x_known = torch.randn(b, m, k, h, w), torch.randn(b, m, k, h, w)
     indicator = torch.stack([condition_indicator("forward", 1, m), condition_indicator("backward", 2, m)])
-    packed = pack(x_t, x_known, indicator)
+    packed = pack(x_t, SubsequenceCondition(x_known, indicator, torch.zeros(b)))
     assert packed.shape == (b, m * (k + 1), h, w)
     slices = packed[:, : m * k].reshape(b, m, k, h, w)
     for i in range(b):
@@ -50,7 +51,8 @@ def test_pack_takes_known_slices_where_indicated_and_appends_the_indicator():
 def test_pack_ignores_whatever_is_in_unknown_slots():
     x_known = torch.full((1, 3, 2, 4, 4), float("nan"))
     x_known[:, 0] = 1.0
-    packed = pack(torch.zeros(1, 3, 2, 4, 4), x_known, condition_indicator("forward", 1, 3)[None])
+    condition = SubsequenceCondition(x_known, condition_indicator("forward", 1, 3)[None], torch.zeros(1))
+    packed = pack(torch.zeros(1, 3, 2, 4, 4), condition)
     assert torch.isfinite(packed).all()
 
 
@@ -76,3 +78,75 @@ def test_drawn_indicators_follow_the_probabilities_and_counts():
         assert row[:n].all() and not row[n:].any()
     again = draw_indicators(4000, 6, probabilities, (2, 5), torch.Generator().manual_seed(0))
     assert torch.equal(indicators, again)
+
+
+def _condition():
+    known = one_hot_slices(torch.randint(0, 3, (3, 4, 8, 8)), 3)
+    indicator = torch.stack([condition_indicator(mode, 2, 4) for mode in ("forward", "unconditional", "backward")])
+    return SubsequenceCondition(known, indicator, torch.tensor([0.1, 0.4, 0.7]))
+
+
+def test_condition_selects_concatenates_and_imposes_its_slices_item_by_item():
+    condition = _condition()
+    assert condition.conditional.tolist() == [True, False, True]
+    picked = condition.select(condition.conditional)
+    assert torch.equal(picked.position, torch.tensor([0.1, 0.7])) and torch.equal(picked.known[1], condition.known[2])
+    both = SubsequenceCondition.cat([condition, picked.null()])
+    assert both.known.shape == (5, 4, 3, 8, 8) and torch.equal(both.position[3:], picked.position)
+    assert both.conditional.tolist() == [True, False, True, False, False]
+    x = torch.zeros(3, 4, 3, 8, 8)
+    imposed = condition.impose(x)
+    assert torch.equal(imposed[0, :2], condition.known[0, :2]) and not imposed[0, 2:].any() and not imposed[1].any()
+    assert all(t.device.type == "cpu" for t in condition.to("cpu"))
+
+
+class _RecordingNetwork(torch.nn.Module):
+    """Records every call and predicts ``x_0 = 0.5 * slices``, so a sampler can run on it."""
+
+    subsequence_length, num_classes = 4, 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        self.calls.append((x.clone(), position.clone()))
+        return 0.5 * x[:, : self.subsequence_length * self.num_classes]
+
+
+def _assert_network_saw(call, condition):
+    """The packed input of ``call`` holds the condition's given slices and indicator, and its positions."""
+    x, position = call
+    b, m, k = condition.known.shape[0], condition.indicator.shape[1], condition.known.shape[2]
+    slices = x[:b, : m * k].reshape(b, m, k, *x.shape[2:])
+    given = condition.indicator.bool()
+    assert torch.equal(slices[given], condition.known[given])
+    assert torch.equal(x[:b, m * k :, 0, 0], condition.indicator)
+    assert torch.equal(position[:b], condition.position)
+
+
+def test_one_condition_object_reaches_the_network_through_predict_sample_and_loss():
+    from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+
+    from medgen3d.diffusion.sampler import SubsequenceSampler
+    from medgen3d.diffusion.training import mcdpm_loss
+
+    condition, network = _condition(), _RecordingNetwork()
+    sampler = SubsequenceSampler(DDIMScheduler(100, prediction_type="sample"), 3, guidance_scale=2.0)
+    x_t = torch.randn(3, 4, 3, 8, 8)
+    sampler.predict(network, x_t, condition, 50, torch.Generator().manual_seed(0))
+    [call] = network.calls
+    _assert_network_saw(call, condition)
+    # the guided pass rides in the same call: the conditional items again, nothing given, same positions
+    assert not call[0][3:, -4:].any() and torch.equal(call[1][3:], condition.position[condition.conditional])
+    sample = sampler.sample(network, condition, torch.Generator().manual_seed(0))
+    assert len(network.calls) == 1 + 3
+    for call in network.calls[1:]:
+        _assert_network_saw(call, condition)
+    assert torch.equal(sample, condition.impose(sample)) and torch.equal(sample[0, :2], condition.known[0, :2])
+    # in training the given slices come from the condition, not from x_0
+    network.calls.clear()
+    x_0 = one_hot_slices(torch.randint(0, 3, (3, 4, 8, 8)), 3)
+    mcdpm_loss(network, DDPMScheduler(100, prediction_type="sample"), x_0, condition)
+    [call] = network.calls
+    _assert_network_saw(call, condition)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
-from medgen3d.diffusion.conditions import condition_indicator, one_hot_slices, pack
+from medgen3d.diffusion.conditions import SubsequenceCondition, condition_indicator, one_hot_slices, pack
 from medgen3d.diffusion.sampler import SubsequenceSampler, guide, sampling_timesteps
 from tests.conftest import random_mcdpm
 
@@ -17,7 +17,7 @@ def network():
 def _batch():
     x_known = one_hot_slices(torch.randint(0, 3, (2, 4, 8, 8)), 3)
     indicator = torch.stack([condition_indicator("forward", 2, 4), condition_indicator("unconditional", 0, 4)])
-    return x_known, indicator, torch.tensor([0.2, 0.5])
+    return SubsequenceCondition(x_known, indicator, torch.tensor([0.2, 0.5]))
 
 
 def test_guide_is_linear_and_scale_one_is_the_conditional():
@@ -29,17 +29,17 @@ def test_guide_is_linear_and_scale_one_is_the_conditional():
 
 @torch.no_grad()
 def test_guidance_scale_one_gives_the_conditional_prediction_and_other_scales_extrapolate(network):
-    x_known, indicator, position = _batch()
-    x_t, t = torch.randn_like(x_known), torch.full((2,), 40)
-    conditional = network(pack(x_t, x_known, indicator), t, position).reshape(2, 4, 3, 8, 8)
-    assert torch.equal(_sampler(1.0).predict(network, x_t, x_known, indicator, position, 40), conditional)
+    condition = _batch()
+    x_t, t = torch.randn_like(condition.known), torch.full((2,), 40)
+    conditional = network(pack(x_t, condition), t, condition.position).reshape(2, 4, 3, 8, 8)
+    assert torch.equal(_sampler(1.0).predict(network, x_t, condition, 40), conditional)
     sampler = _sampler(3.0)
-    guided = sampler.predict(network, x_t, x_known, indicator, position, 40, torch.Generator().manual_seed(0))
+    guided = sampler.predict(network, x_t, condition, 40, torch.Generator().manual_seed(0))
     # the null condition: no indicator, known slices noised to step t with the same random draw
-    noise = torch.randn(x_known.shape, generator=torch.Generator().manual_seed(0))
-    null = pack(x_t, sampler.scheduler.add_noise(x_known, noise, t), indicator)
+    noise = torch.randn(condition.known.shape, generator=torch.Generator().manual_seed(0))
+    null = pack(x_t, condition._replace(known=sampler.scheduler.add_noise(condition.known, noise, t)))
     null[:, -4:] = 0.0
-    unconditional = network(null, t, position).reshape(2, 4, 3, 8, 8)
+    unconditional = network(null, t, condition.position).reshape(2, 4, 3, 8, 8)
     assert torch.allclose(guided[0], unconditional[0] + 3.0 * (conditional[0] - unconditional[0]), atol=1e-5)
     # an unconditional item has nothing to guide
     assert torch.equal(guided[1], conditional[1])
@@ -52,12 +52,12 @@ def _sampler(scale):
 
 @torch.no_grad()
 def test_known_slices_come_back_exactly_and_same_seed_same_sample(network):
-    x_known, indicator, position = _batch()
-    a = _sampler(2.0).sample(network, x_known, indicator, position, torch.Generator().manual_seed(3))
-    b = _sampler(2.0).sample(network, x_known, indicator, position, torch.Generator().manual_seed(3))
+    condition = _batch()
+    a = _sampler(2.0).sample(network, condition, torch.Generator().manual_seed(3))
+    b = _sampler(2.0).sample(network, condition, torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
-    assert torch.equal(a[0, :2], x_known[0, :2])
-    assert not torch.equal(a[1, :2], x_known[1, :2])
+    assert torch.equal(a[0, :2], condition.known[0, :2])
+    assert not torch.equal(a[1, :2], condition.known[1, :2])
 
 
 def test_ddim_timesteps_lie_on_the_stride_step_expects_and_ddpm_runs_its_full_chain():

@@ -5,7 +5,7 @@ import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
 from medgen3d.diffusion.autoregressive import generate_volumes, generation_plan
-from medgen3d.diffusion.conditions import condition_indicator, one_hot_slices
+from medgen3d.diffusion.conditions import condition_indicator, draw_condition, one_hot_slices
 from medgen3d.diffusion.sampler import SubsequenceSampler
 from medgen3d.diffusion.training import (
     masked_slice_mse,
@@ -71,7 +71,8 @@ def test_short_training_learns_a_layout_that_depends_on_slice_position():
         network.train()
         starts = torch.randint(0, depth - m + 1, (8,))
         x_0 = one_hot_slices(torch.stack([reference[s : s + m] for s in starts]), 4)
-        loss = mcdpm_loss(network, scheduler, x_0, starts.float() / depth, probabilities, (1, 2)).regression
+        condition = draw_condition(x_0, starts.float() / depth, probabilities, (1, 2))
+        loss = mcdpm_loss(network, scheduler, x_0, condition).regression
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -15,8 +15,15 @@ from typing import NamedTuple
 
 import torch
 
-from medgen3d.diffusion.conditions import ConditionMode, condition_indicator, decode_slices, one_hot_slices
-from medgen3d.diffusion.sampler import Generators, SubsequenceDenoiser, SubsequenceSampler
+from medgen3d.diffusion.conditions import (
+    ConditionMode,
+    SubsequenceCondition,
+    SubsequenceDenoiser,
+    condition_indicator,
+    decode_slices,
+    one_hot_slices,
+)
+from medgen3d.diffusion.sampler import Generators, SubsequenceSampler
 
 __all__ = ["Window", "expansion_plan", "generation_plan", "generate_volumes"]
 
@@ -114,16 +121,18 @@ def generate_volumes(
         windows = [plans[i][step] for i in cases]
         # 1. the known slices of each window, re-encoded one-hot from the labels generated so far
         slices = torch.stack([volumes[i][w.start : w.start + m] for i, w in zip(cases, windows)])
-        x_known = one_hot_slices(slices.clamp(min=0), num_classes)
-        indicator = torch.stack([condition_indicator(w.mode, w.num_known, m) for w in windows]).to(device)
-        position = torch.tensor([w.start / depths[i] for i, w in zip(cases, windows)], device=device)
+        condition = SubsequenceCondition(
+            known=one_hot_slices(slices.clamp(min=0), num_classes),
+            indicator=torch.stack([condition_indicator(w.mode, w.num_known, m) for w in windows]).to(device),
+            position=torch.tensor([w.start / depths[i] for i, w in zip(cases, windows)], device=device),
+        )
         # 2. generate the window, 3. write only its new slices
         step_generator = (
             generator if isinstance(generator, (torch.Generator, type(None))) else [generator[i] for i in cases]
         )
-        labels = decode_slices(sampler.sample(network, x_known, indicator, position, step_generator))
+        labels = decode_slices(sampler.sample(network, condition, step_generator))
         for row, (i, w) in enumerate(zip(cases, windows)):
-            new = ~indicator[row].bool()
+            new = ~condition.indicator[row].bool()
             volumes[i][w.start : w.start + m][new] = labels[row][new]
     for i, volume in enumerate(volumes):
         if (volume < 0).any():

@@ -4,24 +4,33 @@ A subsequence is ``m`` consecutive mask slices, held as ``(B, m, K, H, W)``: ``K
 values in [-1, 1]. A per-slice indicator ``(B, m)`` marks the conditional slices ``X^C``: the first ``n`` slices
 (forward expansion), the last ``n`` (backward expansion) or none (unconditional generation). The network sees
 the clean slice where the indicator is 1 and the noisy ``x_t`` elsewhere, then the indicator itself.
+
+Everything a subsequence is conditioned on travels as one :class:`SubsequenceCondition`, through sampling and the
+loss alike, and only :func:`network_prediction` takes it apart for the network: a new condition changes that object,
+that function and the network, never the sampler's or the loss's signatures.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
     "ConditionMode",
+    "SubsequenceCondition",
+    "SubsequenceDenoiser",
     "condition_indicator",
     "draw_indicators",
+    "draw_condition",
     "one_hot_slices",
     "decode_slices",
     "pack",
     "unpack",
+    "network_prediction",
 ]
 
 
@@ -31,6 +40,59 @@ class ConditionMode(StrEnum):
     FORWARD = "forward"
     BACKWARD = "backward"
     UNCONDITIONAL = "unconditional"
+
+
+class SubsequenceCondition(NamedTuple):
+    """What a batch of subsequences is conditioned on.
+
+    Attributes:
+        known: ``(B, m, K, H, W)`` one-hot slices in [-1, 1]; only the slices under ``indicator`` are read, so the
+            others may hold anything (the clean subsequence in training, ``-1`` placeholders in generation).
+        indicator: ``(B, m)`` float, 1 on the given slices ``X^C``; an all-zero row is unconditional generation.
+        position: ``(B,)`` float relative position ``z / D`` of each subsequence's first slice.
+    """
+
+    known: torch.Tensor
+    indicator: torch.Tensor
+    position: torch.Tensor
+
+    @property
+    def conditional(self) -> torch.Tensor:
+        """``(B,)`` bool: the items with at least one given slice (guidance applies to these only)."""
+        return self.indicator.any(dim=1)
+
+    def impose(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(B, m, K, H, W)`` with the given slices replaced by :attr:`known`."""
+        return torch.where(self.indicator.bool()[:, :, None, None, None], self.known, x)
+
+    def null(self) -> SubsequenceCondition:
+        """The null condition of classifier-free guidance: no slice given, positions kept."""
+        return self._replace(indicator=torch.zeros_like(self.indicator))
+
+    def select(self, items: torch.Tensor) -> SubsequenceCondition:
+        """The items picked by a ``(B,)`` bool mask or an index tensor."""
+        return SubsequenceCondition(self.known[items], self.indicator[items], self.position[items])
+
+    @staticmethod
+    def cat(conditions: Sequence[SubsequenceCondition]) -> SubsequenceCondition:
+        """Conditions of several batches as one batch, in order (one network call for guided and null passes)."""
+        return SubsequenceCondition(*(torch.cat(parts) for parts in zip(*conditions)))
+
+    def to(self, device: torch.device | str) -> SubsequenceCondition:
+        """The same condition on ``device``."""
+        return SubsequenceCondition(*(tensor.to(device) for tensor in self))
+
+
+class SubsequenceDenoiser(Protocol):
+    """What sampling and training need of a network: ``(B, m(K+1), H, W), (B,), (B,) -> (B, mK, H, W)``.
+
+    The network keeps plain tensor arguments (bundle tools call it); :func:`network_prediction` feeds it a
+    :class:`SubsequenceCondition`.
+    """
+
+    subsequence_length: int
+
+    def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, position: torch.Tensor) -> torch.Tensor: ...
 
 
 def condition_indicator(mode: ConditionMode | str, num_known: int, length: int) -> torch.Tensor:
@@ -80,6 +142,28 @@ def draw_indicators(
     return torch.stack([condition_indicator(modes[c], int(n), length) for c, n in zip(choice, counts)])
 
 
+def draw_condition(
+    x_0: torch.Tensor,
+    position: torch.Tensor,
+    probabilities: Mapping[str, float],
+    num_known: tuple[int, int],
+    generator: torch.Generator | None = None,
+) -> SubsequenceCondition:
+    """A random training condition for clean subsequences: indicators from :func:`draw_indicators`, given slices
+    taken from ``x_0`` itself.
+
+    Args:
+        x_0: ``(B, m, K, H, W)`` clean one-hot subsequences in [-1, 1].
+        position: ``(B,)`` relative positions ``z / D``.
+        probabilities: ``{"forward": p_F, "backward": p_B, "unconditional": p_U}``.
+        num_known: inclusive range of given slices in the conditional modes.
+        generator: random source of the indicators (drawn on the CPU).
+    """
+    b, m = x_0.shape[:2]
+    indicator = draw_indicators(b, m, probabilities, num_known, generator).to(x_0.device)
+    return SubsequenceCondition(x_0, indicator, position)
+
+
 def one_hot_slices(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Integer slices ``(B, m, H, W)`` -> one-hot ``(B, m, K, H, W)`` with values -1 and 1."""
     one_hot = F.one_hot(labels.long(), num_classes).permute(0, 1, 4, 2, 3)
@@ -91,25 +175,36 @@ def decode_slices(x: torch.Tensor) -> torch.Tensor:
     return x.argmax(dim=2)
 
 
-def pack(x_t: torch.Tensor, x_known: torch.Tensor, indicator: torch.Tensor) -> torch.Tensor:
-    """The network input: the known slice where ``indicator`` is 1, ``x_t`` elsewhere, then the indicators.
+def pack(x_t: torch.Tensor, condition: SubsequenceCondition) -> torch.Tensor:
+    """The network input: the given slice where the indicator is 1, ``x_t`` elsewhere, then the indicators.
 
     Args:
         x_t: ``(B, m, K, H, W)`` noisy slices.
-        x_known: ``(B, m, K, H, W)`` clean slices (only those under the indicator are read).
-        indicator: ``(B, m)``.
+        condition: the given slices and their indicator (its position goes to the network separately).
 
     Returns:
         ``(B, m * (K + 1), H, W)``.
     """
     b, m, k, h, w = x_t.shape
-    keep = indicator.to(x_t.dtype)[:, :, None, None, None]
-    slices = torch.where(keep.bool(), x_known, x_t)
-    indicator_maps = keep[:, :, 0].expand(b, m, h, w)
-    return torch.cat([slices.reshape(b, m * k, h, w), indicator_maps], dim=1)
+    indicator_maps = condition.indicator.to(x_t.dtype)[:, :, None, None].expand(b, m, h, w)
+    return torch.cat([condition.impose(x_t).reshape(b, m * k, h, w), indicator_maps], dim=1)
 
 
 def unpack(output: torch.Tensor, length: int) -> torch.Tensor:
     """Network output ``(B, m * K, H, W)`` -> ``(B, m, K, H, W)``."""
     b, mk, h, w = output.shape
     return output.reshape(b, length, mk // length, h, w)
+
+
+def network_prediction(
+    network: SubsequenceDenoiser, x_t: torch.Tensor, timesteps: torch.Tensor, condition: SubsequenceCondition
+) -> torch.Tensor:
+    """The network's output for every slice, ``(B, m, K, H, W)``: the one place a condition meets the network.
+
+    Args:
+        network: the denoiser.
+        x_t: ``(B, m, K, H, W)`` noisy slices.
+        timesteps: ``(B,)`` diffusion steps.
+        condition: the given slices, their indicator and the positions.
+    """
+    return unpack(network(pack(x_t, condition), timesteps, condition.position), x_t.shape[1])

@@ -2,20 +2,20 @@
 
 MONAI's ``DiffusionInferer.sample`` cannot re-impose known slices between steps, so the loop is written here
 (about fifteen lines); the noise maths stays in MONAI's schedulers. The sampler never owns the network: it is
-passed to every call.
+passed to every call, with the conditions as one :class:`~medgen3d.diffusion.conditions.SubsequenceCondition`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, Union
+from typing import Union
 
 import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
-from medgen3d.diffusion.conditions import pack, unpack
+from medgen3d.diffusion.conditions import SubsequenceCondition, SubsequenceDenoiser, network_prediction
 
-__all__ = ["SubsequenceDenoiser", "Generators", "guide", "sampling_timesteps", "SubsequenceSampler"]
+__all__ = ["Generators", "guide", "sampling_timesteps", "SubsequenceSampler"]
 
 # One generator for the whole batch, or one per item: per-item generators make an item's sample independent of
 # the rest of its batch (up to floating point), so that sharded and resumed runs draw the same noise per case.
@@ -27,14 +27,6 @@ def randn(shape: Sequence[int], generator: Generators, device: torch.device) -> 
     if generator is None or isinstance(generator, torch.Generator):
         return torch.randn(tuple(shape), generator=generator).to(device)
     return torch.stack([torch.randn(tuple(shape[1:]), generator=g) for g in generator]).to(device)
-
-
-class SubsequenceDenoiser(Protocol):
-    """What the sampler needs of a network: ``(B, m(K+1), H, W), (B,), (B,) -> (B, mK, H, W)``."""
-
-    subsequence_length: int
-
-    def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, position: torch.Tensor) -> torch.Tensor: ...
 
 
 def guide(unconditional: torch.Tensor, conditional: torch.Tensor, scale: float) -> torch.Tensor:
@@ -97,9 +89,7 @@ class SubsequenceSampler:
         self,
         network: SubsequenceDenoiser,
         x_t: torch.Tensor,
-        x_known: torch.Tensor,
-        indicator: torch.Tensor,
-        position: torch.Tensor,
+        condition: SubsequenceCondition,
         t: int,
         generator: Generators = None,
     ) -> torch.Tensor:
@@ -107,58 +97,60 @@ class SubsequenceSampler:
 
         Conditional items are also evaluated under the null condition (no known slices; the known slices noised
         to step ``t`` like the rest) and combined by :func:`guide`.
+
+        Args:
+            network: the denoiser.
+            x_t: ``(B, m, K, H, W)`` the current noisy slices.
+            condition: the given slices, their indicator and the positions.
+            t: the step.
+            generator: random source of the null condition's noise, one or one per item.
         """
-        m = x_t.shape[1]
-        timesteps = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
-        conditional = indicator.any(dim=1)
+        b = x_t.shape[0]
+        timesteps = torch.full((b,), t, device=x_t.device, dtype=torch.long)
+        conditional = condition.conditional
         if self.guidance_scale == 1.0 or not conditional.any():
-            self.network_evaluations += x_t.shape[0]
-            return unpack(network(pack(x_t, x_known, indicator), timesteps, position), m)
-        # the null condition sees every slice noisy at step t (RePaint-style replacement of the known slices)
-        noise = randn(x_known.shape, generator, x_known.device)
-        noisy_known = self.scheduler.add_noise(x_known, noise, timesteps)
-        null_input = pack(x_t, noisy_known, indicator)
-        null_input[:, -m:] = 0.0
-        inputs = torch.cat([pack(x_t, x_known, indicator), null_input[conditional]])
-        outputs = network(
-            inputs, torch.cat([timesteps, timesteps[conditional]]), torch.cat([position, position[conditional]])
+            self.network_evaluations += b
+            return network_prediction(network, x_t, timesteps, condition)
+        # the null condition sees every slice noisy at step t (RePaint-style replacement of the known slices), and
+        # rides in the same network call as the conditional pass
+        noise = randn(condition.known.shape, generator, condition.known.device)
+        noisy = condition._replace(known=self.scheduler.add_noise(condition.known, noise, timesteps)).impose(x_t)
+        outputs = network_prediction(
+            network,
+            torch.cat([x_t, noisy[conditional]]),
+            torch.cat([timesteps, timesteps[conditional]]),
+            SubsequenceCondition.cat([condition, condition.null().select(conditional)]),
         )
-        self.network_evaluations += inputs.shape[0]
-        prediction = unpack(outputs[: x_t.shape[0]], m)
-        prediction[conditional] = guide(
-            unpack(outputs[x_t.shape[0] :], m), prediction[conditional], self.guidance_scale
-        )
+        self.network_evaluations += outputs.shape[0]
+        prediction = outputs[:b]
+        prediction[conditional] = guide(outputs[b:], prediction[conditional], self.guidance_scale)
         return prediction
 
     @torch.no_grad()
     def sample(
         self,
         network: SubsequenceDenoiser,
-        x_known: torch.Tensor,
-        indicator: torch.Tensor,
-        position: torch.Tensor,
+        condition: SubsequenceCondition,
         generator: Generators = None,
     ) -> torch.Tensor:
         """Run the reverse process for a batch of subsequences.
 
         Args:
             network: the denoiser.
-            x_known: ``(B, m, K, H, W)`` one-hot slices in [-1, 1]; only the slices under ``indicator`` are read.
-            indicator: ``(B, m)``, 1 on known slices.
-            position: ``(B,)`` relative position ``z / D`` of each subsequence's first slice.
+            condition: the given slices ``(B, m, K, H, W)`` (one-hot in [-1, 1], read only under the indicator),
+                the indicator ``(B, m)`` and the relative positions ``(B,)`` of the subsequences' first slices.
             generator: random source for the initial noise and stochastic steps, one or one per item.
 
         Returns:
             ``(B, m, K, H, W)``: the generated slices, with the known slices returned exactly.
         """
-        x_t = randn(x_known.shape, generator, x_known.device)
+        x_t = randn(condition.known.shape, generator, condition.known.device)
         for t in self.timesteps.tolist():
-            prediction = self.predict(network, x_t, x_known, indicator, position, t, generator)
+            prediction = self.predict(network, x_t, condition, t, generator)
             # 1. x_{t-1} from the prediction (noise, x_0 or v, as the scheduler was configured)
             x_t = self._step(prediction, t, x_t, generator)
         # 2. the known slices come back exactly as given
-        keep = indicator.bool()[:, :, None, None, None]
-        return torch.where(keep, x_known, x_t)
+        return condition.impose(x_t)
 
     def _step(self, prediction: torch.Tensor, t: int, x_t: torch.Tensor, generator: Generators) -> torch.Tensor:
         if generator is None or isinstance(generator, torch.Generator):

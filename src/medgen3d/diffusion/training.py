@@ -9,15 +9,13 @@ whatever its size; it is zero for a perfect estimate.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
 from monai.losses import DiceLoss
 from monai.networks.schedulers import Scheduler
 
-from medgen3d.diffusion.conditions import draw_indicators, pack, unpack
-from medgen3d.diffusion.sampler import SubsequenceDenoiser
+from medgen3d.diffusion.conditions import SubsequenceCondition, SubsequenceDenoiser, network_prediction
 
 __all__ = [
     "MCDPMLoss",
@@ -102,12 +100,7 @@ def structure_dice_loss(x0_estimate: torch.Tensor, x_0: torch.Tensor, indicator:
 
 
 def mcdpm_loss(
-    network: SubsequenceDenoiser,
-    scheduler: Scheduler,
-    x_0: torch.Tensor,
-    position: torch.Tensor,
-    condition_probabilities: Mapping[str, float],
-    num_known: tuple[int, int],
+    network: SubsequenceDenoiser, scheduler: Scheduler, x_0: torch.Tensor, condition: SubsequenceCondition
 ) -> MCDPMLoss:
     """One MC-DPM training loss on a batch of clean subsequences.
 
@@ -115,22 +108,18 @@ def mcdpm_loss(
         network: the denoiser (possibly wrapped for data-parallel training).
         scheduler: the noise schedule; its ``prediction_type`` sets the target.
         x_0: ``(B, m, K, H, W)`` clean one-hot subsequences in [-1, 1].
-        position: ``(B,)`` relative positions ``z / D``.
-        condition_probabilities: ``{"forward": p_F, "backward": p_B, "unconditional": p_U}``.
-        num_known: range of known slices in the conditional modes.
+        condition: the conditional slices ``X^C`` (normally ``x_0`` under random indicators, see
+            :func:`~medgen3d.diffusion.conditions.draw_condition`) and the positions ``z / D``.
 
     Returns:
         The regression term and the structure Dice term (combine with :meth:`MCDPMLoss.total`).
     """
-    b, m = x_0.shape[:2]
-    # 1. conditional slices X^C: the first or last n slices, or none (probabilities p_F, p_B, p_U)
-    indicator = draw_indicators(b, m, condition_probabilities, num_known).to(x_0.device)
-    # 2. noise every slice to a random step t; the network sees the known ones clean (pack)
+    # 1. noise every slice to a random step t; the network sees the given ones clean (pack)
     noise = torch.randn_like(x_0)
-    t = torch.randint(0, scheduler.num_train_timesteps, (b,), device=x_0.device)
+    t = torch.randint(0, scheduler.num_train_timesteps, (x_0.shape[0],), device=x_0.device)
     x_t = scheduler.add_noise(x_0, noise, t)
-    # 3. regress only the generated slices X^P; score their implied clean slices structure by structure
-    prediction = unpack(network(pack(x_t, x_0, indicator), t, position), m)
-    regression = masked_slice_mse(prediction, regression_target(scheduler, x_0, noise, t), indicator)
-    dice = structure_dice_loss(predicted_x0(scheduler, x_t, prediction, t), x_0, indicator)
+    # 2. regress only the generated slices X^P; score their implied clean slices structure by structure
+    prediction = network_prediction(network, x_t, t, condition)
+    regression = masked_slice_mse(prediction, regression_target(scheduler, x_0, noise, t), condition.indicator)
+    dice = structure_dice_loss(predicted_x0(scheduler, x_t, prediction, t), x_0, condition.indicator)
     return MCDPMLoss(regression, dice)

@@ -10,7 +10,7 @@ from monai.engines.utils import IterationEvents
 from monai.networks.schedulers import Scheduler
 from torch.utils.data import DataLoader
 
-from medgen3d.diffusion.conditions import one_hot_slices
+from medgen3d.diffusion.conditions import draw_condition, one_hot_slices
 from medgen3d.diffusion.training import mcdpm_loss
 from medgen3d.engines.base import StepTrainer
 
@@ -71,11 +71,11 @@ class MCDPMTrainer(StepTrainer):
         position = self.batch_tensor(batchdata, "position", engine.state.device).float()
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        # 2. the masked MC-DPM loss and the structure term, 3. backward and step
+        # 2. conditional slices X^C: the first or last n slices, or none (probabilities p_F, p_B, p_U)
+        condition = draw_condition(x_0, position, self.condition_probabilities, self.num_known)
+        # 3. the masked MC-DPM loss and the structure term, 4. backward and step
         with torch.autocast("cuda", enabled=engine.amp and x_0.is_cuda):
-            terms = mcdpm_loss(
-                engine.network, self.noise_scheduler, x_0, position, self.condition_probabilities, self.num_known
-            )
+            terms = mcdpm_loss(engine.network, self.noise_scheduler, x_0, condition)
             loss = terms.total(self.dice_weight)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         self._backward_and_step(engine, loss)
