@@ -35,6 +35,8 @@ import fire
 import numpy as np
 import torch
 
+from medgen3d.views import check_views
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_benchmark import BUNDLES, RESULTS, _machine  # noqa: E402  (the sibling benchmark's paths and load)
 
@@ -42,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 QUALITY = ROOT / "benchmarks" / "runs" / "quality" / "brain-mni"
 DATASET = QUALITY / "brain-mni-small"
 RUNS = ROOT / "benchmarks" / "runs" / "image_variants"
-VIEWS = ("axial", "coronal", "sagittal")
+VIEWS = check_views(None)  # every view, as a tuple: run folders are named by view
 
 GENERATORS: dict[str, dict[str, Any]] = {
     "vid2vid": {"skips": False},  # the paper's generator: everything through the bottleneck

@@ -82,7 +82,7 @@ def run(dataset: str = "brain-mni", iterations: int = 12, volumes: int = 2) -> N
     image_size = workflow.parser.get_parsed_content("slice_size")
     cases = label_datalist(spec, labels, 1, ("validation",))[:volumes]
     from medgen3d.data.io import load_nifti
-    from medgen3d.synthesis.image_sequences import generate_image_volumes
+    from medgen3d.synthesis.images import generate_image_volumes
     from medgen3d.transforms.subsequence import resize_label_slices
 
     volumes_in = [

@@ -193,7 +193,7 @@ def _machines(timings: dict[str, Any]) -> str | None:
 
 def summarise(title: str, run_dir: Path, workflow, common: dict[str, Any]) -> dict[str, Any]:
     """The results JSON from the quality report and the timings."""
-    from medgen3d.metrics.report import memorised_cases
+    from medgen3d.metrics.render import memorised_cases
 
     report = json.loads((run_dir / "eval" / "report" / "report.json").read_text())
     timings = _timings(run_dir)

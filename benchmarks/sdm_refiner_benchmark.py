@@ -33,7 +33,8 @@ def run(dataset: str = "brain-mni", noise_steps: int = 10, guidance_scale: float
 
     from medgen3d.data.dataset import read_dataset
     from medgen3d.data.intensity import volume_scale
-    from medgen3d.diffusion.refiner import VIEWS, SemanticRefiner, refine_volume
+    from medgen3d.diffusion.refiner import SemanticRefiner, refine_volume
+    from medgen3d.views import VIEWS
 
     torch.set_num_threads(2)
     data_dir, overlays = DATASETS[dataset]

@@ -20,10 +20,9 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from medgen3d.data.dataset import SPLITS, read_dataset  # noqa: E402
 from medgen3d.data.io import atomic_path  # noqa: E402
+from medgen3d.views import VIEWS  # noqa: E402
 
 __all__ = ["display_window", "label_colormap", "save_case_montage", "preview_dataset"]
-
-VIEWS = ("axial", "coronal", "sagittal")
 
 
 def display_window(image: np.ndarray, modality: str) -> tuple[float, float]:
@@ -42,9 +41,8 @@ def label_colormap(num_classes: int) -> ListedColormap:
 
 
 def _slices(volume: np.ndarray, center: tuple[int, int, int]) -> dict[str, np.ndarray]:
-    i, j, k = center
     # transposed so that rows run along the second axis named and origin="lower" puts A / S at the top
-    return {"axial": volume[:, :, k].T, "coronal": volume[:, j, :].T, "sagittal": volume[i, :, :].T}
+    return {view: np.take(volume, center[axis], axis=axis).T for view, axis in VIEWS.items()}
 
 
 def _aspects(spacing: np.ndarray) -> dict[str, float]:

@@ -13,7 +13,7 @@ from medgen3d.data.io import load_nifti, read_json
 from medgen3d.data.validate import validate_dataset
 from medgen3d.metrics.report import quality_report
 from medgen3d.pipeline.stages import StageBundle
-from tests.bundles.helpers import BUNDLES, TINY_NETWORKS, error_chain
+from tests.bundles.helpers import BUNDLES, TINY_NETWORKS, error_chain, run_torchrun
 from tests.conftest import TINY_AFFINE, TINY_SHAPE, write_tiny_dataset
 
 # tiny networks and a few iterations per stage: seconds each
@@ -123,6 +123,48 @@ def test_an_interrupted_generation_resumes_without_redoing_or_losing_cases(pipel
         tolerance = 1e-3 * float(np.ptp(expected)) + 1e-6
         np.testing.assert_allclose(regenerated, expected, rtol=0, atol=tolerance)
     assert len(read_dataset(out).cases()) == 3
+
+
+@pytest.mark.slow
+def test_generation_under_torchrun_shards_every_stage_and_matches_one_process(pipeline, tmp_path):
+    root, dataset = pipeline
+    # one case per network call and one thread in both runs, as torchrun's processes have here: a batch of several
+    # cases, or another thread count, changes float rounding (see the resume test)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _run(root, dataset, ["generate.json"], synthetic_dir=str(tmp_path / "one"), batch_size=1, num_cases=4)
+    finally:
+        torch.set_num_threads(threads)
+    segmentation = {**STAGES["segmentation_eval"], "slice_views": ["axial", "coronal", "sagittal"]}
+    result = run_torchrun(
+        "medgen3d",
+        ["common.json", "generate.json"],
+        root,
+        stages_dir=str(BUNDLES),
+        dataset_dir=str(dataset),
+        stage_overrides={**STAGES, "segmentation_eval": segmentation},
+        synthetic_dir=str(tmp_path / "two"),
+        batch_size=1,
+        num_cases=4,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    # every stage split its cases: rank 0 took 0 and 2, rank 1 took 1 and 3
+    for stage in ("mask_mcdpm", "image_vid2vid", "sdm_refiner"):
+        assert f"{stage} [2/2] synth-0003" in result.stderr and f"{stage} [2/2] synth-0002" in result.stderr
+        assert f"{stage} [3/" not in result.stderr
+    one, two = tmp_path / "one", tmp_path / "two"
+    for folder in ("", "unrefined"):
+        files = sorted(p.relative_to(two / folder) for p in (two / folder).glob("*/*.nii.gz"))
+        assert len(files) == 8 and files == sorted(
+            p.relative_to(one / folder) for p in (one / folder).glob("*/*.nii.gz")
+        )
+        assert read_dataset(two / folder).to_json() == read_dataset(one / folder).to_json()
+        for relative in files:
+            np.testing.assert_array_equal(
+                load_nifti(two / folder / relative).array, load_nifti(one / folder / relative).array
+            )
+    assert len(list((two / "previews").glob("*.png"))) == 4  # rank 0 alone drew them
 
 
 @pytest.mark.slow

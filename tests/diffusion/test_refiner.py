@@ -5,23 +5,15 @@ import torch
 import torch.nn.functional as F
 from monai.networks.schedulers import DDPMScheduler
 
-from medgen3d.diffusion.refiner import VIEWS, SemanticRefiner, from_view, refine_volume, to_view
+from medgen3d.diffusion.refiner import SemanticRefiner, refine_volume
 from medgen3d.engines.sdm_trainer import SemanticDiffusionTrainer
+from medgen3d.views import VIEWS
 from tests.conftest import slab_label, tiny_spade
 
 
 def _network(k=4):
     torch.manual_seed(0)
     return tiny_spade(k, channels=(16, 32), spade_channels=16)
-
-
-@pytest.mark.parametrize("view, axis", [("axial", 2), ("coronal", 1), ("sagittal", 0)])
-def test_views_slice_along_their_axis_and_restack_exactly(view, axis):
-    volume = torch.rand(2, 5, 6, 7)
-    slices = to_view(volume, view)
-    assert slices.shape[0] == volume.shape[1 + axis] and slices.shape[1] == 2
-    assert torch.equal(slices[3], volume.select(1 + axis, 3))
-    assert torch.equal(from_view(slices, view), volume)
 
 
 def test_zero_noise_steps_return_the_input_exactly():

@@ -5,7 +5,7 @@ import torch
 
 from medgen3d.engines.sequence_trainer import SequenceGANTrainer
 from medgen3d.networks import ImageDiscriminator, SequenceGenerator, TemporalDiscriminator
-from medgen3d.synthesis.image_sequences import generate_image_volumes
+from medgen3d.synthesis.images import generate_image_volumes
 from tests.conftest import slab_label
 
 WEIGHTS = {

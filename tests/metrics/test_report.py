@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from medgen3d.data.io import json_safe, write_json
-from medgen3d.metrics.report import _anatomy, _mean_rows, _plots, markdown_report
+from medgen3d.metrics.render import markdown_report, write_plots
+from medgen3d.metrics.report import _anatomy, _mean_rows
 
 STRUCTURES = ["wedge", "block", "nodule"]
 
@@ -87,6 +88,6 @@ def test_markdown_shows_presence_counts_and_n_a_for_undefined_values(tmp_path):
 
 
 def test_plots_include_the_mean_z_profiles(tmp_path):
-    _plots(tmp_path, _report(), STRUCTURES)
+    write_plots(tmp_path, _report(), STRUCTURES)
     assert mpimg.imread(tmp_path / "report.png").shape[0] > 100
     assert mpimg.imread(tmp_path / "z_profiles.png").shape[1] > 300

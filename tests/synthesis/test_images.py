@@ -8,7 +8,7 @@ from medgen3d.data.intensity import IntensityScale
 from medgen3d.data.io import load_nifti, save_nifti
 from medgen3d.data.validate import validate_dataset
 from medgen3d.networks import SequenceGenerator
-from medgen3d.synthesis.image_sequences import generate_image_volumes, synthesise_images
+from medgen3d.synthesis.images import generate_image_volumes, synthesise_images
 from tests.conftest import TINY_AFFINE, TINY_LABELS, slab_label
 
 

@@ -6,9 +6,10 @@ from monai.networks.schedulers import DDIMScheduler
 
 from medgen3d.data.io import DataError, load_nifti, save_nifti
 from medgen3d.data.validate import validate_dataset
-from medgen3d.diffusion.mask_synthesis import complete_mask_file, plan_cases, synthesise_masks
 from medgen3d.diffusion.sampler import SubsequenceSampler
 from medgen3d.networks import MultiConditionDiffusionUNet
+from medgen3d.synthesis.cases import Shard
+from medgen3d.synthesis.masks import complete_mask_file, plan_cases, synthesise_masks
 from tests.conftest import TINY_AFFINE, TINY_SHAPE, random_mcdpm, slab_label
 
 
@@ -56,9 +57,9 @@ def test_same_seed_same_volumes_and_resume_regenerates_only_missing_cases(networ
 
 def test_sharded_ranks_split_the_cases_and_rank_zero_writes_the_dataset(network, tiny_dataset, tmp_path):
     out = tmp_path / "sharded"
-    assert _synthesise(network, tiny_dataset, out, rank=1, world_size=2) is None
+    assert _synthesise(network, tiny_dataset, out, shard=Shard(1, 2)) is None
     assert sorted(p.name for p in (out / "labels").iterdir()) == ["synth-0001.nii.gz"]
-    spec = _synthesise(network, tiny_dataset, out, rank=0, world_size=2)
+    spec = _synthesise(network, tiny_dataset, out, shard=Shard(0, 2))
     assert len(spec.training) == 3
 
 

@@ -17,6 +17,7 @@ import torch
 
 from medgen3d.data.io import load_nifti
 from medgen3d.data.validate import validate_dataset
+from medgen3d.views import VIEWS
 from medgen3d.zoo.export import export_bundles
 from tests.bundles.helpers import TINY_NETWORKS, bundle_command, cli_args, verify_net_in_out, workflow
 from tests.bundles.test_bundle_layout import schema_path
@@ -61,7 +62,6 @@ TRAINING = {
     "sdm_refiner": [["train.json"]] * 3,
     "segmentation_eval": [["train.json", "unet2d.json"]],
 }
-VIEWS = ("axial", "coronal", "sagittal")
 # spatial size of the packed input ckpt_export traces the network with
 TRACE_SIZE = {"mask_mcdpm": [16, 16], "image_vid2vid": [16, 16], "sdm_refiner": [16, 16], "segmentation_eval": [64, 64]}
 REQUIRED = ("configs/metadata.json", "LICENSE", "models/model.pt", "configs/inference.json")
@@ -73,7 +73,7 @@ def exported(tmp_path_factory) -> tuple[Path, Path]:
     dataset = write_tiny_dataset(base / "data").root
     for bundle, overrides in TINY.items():
         for i, configs in enumerate(TRAINING[bundle]):
-            view = {"view": VIEWS[i]} if bundle == "sdm_refiner" else {}
+            view = {"view": list(VIEWS)[i]} if bundle == "sdm_refiner" else {}
             ckpt_dir = str(base / "models" / bundle)
             wf = workflow(
                 bundle,

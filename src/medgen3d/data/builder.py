@@ -15,8 +15,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from medgen3d.data.dataset import DATASET_JSON, SPLITS, Case, DatasetSpec, write_dataset
+from medgen3d.data.dataset import DATASET_JSON, SPLITS, Case, DatasetSpec
 from medgen3d.data.io import DataError, read_json, save_nifti, write_json
+from medgen3d.synthesis.cases import CaseRunner
 
 __all__ = ["GeneratedCase", "SplitSizes", "case_seeds", "build_dataset"]
 
@@ -29,6 +30,13 @@ class GeneratedCase(NamedTuple):
     image: np.ndarray
     label: np.ndarray
     affine: np.ndarray
+
+
+class _Job(NamedTuple):
+    """One case to make: its id and its own seed."""
+
+    case_id: str
+    seed: int
 
 
 class SplitSizes(NamedTuple):
@@ -97,33 +105,32 @@ def build_dataset(
                 "choose another output folder or pass --overwrite"
             )
     write_json(marker, provenance)
-    total = sum(sizes)
-    seeds = case_seeds(seed, total)
-    cases: dict[str, list[Case]] = {split: [] for split in SPLITS}
+    seeds = case_seeds(seed, sum(sizes))
     split_of = [split for split, n in zip(SPLITS, sizes) for _ in range(n)]
-    case_seed_map = {}
-    for i, (split, case_seed) in enumerate(zip(split_of, seeds)):
-        case_id = f"case-{i:03d}"
-        case = Case(image=f"images/{case_id}.nii.gz", label=f"labels/{case_id}.nii.gz")
-        image_path, label_path = out / case.image, out / case.label
-        if overwrite or not (image_path.exists() and label_path.exists()):
-            generated = make_case(case_seed)
+    jobs = [_Job(f"case-{i:03d}", case_seed) for i, case_seed in enumerate(seeds)]
+    runner = CaseRunner(out, "images", progress=progress, redo=overwrite)
+
+    def write(batch: list[_Job]) -> None:
+        for job in batch:
+            generated = make_case(job.seed)
+            named = Case.named(job.case_id)
             # label first: a case counts as done only once its image exists, and the image is written last
-            save_nifti(label_path, generated.label, generated.affine)
-            save_nifti(image_path, generated.image, generated.affine)
-        cases[split].append(case)
-        case_seed_map[case_id] = case_seed
-        if progress is not None:
-            progress(i + 1, total, case_id)
-    spec = DatasetSpec(
-        name=name,
-        modality=modality,
-        labels=dict(labels),
-        training=cases["training"],
-        validation=cases["validation"],
-        test=cases["test"],
-        extra={"medgen3d": {**provenance, "case_seeds": case_seed_map}},
-    )
-    spec = write_dataset(out, spec)
+            save_nifti(out / named.label, generated.label, generated.affine)
+            save_nifti(out / named.image, generated.image, generated.affine)
+
+    def dataset() -> DatasetSpec:
+        cases = {split: [Case.named(job.case_id) for job, s in zip(jobs, split_of) if s == split] for split in SPLITS}
+        return DatasetSpec(
+            name=name,
+            modality=modality,
+            labels=dict(labels),
+            training=cases["training"],
+            validation=cases["validation"],
+            test=cases["test"],
+            extra={"medgen3d": {**provenance, "case_seeds": {job.case_id: job.seed for job in jobs}}},
+        )
+
+    runner.run(jobs, write)
+    spec = runner.finish([job.case_id for job in jobs], dataset)
     marker.unlink()
     return spec

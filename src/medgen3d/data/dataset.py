@@ -68,6 +68,12 @@ class Case:
     image: str | None
     label: str
 
+    @classmethod
+    def named(cls, case_id: str, image: bool = True) -> Case:
+        """The case ``case_id`` as every dataset the project writes names it: ``images/<case_id>.nii.gz`` (or no
+        image) and ``labels/<case_id>.nii.gz``."""
+        return cls(f"images/{case_id}.nii.gz" if image else None, f"labels/{case_id}.nii.gz")
+
     @property
     def case_id(self) -> str:
         """The label file's name without its NIfTI extension (``labels/sub-003.nii.gz`` -> ``sub-003``)."""

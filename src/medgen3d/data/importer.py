@@ -27,6 +27,7 @@ from medgen3d.data.dataset import MODALITIES, Case, DatasetSpec, check_pair, wri
 from medgen3d.data.geometry import SourceGeometry, grid_corners, resample, target_grid
 from medgen3d.data.io import DataError, Volume, load_nifti, save_nifti
 from medgen3d.data.spatial import Grid
+from medgen3d.synthesis.cases import CaseRunner
 
 __all__ = [
     "SourcePair",
@@ -231,18 +232,21 @@ def import_dataset(
     counts = _split_counts(len(pairs), split)
     order = np.random.default_rng(seed).permutation(len(pairs))
     out = Path(out_dir)
-    cases: list[Case] = []
+    jobs = [pairs[index] for index in order]
     geometry: dict[str, dict] = {}
-    for done, index in enumerate(order, start=1):
-        pair = pairs[index]
-        image, label, source = import_case(pair, settings)
-        case = Case(image=f"images/{pair.case_id}.nii.gz", label=f"labels/{pair.case_id}.nii.gz")
-        save_nifti(out / case.label, label.array, label.affine)
-        save_nifti(out / case.image, image.array, image.affine)
-        cases.append(case)
-        geometry[case.case_id] = source.to_json()
-        if progress is not None:
-            progress(done, len(pairs), pair.case_id)
+    # every case again, as a fresh import: a folder's earlier cases may come from other source files or settings
+    runner = CaseRunner(out, "images", progress=progress, redo=True)
+
+    def write(batch: list[SourcePair]) -> None:
+        for pair in batch:
+            image, label, source = import_case(pair, settings)
+            named = Case.named(pair.case_id)
+            save_nifti(out / named.label, label.array, label.affine)
+            save_nifti(out / named.image, image.array, image.affine)
+            geometry[pair.case_id] = source.to_json()
+
+    runner.run(jobs, write)
+    cases = [Case.named(pair.case_id) for pair in jobs]
     n_train, n_val = counts[0], counts[1]
     spec = DatasetSpec(
         name=name,

@@ -7,7 +7,7 @@ mean over the views. A few steps keep the anatomy and the slice-to-slice continu
 with texture the diffusion models learned from real slices.
 
 Volumes are ``(H, W, D)`` RAS: axial slices run along ``D``, coronal along ``W`` (anterior-posterior), sagittal
-along ``H`` (left-right).
+along ``H`` (left-right), as :mod:`medgen3d.views` slices them.
 """
 
 from __future__ import annotations
@@ -23,27 +23,9 @@ from torch import nn
 
 from medgen3d.diffusion.sampler import guide
 from medgen3d.networks.spade_cache import reuse_mask_modulation
+from medgen3d.views import from_view, to_view
 
-__all__ = ["VIEWS", "to_view", "from_view", "SegmentationDenoiser", "SemanticRefiner", "refine_volume"]
-
-# view -> the volume axis its slices run along
-VIEWS = {"axial": 2, "coronal": 1, "sagittal": 0}
-
-
-def _axis(view: str) -> int:
-    if view not in VIEWS:
-        raise ValueError(f"view must be one of {list(VIEWS)}, got {view!r}")
-    return VIEWS[view]
-
-
-def to_view(volume: torch.Tensor, view: str) -> torch.Tensor:
-    """``(C, H, W, D)`` -> the view's slices ``(N, C, a, b)`` (``N`` along the view's axis)."""
-    return volume.movedim(1 + _axis(view), 0)
-
-
-def from_view(slices: torch.Tensor, view: str) -> torch.Tensor:
-    """Inverse of :func:`to_view`: ``(N, C, a, b)`` -> ``(C, H, W, D)``."""
-    return slices.movedim(0, 1 + _axis(view))
+__all__ = ["SegmentationDenoiser", "SemanticRefiner", "refine_volume"]
 
 
 class SegmentationDenoiser(Protocol):

@@ -29,7 +29,6 @@ __all__ = [
     "BestModelSaver",
     "WeightsSnapshot",
     "ResumableCheckpoint",
-    "load_torchscript",
     "load_weights",
     "read_weights",
     "save_atomically",
@@ -104,17 +103,6 @@ def weights_mismatch(network: torch.nn.Module, state: Mapping[str, Any]) -> str:
             f"{tuple(own[k].shape)} in the network)"
         )
     return "; ".join(parts) or "the weights do not load (wrong types)"
-
-
-def load_torchscript(path: str | os.PathLike, what: str) -> torch.jit.ScriptModule:
-    """A local TorchScript network (user-supplied weights such as Inception or LPIPS) on the CPU, in eval mode; a
-    missing or unreadable file raises :class:`DataError` naming it and ``what`` it was meant to be."""
-    if not Path(path).is_file():
-        raise DataError(f"{path}: {what} file not found")
-    try:
-        return torch.jit.load(str(path), map_location="cpu").eval()
-    except RuntimeError as err:
-        raise DataError(f"{path}: not a TorchScript file ({str(err).splitlines()[0]})") from err
 
 
 class ResumableCheckpoint:
@@ -227,7 +215,7 @@ class ResumableCheckpoint:
             engine.state.max_iters, engine.state.max_epochs = None, max(max_epochs or 0, engine.state.epoch)
 
     def save(self, engine: Engine) -> None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+        if idist.get_rank() != 0:
             return  # one writer under DDP
         state = {
             k: (_unwrap(v) if isinstance(v, torch.nn.Module) else v).state_dict() for k, v in self.save_dict.items()
@@ -299,7 +287,7 @@ class BestModelSaver:
         value = float(engine.state.metrics[self.metric_name])
         if value <= self.best:
             return
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+        if idist.get_rank() != 0:
             return
         save_atomically(_unwrap(self.network).state_dict(), self.path)
         write_json(self.record, {"metric": self.metric_name, "value": value})

@@ -10,6 +10,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import ignite.distributed as idist  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from ignite.engine import Engine, Events  # noqa: E402
@@ -90,7 +91,7 @@ class MaskSamplePreview:
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
 
     def __call__(self, engine: Engine) -> None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+        if idist.get_rank() != 0:
             return
         m = self.network.subsequence_length
         was_training = self.network.training
@@ -153,10 +154,10 @@ class ImageSequencePreview:
     def __call__(self, engine: Engine) -> None:
         from medgen3d.data.intensity import volume_scale
         from medgen3d.data.io import load_nifti
-        from medgen3d.synthesis.image_sequences import generate_image_volumes
+        from medgen3d.synthesis.images import generate_image_volumes
         from medgen3d.transforms.subsequence import resize_label_slices
 
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+        if idist.get_rank() != 0:
             return
         label = torch.from_numpy(load_nifti(self.case["label"]).array.astype("int64")).permute(2, 0, 1)
         real = torch.from_numpy(load_nifti(self.case["image"]).array).float().permute(2, 0, 1)
@@ -216,9 +217,10 @@ class RefinementPreview:
     def __call__(self, engine: Engine) -> None:
         from medgen3d.data.intensity import volume_scale
         from medgen3d.data.io import load_nifti
-        from medgen3d.diffusion.refiner import SemanticRefiner, to_view
+        from medgen3d.diffusion.refiner import SemanticRefiner
+        from medgen3d.views import to_view
 
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+        if idist.get_rank() != 0:
             return
         image = torch.from_numpy(load_nifti(self.case["image"]).array).float()
         label = torch.from_numpy(load_nifti(self.case["label"]).array.astype("int64"))

@@ -14,6 +14,7 @@ from monai.losses import DiffusionLoss, PatchAdversarialLoss
 from torch import nn
 
 from medgen3d.networks.sequence_generator import warp_slice
+from medgen3d.torchscript import load_torchscript
 
 __all__ = [
     "LOSS_TERMS",
@@ -116,13 +117,15 @@ class LocalPerceptualLoss(nn.Module):
     Args:
         weights_path: a TorchScript file whose module maps ``(B, 1, H, W)`` images to a tensor or a list of
             feature tensors. Nothing is downloaded.
+
+    Raises:
+        TorchScriptNotFoundError: no file at ``weights_path`` (a ``FileNotFoundError``, and a ``DataError``).
+        DataError: the file is not TorchScript.
     """
 
     def __init__(self, weights_path: str | os.PathLike) -> None:
         super().__init__()
-        if not os.path.isfile(weights_path):
-            raise FileNotFoundError(f"{weights_path}: perceptual-loss network not found")
-        self.features = torch.jit.load(str(weights_path), map_location="cpu").eval()
+        self.features = load_torchscript(weights_path, "perceptual-loss network")
         for parameter in self.features.parameters():
             parameter.requires_grad_(False)
 

@@ -25,8 +25,8 @@ from monai.networks.layers import SkipConnection
 from monai.networks.nets import UNet
 from torch import nn
 
-from medgen3d.diffusion.refiner import VIEWS, to_view
-from medgen3d.engines.checkpoint import load_torchscript
+from medgen3d.torchscript import load_torchscript
+from medgen3d.views import check_views, to_view
 
 __all__ = [
     "view_slices",
@@ -46,7 +46,7 @@ def view_slices(volume: torch.Tensor, view: str, min_foreground: float = 0.0) ->
 
     Args:
         volume: ``(H, W, D)`` in [-1, 1].
-        view: ``"axial"``, ``"coronal"`` or ``"sagittal"`` (see :data:`medgen3d.diffusion.refiner.VIEWS`).
+        view: ``"axial"``, ``"coronal"`` or ``"sagittal"`` (see :data:`medgen3d.views.VIEWS`).
         min_foreground: slices whose fraction of voxels above the background value (-1) is below this are
             dropped, so that the empty slices outside the body do not dominate the feature statistics.
 
@@ -173,7 +173,7 @@ class TorchScriptFeatures:
     def __init__(
         self, path: str | os.PathLike, input_size: Sequence[int] = (299, 299), channels: int = 3, batch_size: int = 32
     ) -> None:
-        self.network = load_torchscript(path, "feature network")
+        self.network = load_torchscript(path, "feature network file")
         self.input_size, self.channels, self.batch_size = tuple(int(n) for n in input_size), channels, batch_size
         self.description = f"features of {Path(path).name}"
 
@@ -228,17 +228,13 @@ def view_frechet_distances(
         extract: slices ``(N, 1, a, b)`` -> features ``(N, F)``, e.g. a :class:`FeatureExtractor`.
         synthetic: volumes ``(H, W, D)`` in [-1, 1]; shapes may differ between volumes.
         real: volumes ``(H, W, D)`` in [-1, 1].
-        views: the views to compare.
+        views: the views to compare, without repeats (checked by :func:`medgen3d.views.check_views`).
         min_foreground: see :func:`view_slices`.
 
     Returns:
         ``{view: distance}`` for each view, plus ``"mean"`` over the views.
     """
-    if not views:
-        raise ValueError("views must name at least one view")
-    for view in views:
-        if view not in VIEWS:
-            raise ValueError(f"views must be among {list(VIEWS)}, got {view!r}")
+    views = check_views(views)
 
     def features(volumes: Sequence[torch.Tensor], view: str) -> torch.Tensor:
         # One volume at a time: volumes may differ in shape, and the slices of a whole set need not fit in memory.

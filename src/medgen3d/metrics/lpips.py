@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from medgen3d.diffusion.refiner import to_view
-from medgen3d.engines.checkpoint import load_torchscript
 from medgen3d.metrics.crops import common_crop
+from medgen3d.torchscript import load_torchscript
+from medgen3d.views import to_view
 
 __all__ = ["TorchScriptLPIPS", "view_lpips_diversity"]
 
@@ -32,7 +32,7 @@ class TorchScriptLPIPS:
     """
 
     def __init__(self, path: str | os.PathLike, channels: int = 3, batch_size: int = 16) -> None:
-        self.network = load_torchscript(path, "LPIPS network")
+        self.network = load_torchscript(path, "LPIPS network file")
         self.channels, self.batch_size = channels, batch_size
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -14,32 +14,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["ViewDenoisers", "check_views"]
+from medgen3d.views import check_views
 
-
-def check_views(views: Sequence[str] | None) -> tuple[str, ...]:
-    """``views`` as a tuple, checked: non-empty, no repeats, each one of :data:`~medgen3d.diffusion.refiner.VIEWS`;
-    ``None`` stands for all of them.
-
-    Raises:
-        ValueError: naming ``views`` and what is wrong with it.
-    """
-    # imported here: medgen3d.diffusion.refiner imports this package, so a module-level import would be circular
-    from medgen3d.diffusion.refiner import VIEWS
-
-    if views is None:
-        return tuple(VIEWS)
-    if isinstance(views, str):  # a single name would otherwise be read as its letters
-        raise ValueError(f"views must be a sequence of view names, got the string {views!r}")
-    views = tuple(views)
-    if not views:
-        raise ValueError(f"views must name at least one of {list(VIEWS)}")
-    unknown = [view for view in views if view not in VIEWS]
-    if unknown:
-        raise ValueError(f"views must be among {list(VIEWS)}, got {unknown}")
-    if len(set(views)) != len(views):
-        raise ValueError(f"views must not repeat, got {list(views)}")
-    return views
+__all__ = ["ViewDenoisers"]
 
 
 class ViewDenoisers(nn.ModuleDict):
@@ -55,8 +32,7 @@ class ViewDenoisers(nn.ModuleDict):
     Args:
         network: the SPADE diffusion UNet, ``(x (B, 1, H, W), t (B,), seg (B, K, H, W)) -> (B, 1, H, W)``; deep
             copied once per view.
-        views: view names, each one of :data:`~medgen3d.diffusion.refiner.VIEWS`, without repeats; ``None`` for
-            all of them.
+        views: view names, each one of :data:`~medgen3d.views.VIEWS`, without repeats; ``None`` for all of them.
         timestep: the diffusion step :meth:`forward` uses for every item.
     """
 

@@ -10,8 +10,10 @@ Layout of the output folder::
     .medgen3d-generate.json            the run's settings, including a fingerprint of every checkpoint
 
 Every stage skips the cases already on disk, so rerunning an interrupted generation finishes it without redoing
-or losing cases. A folder that holds another run (other data, seed, case count or checkpoints), or anything else,
-is refused unless ``overwrite`` is set, which deletes only what a generation writes.
+or losing cases. Under ``torchrun`` every stage shards its cases over the ranks (rank ``r`` of ``W`` takes cases
+``r, r + W, …``, see :mod:`medgen3d.synthesis.cases`); rank 0 writes the previews. A folder that holds another run
+(other data, seed, case count or checkpoints), or anything else, is refused unless ``overwrite`` is set, which
+deletes only what a generation writes.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+import torch.distributed
+
 from medgen3d.data.dataset import DATASET_JSON, DatasetSpec, read_dataset
-from medgen3d.data.io import DataError, read_json, write_json
+from medgen3d.data.io import DataError, SettingError, read_json, write_json
 from medgen3d.pipeline.stages import PipelineStages, StageBundle, require_files
+from medgen3d.synthesis.cases import Shard, wait_for_ranks
 from medgen3d.synthesis.components import run_record_name
 
 __all__ = ["GenerationResult", "generate_dataset", "stage_checkpoints", "RUN_MARKER"]
@@ -127,9 +132,26 @@ def generate_dataset(
         "views": list(views),
         "checkpoints": {what: _fingerprint(path) for what, path in checkpoints.items()},
     }
-    _claim(out, settings, overwrite)
+    shard = Shard.from_environment()
+    shard.connect()
+    if shard.world_size > 1 and not torch.distributed.is_initialized():
+        raise SettingError(
+            f"WORLD_SIZE is {shard.world_size} but no process group could be joined: each stage reads the dataset "
+            "every rank finished in the stage before, so start generation with torchrun (--nproc_per_node, --nnodes)"
+        )
+    if shard.rank == 0:
+        _claim(out, settings, overwrite)  # first: it may clear the folder that the other ranks then check
+    wait_for_ranks()
+    if shard.rank != 0:
+        _claim(out, settings, overwrite=False)
     unrefined = out / "unrefined"
-    shared = {"dataset_dir": str(real.root), "labels": {str(k): v for k, v in real.labels.items()}, "seed": seed}
+    shared = {
+        "dataset_dir": str(real.root),
+        "labels": {str(k): v for k, v in real.labels.items()},
+        "seed": seed,
+        "rank": shard.rank,
+        "world_size": shard.world_size,
+    }
     seconds = {}
 
     def timed(name: str, stage: StageBundle, **overrides) -> None:
@@ -137,20 +159,15 @@ def generate_dataset(
         stage.run(["inference.json"], **shared, **overrides)
         seconds[name] = time.monotonic() - start
 
-    print(f"[medgen3d] generating {num_cases} paired cases into {out}", file=sys.stderr, flush=True)
-    timed(
-        "masks",
-        stages.mask,
-        synthetic_dir=str(unrefined),
-        num_cases=num_cases,
-        batch_size=batch_size,
-        rank=0,
-        world_size=1,
-    )
+    ranks = f" (rank {shard.rank} of {shard.world_size})" if shard.world_size > 1 else ""
+    print(f"[medgen3d] generating {num_cases} paired cases into {out}{ranks}", file=sys.stderr, flush=True)
+    # each stage waits for every rank before writing its dataset.json, which the next stage reads
+    timed("masks", stages.mask, synthetic_dir=str(unrefined), num_cases=num_cases, batch_size=batch_size)
     timed("images", stages.image, masks_dir=str(unrefined), synthetic_dir=str(unrefined), batch_size=batch_size)
     timed("refinement", stages.refiner, pairs_dir=str(unrefined), refined_dir=str(out), views=list(views))
-    start = time.monotonic()
-    preview_dataset(out, out / "previews", preview_cases)
-    preview_dataset(unrefined, out / "previews" / "unrefined", preview_cases)
-    seconds["previews"] = time.monotonic() - start
+    if shard.rank == 0:
+        start = time.monotonic()
+        preview_dataset(out, out / "previews", preview_cases)
+        preview_dataset(unrefined, out / "previews" / "unrefined", preview_cases)
+        seconds["previews"] = time.monotonic() - start
     return GenerationResult(read_dataset(out), read_dataset(unrefined), seconds)

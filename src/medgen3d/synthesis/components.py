@@ -10,7 +10,7 @@ naming the setting or the folder.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +20,11 @@ import torch
 from medgen3d.data.dataset import DatasetSpec
 from medgen3d.data.intensity import IntensityScale
 from medgen3d.data.io import DataError, SettingError, read_json, write_json
-from medgen3d.diffusion.mask_synthesis import complete_mask_file, synthesise_masks
 from medgen3d.diffusion.refiner import SemanticRefiner
 from medgen3d.diffusion.sampler import SubsequenceSampler
-from medgen3d.synthesis.image_sequences import synthesise_images
+from medgen3d.synthesis.cases import Progress, Shard, wait_for_ranks
+from medgen3d.synthesis.images import synthesise_images
+from medgen3d.synthesis.masks import complete_mask_file, synthesise_masks
 from medgen3d.synthesis.refinement import refine_dataset
 
 __all__ = [
@@ -35,8 +36,6 @@ __all__ = [
     "ImageSynthesis",
     "Refinement",
 ]
-
-Progress = Callable[[int, int, str], None]
 
 
 def _at_least(minimum: int, **values: int | None) -> None:
@@ -101,9 +100,35 @@ def _where(spec: DatasetSpec, out: str | os.PathLike | None = None) -> str:
 
 
 @dataclass
-class MaskSynthesis:
+class _DatasetRun:
+    """What every generating run step shares: its shard of the cases and its progress line (keyword-only, after
+    each step's own arguments)."""
+
+    rank: int = field(default=0, kw_only=True)
+    world_size: int = field(default=1, kw_only=True)
+    progress: Progress | None = field(default=None, kw_only=True, repr=False)
+
+    def __post_init__(self) -> None:
+        Shard(self.rank, self.world_size).checked()
+
+    def _claim(self, out: str | os.PathLike, stage: str, settings: Mapping[str, Any], outputs: str) -> Shard:
+        """:func:`claim_folder` on rank 0 first, then on the others, which find its record: together they would race
+        (a rank seeing the record half-written would take the folder for another run's). Returns this process's
+        shard, in its ranks' process group when ``torchrun`` started it."""
+        shard = Shard(self.rank, self.world_size)
+        shard.connect()
+        if shard.rank == 0:
+            claim_folder(out, stage, settings, outputs)
+        wait_for_ranks()
+        if shard.rank != 0:
+            claim_folder(out, stage, settings, outputs)
+        return shard
+
+
+@dataclass
+class MaskSynthesis(_DatasetRun):
     """Generate ``num_cases`` mask volumes into ``out_dir``: the arguments of
-    :func:`~medgen3d.diffusion.mask_synthesis.synthesise_masks`, by name."""
+    :func:`~medgen3d.synthesis.masks.synthesise_masks`, by name."""
 
     network: torch.nn.Module
     sampler: SubsequenceSampler
@@ -116,16 +141,12 @@ class MaskSynthesis:
     start: int | None = None
     batch_size: int = 4
     seed: int = 0
-    rank: int = 0
-    world_size: int = 1
-    progress: Progress | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        _at_least(1, num_cases=self.num_cases, batch_size=self.batch_size, world_size=self.world_size)
+        _at_least(1, num_cases=self.num_cases, batch_size=self.batch_size)
         _at_least(0, num_condition=self.num_condition, start=self.start)
         _at_least(1, depth=self.depth)
-        if not 0 <= self.rank < self.world_size:
-            raise SettingError(f"rank: must be in [0, {self.world_size - 1}], got {self.rank}")
+        super().__post_init__()
         m = getattr(self.network, "subsequence_length", None)
         if m is not None and self.depth is not None and self.depth < m:
             raise SettingError(f"depth: {self.depth} is shallower than one subsequence ({m} slices)")
@@ -139,8 +160,7 @@ class MaskSynthesis:
         return {"reference": _where(self.reference), **{k: asdict(self)[k] for k in keys}}
 
     def run(self) -> DatasetSpec | None:
-        # every rank claims: the record is the same from each, and it is written long before any case is
-        claim_folder(self.out_dir, "mask_mcdpm", self.settings(), "labels")
+        shard = self._claim(self.out_dir, "mask_mcdpm", self.settings(), "labels")
         return synthesise_masks(
             self.network,
             self.sampler,
@@ -153,15 +173,14 @@ class MaskSynthesis:
             self.start,
             self.batch_size,
             self.seed,
-            self.rank,
-            self.world_size,
+            shard,
             self.progress,
         )
 
 
 @dataclass
 class MaskCompletion:
-    """Grow a partial mask file to its full depth (:func:`~medgen3d.diffusion.mask_synthesis.complete_mask_file`)."""
+    """Grow a partial mask file to its full depth (:func:`~medgen3d.synthesis.masks.complete_mask_file`)."""
 
     network: torch.nn.Module
     sampler: SubsequenceSampler
@@ -195,8 +214,8 @@ class MaskCompletion:
 
 
 @dataclass
-class ImageSynthesis:
-    """Give every mask of ``masks`` its image (:func:`~medgen3d.synthesis.image_sequences.synthesise_images`)."""
+class ImageSynthesis(_DatasetRun):
+    """Give every mask of ``masks`` its image (:func:`~medgen3d.synthesis.images.synthesise_images`)."""
 
     network: torch.nn.Module
     masks: DatasetSpec
@@ -204,14 +223,15 @@ class ImageSynthesis:
     intensity_scale: IntensityScale
     image_size: Sequence[int] | None = None
     batch_size: int = 4
-    progress: Progress | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         _at_least(1, batch_size=self.batch_size)
+        super().__post_init__()
         check_size(self.network, self.image_size)
 
-    def run(self) -> DatasetSpec:
-        claim_folder(self.out_dir, "image_vid2vid", {"masks": _where(self.masks, self.out_dir)}, "images")
+    def run(self) -> DatasetSpec | None:
+        settings = {"masks": _where(self.masks, self.out_dir)}
+        shard = self._claim(self.out_dir, "image_vid2vid", settings, "images")
         return synthesise_images(
             self.network,
             self.masks,
@@ -220,11 +240,12 @@ class ImageSynthesis:
             self.image_size,
             self.batch_size,
             self.progress,
+            shard,
         )
 
 
 @dataclass
-class Refinement:
+class Refinement(_DatasetRun):
     """Refine every pair of ``pairs`` (:func:`~medgen3d.synthesis.refinement.refine_dataset`)."""
 
     networks: Mapping[str, torch.nn.Module]
@@ -234,12 +255,12 @@ class Refinement:
     views: Sequence[str] = ("axial", "coronal", "sagittal")
     batch_size: int = 16
     seed: int = 0
-    progress: Progress | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         _at_least(1, batch_size=self.batch_size)
+        super().__post_init__()
 
-    def run(self) -> DatasetSpec:
+    def run(self) -> DatasetSpec | None:
         if Path(self.out_dir).resolve() == Path(_where(self.pairs)).resolve():
             raise SettingError(f"refined_dir: {self.out_dir} is the input pairs' folder; refine into another one")
         settings = {
@@ -248,7 +269,7 @@ class Refinement:
             "seed": self.seed,
             "noise_steps": self.refiner.noise_steps,
         }
-        claim_folder(self.out_dir, "sdm_refiner", settings, "images")
+        shard = self._claim(self.out_dir, "sdm_refiner", settings, "images")
         return refine_dataset(
             self.networks,
             self.refiner,
@@ -258,4 +279,5 @@ class Refinement:
             self.batch_size,
             self.seed,
             self.progress,
+            shard,
         )

@@ -9,19 +9,19 @@ the real data's intensity scale (HU for CT).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medgen3d.data.dataset import SPLITS, DatasetSpec
+from medgen3d.data.dataset import Case, DatasetSpec
 from medgen3d.data.intensity import IntensityScale
 from medgen3d.data.io import save_nifti
 from medgen3d.diffusion.conditions import one_hot_slices
 from medgen3d.networks.sequence_generator import SequenceGenerator
-from medgen3d.synthesis.paired import copy_label, write_paired_dataset
+from medgen3d.synthesis.cases import CaseRunner, Progress, Shard
+from medgen3d.synthesis.paired import copy_label, paired_dataset
 from medgen3d.transforms.subsequence import resize_label_slices
 
 __all__ = ["generate_image_volumes", "synthesise_images"]
@@ -77,8 +77,9 @@ def synthesise_images(
     scale: IntensityScale,
     image_size: Sequence[int] | None = None,
     batch_size: int = 4,
-    progress: Callable[[int, int, str], None] | None = None,
-) -> DatasetSpec:
+    progress: Progress | None = None,
+    shard: Shard = Shard(),
+) -> DatasetSpec | None:
     """Generate the image of every mask in ``masks`` into the paired dataset ``out_dir``; finished cases are kept.
 
     Args:
@@ -89,30 +90,27 @@ def synthesise_images(
         image_size: the generator's in-plane size; default the masks' own.
         batch_size: cases generated together.
         progress: optional ``callback(done, total, case_id)``.
+        shard: this process's share of the cases.
+
+    Returns:
+        The paired dataset once every case exists (see :meth:`~medgen3d.synthesis.cases.CaseRunner.finish`), else
+        ``None``.
     """
-    out = Path(out_dir)
-    cases = [(split, case) for split in SPLITS for case in masks.split(split)]
-    pending = [(split, case) for split, case in cases if not (out / "images" / f"{case.case_id}.nii.gz").exists()]
-    done = len(cases) - len(pending)
-    for first in range(0, len(pending), batch_size):
-        batch = pending[first : first + batch_size]
-        volumes = [masks.load_case(case)[1] for _, case in batch]
-        shapes = [v.array.shape for v in volumes]
-        size = tuple(image_size) if image_size else shapes[0][:2]
+    runner = CaseRunner(out_dir, "images", shard, progress)
+
+    def write(batch: list[Case]) -> None:
+        volumes = [masks.load_case(case)[1] for case in batch]
+        size = tuple(image_size) if image_size else volumes[0].array.shape[:2]
         inputs = [
             resize_label_slices(torch.from_numpy(v.array).permute(2, 0, 1), size, masks.num_classes) for v in volumes
         ]
         generated = generate_image_volumes(generator, inputs, masks.num_classes)
-        for (split, case), volume, image in zip(batch, volumes, generated):
+        for case, volume, image in zip(batch, volumes, generated):
             image = scale.from_network(_resize_images(image.cpu(), volume.array.shape[:2]))
-            copy_label(masks, case, out)
-            save_nifti(
-                out / "images" / f"{case.case_id}.nii.gz",
-                image.permute(1, 2, 0).numpy().astype(np.float32),
-                volume.affine,
-            )
-            done += 1
-            if progress is not None:
-                progress(done, len(cases), case.case_id)
+            copy_label(masks, case, out_dir)
+            save_nifti(runner.target(case.case_id), image.permute(1, 2, 0).numpy().astype(np.float32), volume.affine)
+
+    runner.run(masks.cases(), write, batch_size)
     name = f"{masks.name.removesuffix('-masks')}-pairs"
-    return write_paired_dataset(out, masks, name, {"images": "image_vid2vid", "intensity_scale": list(scale)})
+    provenance = {"images": "image_vid2vid", "intensity_scale": list(scale)}
+    return runner.finish([case.case_id for case in masks.cases()], lambda: paired_dataset(masks, name, provenance))

@@ -10,7 +10,7 @@ skipped, which makes an interrupted run resumable.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,11 +19,12 @@ import numpy as np
 import torch
 
 from medgen3d.data.builder import case_seeds
-from medgen3d.data.dataset import Case, DatasetSpec, write_dataset
+from medgen3d.data.dataset import Case, DatasetSpec
 from medgen3d.data.io import DataError, SettingError, load_nifti, save_nifti
 from medgen3d.diffusion.autoregressive import expansion_plan, generate_volumes, generation_plan
 from medgen3d.diffusion.sampler import SubsequenceSampler
 from medgen3d.networks.mcdpm_unet import MultiConditionDiffusionUNet
+from medgen3d.synthesis.cases import CaseRunner, Progress, Shard
 from medgen3d.transforms.subsequence import resize_label_slices
 
 __all__ = [
@@ -118,9 +119,8 @@ def synthesise_masks(
     start: int | None = None,
     batch_size: int = 4,
     seed: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-    progress: Callable[[int, int, str], None] | None = None,
+    shard: Shard = Shard(),
+    progress: Progress | None = None,
 ) -> DatasetSpec | None:
     """Generate ``num_cases`` mask volumes into ``out_dir`` (MedGen3D Sec. 3.1, "Inference").
 
@@ -136,11 +136,12 @@ def synthesise_masks(
         start: fixed first-window start; default random per case.
         batch_size: cases sampled together.
         seed: the run seed.
-        rank, world_size: this process's shard.
+        shard: this process's share of the cases.
         progress: optional ``callback(done, total, case_id)``.
 
     Returns:
-        The written dataset on rank 0 (once every case exists), else ``None``.
+        The written dataset once every case exists (see :meth:`~medgen3d.synthesis.cases.CaseRunner.finish`), else
+        ``None``.
     """
     if network.num_classes != reference.num_classes:
         raise DataError(
@@ -151,13 +152,9 @@ def synthesise_masks(
     size = tuple(image_size) if image_size else geometry.slice_shape
     m = network.subsequence_length
     plans = plan_cases(num_cases, geometry.depths, m, seed, depth, start)
-    out = Path(out_dir)
-    path_of = {p.case_id: out / "labels" / f"{p.case_id}.nii.gz" for p in plans}
-    mine = [p for i, p in enumerate(plans) if i % world_size == rank]
-    pending = [p for p in mine if not path_of[p.case_id].exists()]
-    done = len(mine) - len(pending)
-    for first in range(0, len(pending), batch_size):
-        batch = pending[first : first + batch_size]
+    runner = CaseRunner(out_dir, "labels", shard, progress)
+
+    def write(batch: list[CasePlan]) -> None:
         volumes = generate_volumes(
             network,
             sampler,
@@ -168,29 +165,27 @@ def synthesise_masks(
             generator=[torch.Generator().manual_seed(p.seed) for p in batch],
         )
         for p, volume in zip(batch, volumes):
-            save_nifti(
-                path_of[p.case_id], _to_volume(volume, geometry.slice_shape, network.num_classes), geometry.affine
-            )
-            done += 1
-            if progress is not None:
-                progress(done, len(mine), p.case_id)
-    if rank != 0 or not all(path.exists() for path in path_of.values()):
-        return None
-    spec = DatasetSpec(
-        name=f"{reference.name}-synthetic-masks",
-        modality=reference.modality,
-        labels=dict(reference.labels),
-        training=[Case(None, f"labels/{p.case_id}.nii.gz") for p in plans],
-        extra={
-            "medgen3d": {
-                "generator": "mask_mcdpm",
-                "seed": seed,
-                "reference": str(reference.root),
-                "cases": {p.case_id: {"depth": p.depth, "start": p.start, "seed": p.seed} for p in plans},
-            }
-        },
-    )
-    return write_dataset(out, spec)
+            labels = _to_volume(volume, geometry.slice_shape, network.num_classes)
+            save_nifti(runner.target(p.case_id), labels, geometry.affine)
+
+    def dataset() -> DatasetSpec:
+        return DatasetSpec(
+            name=f"{reference.name}-synthetic-masks",
+            modality=reference.modality,
+            labels=dict(reference.labels),
+            training=[Case.named(p.case_id, image=False) for p in plans],
+            extra={
+                "medgen3d": {
+                    "generator": "mask_mcdpm",
+                    "seed": seed,
+                    "reference": str(reference.root),
+                    "cases": {p.case_id: {"depth": p.depth, "start": p.start, "seed": p.seed} for p in plans},
+                }
+            },
+        )
+
+    runner.run(plans, write, batch_size)
+    return runner.finish([p.case_id for p in plans], dataset)
 
 
 def complete_mask(

@@ -16,27 +16,40 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from medgen3d.data.builder import case_seeds
-from medgen3d.data.dataset import SPLITS, DatasetSpec
+from medgen3d.data.dataset import Case, DatasetSpec
 from medgen3d.data.intensity import volume_scale
 from medgen3d.data.io import DataError, save_nifti
-from medgen3d.diffusion.refiner import VIEWS, SegmentationDenoiser, SemanticRefiner, refine_volume
+from medgen3d.diffusion.refiner import SegmentationDenoiser, SemanticRefiner, refine_volume
 from medgen3d.engines.checkpoint import read_weights, save_atomically, weights_mismatch
-from medgen3d.networks.views import ViewDenoisers, check_views
-from medgen3d.synthesis.paired import copy_label, write_paired_dataset
+from medgen3d.networks.views import ViewDenoisers
+from medgen3d.synthesis.cases import CaseRunner, Progress, Shard
+from medgen3d.synthesis.paired import copy_label, paired_dataset
+from medgen3d.views import VIEWS, check_views
 
 __all__ = ["assemble_view_weights", "load_view_networks", "refine_dataset"]
 
 logger = logging.getLogger(__name__)
 
 VIEW_WEIGHTS = "model.pt"  # the name of both the assembled file and each view's training output
+
+
+class _Job(NamedTuple):
+    """One pair to refine and the seed of its noise (from its place in the whole dataset, whichever rank runs it)."""
+
+    case: Case
+    seed: int
+
+    @property
+    def case_id(self) -> str:
+        return self.case.case_id
 
 
 def refine_dataset(
@@ -47,8 +60,9 @@ def refine_dataset(
     views: Sequence[str] = ("axial", "coronal", "sagittal"),
     batch_size: int = 32,
     seed: int = 0,
-    progress: Callable[[int, int, str], None] | None = None,
-) -> DatasetSpec:
+    progress: Progress | None = None,
+    shard: Shard = Shard(),
+) -> DatasetSpec | None:
     """Refine every pair of ``pairs`` into the paired dataset ``out_dir``.
 
     Args:
@@ -60,24 +74,29 @@ def refine_dataset(
         batch_size: slices per network call.
         seed: the run seed; case ``i`` uses its own derived seed.
         progress: optional ``callback(done, total, case_id)``.
+        shard: this process's share of the cases.
+
+    Returns:
+        The refined dataset once every case exists (see :meth:`~medgen3d.synthesis.cases.CaseRunner.finish`), else
+        ``None``.
     """
-    out = Path(out_dir)
-    cases = [(split, case) for split in SPLITS for case in pairs.split(split)]
-    missing = [case.case_id for _, case in cases if case.image is None]
+    cases = pairs.cases()
+    missing = [case.case_id for case in cases if case.image is None]
     if missing:
         raise DataError(f"{pairs.path('dataset.json')}: cases {missing[:5]} have no image to refine")
-    for done, ((split, case), case_seed) in enumerate(zip(cases, case_seeds(seed, len(cases))), start=1):
-        target = out / "images" / f"{case.case_id}.nii.gz"
-        if not target.exists():
-            image, label = pairs.load_case(case)  # checks shape, affine and labels, naming the files
-            refined = _refine(networks, refiner, image.array, label.array, pairs, views, batch_size, case_seed)
-            copy_label(pairs, case, out)
-            save_nifti(target, refined, image.affine)
-        if progress is not None:
-            progress(done, len(cases), case.case_id)
+    runner = CaseRunner(out_dir, "images", shard, progress)
+
+    def write(batch: list[_Job]) -> None:
+        for job in batch:
+            image, label = pairs.load_case(job.case)  # checks shape, affine and labels, naming the files
+            refined = _refine(networks, refiner, image.array, label.array, pairs, views, batch_size, job.seed)
+            copy_label(pairs, job.case, out_dir)
+            save_nifti(runner.target(job.case_id), refined, image.affine)
+
+    runner.run([_Job(case, s) for case, s in zip(cases, case_seeds(seed, len(cases)))], write)
     settings = {"views": list(views), "noise_steps": refiner.noise_steps, "guidance_scale": refiner.guidance_scale}
     name = pairs.name if pairs.name.endswith("-refined") else f"{pairs.name}-refined"
-    return write_paired_dataset(out, pairs, name, {"refined": settings})
+    return runner.finish([case.case_id for case in cases], lambda: paired_dataset(pairs, name, {"refined": settings}))
 
 
 def _refine(networks, refiner, image, label, pairs, views, batch_size, seed) -> np.ndarray:
@@ -113,7 +132,7 @@ def load_view_networks(
     Args:
         network: the SPADE diffusion UNet of one view (copied per view), or a ``ViewDenoisers`` of them.
         ckpt_dir: the bundle's ``models`` folder.
-        views: the views to load, each one of :data:`~medgen3d.diffusion.refiner.VIEWS`.
+        views: the views to load, each one of :data:`~medgen3d.views.VIEWS`.
         device: where the networks go.
 
     Returns:

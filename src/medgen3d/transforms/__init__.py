@@ -1,18 +1,12 @@
 """MONAI dictionary transforms of MedGen3D (random ones delegate to a deterministic twin where one is useful)."""
 
-from medgen3d.transforms.subsequence import (
-    RandSubsequenced,
-    RandViewSliced,
-    ResizeLabelSlicesd,
-    Subsequenced,
-    resize_label_slices,
-)
-from medgen3d.transforms.views import RandSliceViewd
+from medgen3d.transforms.subsequence import RandSubsequenced, ResizeLabelSlicesd, Subsequenced, resize_label_slices
+from medgen3d.transforms.views import RandSliceAlongViewd, RandViewAsDepthd
 
 __all__ = [
-    "RandSliceViewd",
+    "RandSliceAlongViewd",
     "RandSubsequenced",
-    "RandViewSliced",
+    "RandViewAsDepthd",
     "ResizeLabelSlicesd",
     "Subsequenced",
     "resize_label_slices",

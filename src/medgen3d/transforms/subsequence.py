@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
 
-__all__ = ["Subsequenced", "RandSubsequenced", "RandViewSliced", "ResizeLabelSlicesd", "resize_label_slices"]
+__all__ = ["Subsequenced", "RandSubsequenced", "ResizeLabelSlicesd", "resize_label_slices"]
 
 
 class Subsequenced(MapTransform):
@@ -108,33 +108,4 @@ class ResizeLabelSlicesd(MapTransform):
             volume = torch.as_tensor(d[key])
             slices = volume[0].permute(2, 0, 1)  # (D, H, W)
             d[key] = resize_label_slices(slices, self.size, self.num_classes).permute(1, 2, 0)[None]
-        return d
-
-
-class RandViewSliced(Randomizable, MapTransform):
-    """One random 2D slice of a view from volumes ``(C, H, W, D)``: ``(C, a, b)``, the same slice for every key.
-
-    Args:
-        keys: volumes to slice.
-        view: ``"axial"`` (slices along ``D``), ``"coronal"`` (along ``W``) or ``"sagittal"`` (along ``H``).
-    """
-
-    def __init__(self, keys: KeysCollection, view: str) -> None:
-        from medgen3d.diffusion.refiner import VIEWS
-
-        MapTransform.__init__(self, keys)
-        if view not in VIEWS:
-            raise ValueError(f"view must be one of {list(VIEWS)}, got {view!r}")
-        self.axis = 1 + VIEWS[view]
-        self.index = 0
-
-    def randomize(self, size: int) -> None:
-        self.index = int(self.R.randint(0, size))
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        first = next(iter(self.key_iterator(d)))
-        self.randomize(d[first].shape[self.axis])
-        for key in self.key_iterator(d):
-            d[key] = torch.as_tensor(d[key]).select(self.axis, self.index)
         return d

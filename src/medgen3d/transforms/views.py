@@ -1,4 +1,12 @@
-"""Training a 2D network on the slices of several views: a random view's axis becomes the slice axis."""
+"""Training 2D networks on the slices of 3D volumes, by view.
+
+- :class:`RandSliceAlongViewd` cuts one random slice along a fixed view, for a network that knows one view only
+  (each view's semantic diffusion model of the refiner).
+- :class:`RandViewAsDepthd` draws a view and makes its slice axis the last one, for a network that learns the
+  slices of several views (the 2D segmenter); a later crop of depth 1 takes the slice.
+
+Volumes are channel-first ``(C, H, W, D)``; the views and their axes are :data:`medgen3d.views.VIEWS`.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +16,40 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
 
-__all__ = ["RandSliceViewd"]
+from medgen3d.views import VIEWS, check_view, check_views
+
+__all__ = ["RandSliceAlongViewd", "RandViewAsDepthd"]
 
 
-class RandSliceViewd(Randomizable, MapTransform):
+class RandSliceAlongViewd(Randomizable, MapTransform):
+    """One random 2D slice of a fixed view from volumes ``(C, H, W, D)``: ``(C, a, b)``, the same slice for every
+    key.
+
+    The index drawn last is kept in ``self.index``, so that a slice can be found again.
+
+    Args:
+        keys: volumes to slice.
+        view: ``"axial"`` (slices along ``D``), ``"coronal"`` (along ``W``) or ``"sagittal"`` (along ``H``).
+    """
+
+    def __init__(self, keys: KeysCollection, view: str) -> None:
+        MapTransform.__init__(self, keys)
+        self.axis = 1 + check_view(view)  # + 1: the channel axis comes first
+        self.index = 0
+
+    def randomize(self, size: int) -> None:
+        self.index = int(self.R.randint(0, size))
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        first = next(iter(self.key_iterator(d)))
+        self.randomize(d[first].shape[self.axis])
+        for key in self.key_iterator(d):
+            d[key] = torch.as_tensor(d[key]).select(self.axis, self.index)
+        return d
+
+
+class RandViewAsDepthd(Randomizable, MapTransform):
     """Move a random view's slice axis of ``(C, H, W, D)`` volumes to the last position (the same view for every
     key), so that a crop of shape ``(h, w, 1)`` after it takes a slice of that view.
 
@@ -21,18 +59,13 @@ class RandSliceViewd(Randomizable, MapTransform):
 
     Args:
         keys: volumes to permute.
-        views: views to draw from, uniformly: ``"axial"`` (slices along ``D``), ``"coronal"`` (along ``W``),
-            ``"sagittal"`` (along ``H``).
+        views: views to draw from, uniformly, without repeats: ``"axial"`` (slices along ``D``), ``"coronal"``
+            (along ``W``), ``"sagittal"`` (along ``H``).
     """
 
     def __init__(self, keys: KeysCollection, views: Sequence[str] = ("axial",)) -> None:
-        from medgen3d.diffusion.refiner import VIEWS
-
         MapTransform.__init__(self, keys)
-        unknown = [v for v in views if v not in VIEWS]
-        if not views or unknown:
-            raise ValueError(f"views must be a non-empty subset of {list(VIEWS)}, got {list(views)}")
-        self.axes = [VIEWS[v] for v in views]
+        self.axes = [VIEWS[view] for view in check_views(views)]
         self.axis = self.axes[0]
 
     def randomize(self, data: object = None) -> None:

@@ -18,7 +18,7 @@ __all__ = ["data_slice_shape", "fit_size", "slice_size"]
 
 def data_slice_shape(spec: DatasetSpec) -> tuple[int, int]:
     """The in-plane ``(H, W)`` of the dataset's training labels (all must share it); read from headers only."""
-    from medgen3d.diffusion.mask_synthesis import reference_geometry
+    from medgen3d.synthesis.masks import reference_geometry
 
     return reference_geometry(spec).slice_shape
 
