@@ -224,12 +224,14 @@ def refiner(
             print(f"{name} at {budget}: {_read(record)}", file=sys.stderr, flush=True)
 
 
-def _refine(stage, models: Path, images: list[torch.Tensor], judge: Judge, noise_steps: int) -> list[torch.Tensor]:
+def _refine(
+    stage, models: Path, images: list[torch.Tensor], judge: Judge, noise_steps: int, **overrides: Any
+) -> list[torch.Tensor]:
     """Refine ``images`` (the first held-out masks' generated images) with the three views in ``models``; case ``i``
-    draws its noise from seed ``i``."""
+    draws its noise from seed ``i``. ``overrides``: further values of sdm_refiner's inference.json."""
     from medgen3d.diffusion.refiner import refine_volume
 
-    parser = stage.workflow(["inference.json"], ckpt_dir=str(models), noise_steps=noise_steps).parser
+    parser = stage.workflow(["inference.json"], ckpt_dir=str(models), noise_steps=noise_steps, **overrides).parser
     networks, schedule = parser.get_parsed_content("view_networks"), parser.get_parsed_content("refiner")
     views, batch_size = parser.get_parsed_content("views"), parser.get_parsed_content("batch_size")
     return [

@@ -2,7 +2,8 @@
 small presets, CPU; and the demo's total time.
 
 Generation speed does not depend on the weights (the samplers take a fixed number of steps), so ``run`` saves
-untrained checkpoints of every stage's network and generates through the workflow bundle's generate.json:
+untrained checkpoints of every stage's network and generates through the workflow's ``generate_dataset`` once per
+setting of :data:`SETTINGS`, side by side in one process, and records each setting's ratio to the defaults:
 
     .venv/bin/python benchmarks/medgen3d_benchmark.py run --dataset brain-mni
     .venv/bin/python benchmarks/medgen3d_benchmark.py run --dataset thorax-phantom
@@ -20,9 +21,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import fire
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality_benchmark import _machine  # noqa: E402  (the machine's load, sampled as every benchmark does)
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
@@ -50,33 +55,68 @@ def _untrained_checkpoints(stages, dataset_dir: Path, views) -> None:
         torch.save(network.state_dict(), path)
 
 
-def run(dataset: str = "brain-mni", num_cases: int = 3) -> None:
-    """Generate ``num_cases`` pairs with untrained stages; record seconds per volume per stage and peak memory."""
+# Settings compared side by side in one run: stage -> overrides of its inference.json. The same untrained weights
+# serve every setting (the mask network is the same for both noise schedules; only its sampler differs).
+SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
+    "defaults": {},
+    "rflow-10, refiner DDIM-2": {"mask_mcdpm": {"noise_schedule": "rflow"}, "sdm_refiner": {"denoising_steps": 2}},
+}
+
+
+def run(dataset: str = "brain-mni", num_cases: int = 3, settings: str | tuple[str, ...] = tuple(SETTINGS)) -> None:
+    """Generate ``num_cases`` pairs with untrained stages under each of ``settings``, one after the other in this
+    process; record seconds per volume per stage, each setting's ratio to the first, the machine load and the peak
+    memory."""
     from monai.bundle import ConfigParser
 
+    from medgen3d.pipeline.generation import generate_dataset
+
     torch.set_num_threads(2)
+    names = settings.split(",") if isinstance(settings, str) else list(settings)
+    unknown = sorted(set(names) - set(SETTINGS))
+    if unknown:
+        raise SystemExit(f"--settings: unknown {unknown}; choose from {list(SETTINGS)}")
     data_dir, overlays = DATASETS[dataset]
     root = WORK / dataset
     shutil.rmtree(root, ignore_errors=True)
     parser = ConfigParser()
     parser.read_config([str(BUNDLES / "medgen3d" / "configs" / c) for c in ["common.json", *overlays]])
     parser.update({"bundle_root": str(root), "stages_dir": str(BUNDLES), "dataset_dir": str(data_dir)})
+    defaults = parser.get_parsed_content("stage_overrides")
     stages, views = parser.get_parsed_content("stages"), parser.get_parsed_content("views")
     _untrained_checkpoints(stages, data_dir, views)
-    from medgen3d.pipeline.generation import generate_dataset
-
-    start = time.perf_counter()
-    result = generate_dataset(stages, data_dir, root / "synthetic", num_cases, views=views)
-    total = time.perf_counter() - start
-    shape = result.refined.load_case(result.refined.training[0])[1].array.shape
-    per_volume = {stage: round(s / num_cases, 2) for stage, s in result.seconds.items() if stage != "previews"}
+    rows: dict[str, dict[str, Any]] = {}
+    shape = None
+    for name in names:
+        overrides = {stage: {**values, **SETTINGS[name].get(stage, {})} for stage, values in defaults.items()}
+        parser["stage_overrides"] = overrides
+        stages = parser.get_parsed_content("stages", lazy=False)
+        machine = _machine()
+        start = time.perf_counter()
+        result = generate_dataset(
+            stages, data_dir, root / "synthetic" / name.replace(" ", "_").replace(",", ""), num_cases, views=views
+        )
+        wall = time.perf_counter() - start
+        shape = result.refined.load_case(result.refined.training[0])[1].array.shape
+        per_volume = {stage: round(s / num_cases, 2) for stage, s in result.seconds.items() if stage != "previews"}
+        rows[name] = {
+            "overrides": SETTINGS[name],
+            "seconds_per_volume": per_volume,
+            "total_seconds_per_volume": round(sum(per_volume.values()), 2),
+            "wall_seconds": round(wall, 1),
+            "machine": f"{machine} at the start; {_machine()} at the end",
+        }
+    first = rows[names[0]]
+    for row in rows.values():
+        row["ratio_to_" + names[0]] = {
+            stage: round(seconds / first["seconds_per_volume"][stage], 3)
+            for stage, seconds in row["seconds_per_volume"].items()
+        } | {"total": round(row["total_seconds_per_volume"] / first["total_seconds_per_volume"], 3)}
     record = {
         "dataset": dataset,
         "volume": "x".join(map(str, shape)),
         "num_cases": num_cases,
-        "seconds_per_volume": per_volume,
-        "total_seconds_per_volume": round(sum(per_volume.values()), 2),
-        "wall_seconds": round(total, 1),
+        "settings": rows,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "torch_threads": torch.get_num_threads(),
     }
@@ -110,17 +150,27 @@ def report() -> None:
     """Write ``results/medgen3d.md`` from the recorded results."""
     results = json.loads((RESULTS / "medgen3d.json").read_text())
     lines = [
-        "| dataset (small preset) | volume | masks s/volume | images s/volume | refinement s/volume (3 views) "
-        "| total s/volume | peak RSS (MB) |",
-        "|---|---|---|---|---|---|---|",
+        "| dataset (small preset) | volume | setting | masks s/volume | images s/volume | refinement s/volume "
+        "(3 views) | total s/volume | ratio to defaults | machine |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for key, r in sorted(results.items()):
         if key.startswith("generation/"):
-            s = r["seconds_per_volume"]
-            lines.append(
-                f"| {r['dataset']} | {r['volume']} | {s['masks']} | {s['images']} | {s['refinement']} "
-                f"| {r['total_seconds_per_volume']} | {r['peak_rss_mb']} |"
-            )
+            for name, row in r["settings"].items():
+                s = row["seconds_per_volume"]
+                ratio = row.get("ratio_to_defaults", {}).get("total")
+                lines.append(
+                    f"| {r['dataset']} | {r['volume']} | {name} | {s['masks']} | {s['images']} | {s['refinement']} "
+                    f"| {row['total_seconds_per_volume']} | {ratio if ratio is not None else '-'} | {row['machine']} |"
+                )
+    lines += [
+        "",
+        "Peak RSS per run: "
+        + ", ".join(
+            f"{r['dataset']} {r['peak_rss_mb']} MB" for k, r in sorted(results.items()) if k.startswith("generation/")
+        )
+        + ".",
+    ]
     if "demo" in results:
         d = results["demo"]
         parts = ", ".join(f"{k} {v:.0f} s" for k, v in d["parts_seconds"].items() if k != "total")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +12,8 @@ from ignite.engine import Events
 
 from medgen3d.data.io import load_nifti, save_nifti
 from medgen3d.data.validate import validate_dataset
+from medgen3d.zoo.export import export_bundles
+from medgen3d.zoo.record import read_training_record
 from tests.bundles.helpers import TINY_NETWORKS, error_chain, run_torchrun, verify_net_in_out, workflow
 from tests.conftest import write_tiny_dataset
 
@@ -120,3 +125,54 @@ def test_multi_gpu_train_config_runs_under_torchrun_with_gloo(trained, tmp_path)
     result = run_torchrun("mask_mcdpm", ["train.json", "multi_gpu_train.json"], tmp_path, **overrides)
     assert result.returncode == 0, result.stderr[-3000:]
     assert _iterations(tmp_path) == 2
+
+
+@pytest.fixture(scope="module")
+def trained_rflow(tmp_path_factory):
+    base = tmp_path_factory.mktemp("mcdpm-rflow")
+    dataset = write_tiny_dataset(base / "data").root
+    wf = _workflow(["train.json"], base / "bundle", dataset, **TRAIN, noise_schedule="rflow")
+    assert type(wf.parser.get_parsed_content("noise_scheduler")).__name__ == "RectifiedFlowScheduler"
+    wf.run()
+    wf.finalize()
+    return base / "bundle", dataset
+
+
+def test_rflow_trains_records_its_schedule_and_samples_masks_in_few_steps(trained_rflow, tmp_path):
+    root, dataset = trained_rflow
+    assert _iterations(root) == 4 and (root / "eval" / "previews" / "iteration-000004.png").is_file()
+    assert read_training_record(root / "models")["settings"]["noise_schedule"] == "rflow"
+    out = tmp_path / "masks"
+    wf = _workflow(["inference.json"], root, dataset, synthetic_dir=str(out), **INFER, noise_schedule="rflow")
+    wf.run()
+    summary = validate_dataset(out)
+    assert summary.split_sizes["training"] == 2 and summary.shapes == {(16, 16, 12)}
+    sampler = wf.parser.get_parsed_content("sampler")
+    assert sampler.timesteps.tolist() == [20, 15, 10, 5]  # T = 20, 4 steps
+    volume = load_nifti(next((out / "labels").glob("*.nii.gz"))).array
+    assert set(np.unique(volume).tolist()) <= {0, 1, 2, 3}
+
+
+def test_a_network_is_refused_a_sampler_of_the_other_noise_schedule(trained, trained_rflow, tmp_path):
+    for (root, dataset), wrong in ((trained_rflow, {}), (trained, {"noise_schedule": "rflow"})):
+        with pytest.raises(Exception) as err:
+            _workflow(["inference.json"], root, dataset, synthetic_dir=str(tmp_path / "x"), **INFER, **wrong)
+        trained_with = "'ddpm'" if wrong else "'rflow'"
+        message = error_chain(err.value)
+        assert f"training_data.json: the network was trained with noise_schedule {trained_with}" in message
+    root, dataset = trained_rflow
+    with pytest.raises(Exception) as err:  # the full DDPM chain is a 'ddpm' sampler too
+        _workflow(["inference.json", "inference_ddpm.json"], root, dataset, **INFER, noise_schedule="rflow")
+    assert "samples with DDPMScheduler" in error_chain(err.value)
+    with pytest.raises(Exception) as err:
+        _workflow(["train.json"], tmp_path / "c", dataset, **TRAIN, noise_schedule="flow").run()
+    assert "noise_schedule: must be one of ['ddpm', 'rflow'], got 'flow'" in error_chain(err.value)
+
+
+def test_an_exported_rflow_bundle_samples_along_its_recorded_schedule(trained_rflow, tmp_path):
+    root, _ = trained_rflow
+    models = tmp_path / "models"
+    shutil.copytree(root / "models", models / "mask_mcdpm")
+    (bundle,) = export_bundles(models, tmp_path / "out", bundles="mask_mcdpm")
+    config = json.loads((bundle.folder / "configs" / "inference.json").read_text())
+    assert config["noise_schedule"] == "rflow" and config["network_settings"]["noise_schedule"] == "@noise_schedule"

@@ -119,3 +119,34 @@ def test_max_timestep_keeps_training_on_the_low_noise_end_and_is_checked():
     assert len(drawn) == 80 and drawn.max() < 20 and len(drawn.unique()) > 10
     with pytest.raises(ValueError, match=r"max_timestep must be in \[1, 1000\]"):
         SemanticDiffusionTrainer("cpu", 1, loader, network, optimizer, scheduler, 4, max_timestep=1001)
+
+
+class _Oracle(torch.nn.Module):
+    """Predicts the exact noise that separates ``x_t`` from the known clean slices, and counts its calls."""
+
+    def __init__(self, clean: torch.Tensor, scheduler: DDPMScheduler) -> None:
+        super().__init__()
+        self.clean, self.alphas, self.calls = clean, scheduler.alphas_cumprod, []
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+        self.calls.append(int(timesteps[0]))
+        a = self.alphas[timesteps][:, None, None, None]
+        return (x - a.sqrt() * self.clean) / (1 - a).sqrt()
+
+
+def test_fewer_ddim_steps_span_the_same_noise_level_and_an_exact_denoiser_recovers_the_slices():
+    scheduler = DDPMScheduler(1000)
+    assert SemanticRefiner(scheduler, 10, denoising_steps=2).timesteps() == [9, 0]
+    assert SemanticRefiner(scheduler, 10, denoising_steps=1).timesteps() == [9]
+    assert SemanticRefiner(scheduler, 10, denoising_steps=4).timesteps() == [9, 6, 3, 0]
+    assert SemanticRefiner(scheduler, 10).timesteps() == list(range(9, -1, -1))  # the DDPM chain, as before
+    clean = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    seg = torch.zeros(3, 4, 8, 8)
+    for steps in (1, 2, 5):
+        oracle = _Oracle(clean, scheduler)
+        refiner = SemanticRefiner(scheduler, noise_steps=10, denoising_steps=steps)
+        refined = refiner.refine_slices(oracle, clean, seg, torch.Generator().manual_seed(1))
+        assert oracle.calls == refiner.timesteps() and len(oracle.calls) == steps  # one network call per step
+        torch.testing.assert_close(refined, clean, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"denoising_steps must be in \[1, noise_steps=10\], got 11"):
+        SemanticRefiner(scheduler, 10, denoising_steps=11)

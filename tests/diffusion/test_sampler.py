@@ -4,8 +4,15 @@ import pytest
 import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
-from medgen3d.diffusion.conditions import SubsequenceCondition, condition_indicator, one_hot_slices, pack
+from medgen3d.diffusion.conditions import (
+    SubsequenceCondition,
+    condition_indicator,
+    decode_slices,
+    one_hot_slices,
+    pack,
+)
 from medgen3d.diffusion.sampler import SubsequenceSampler, guide, sampling_timesteps
+from medgen3d.diffusion.schedulers import RectifiedFlowScheduler
 from tests.conftest import random_mcdpm
 
 
@@ -65,3 +72,55 @@ def test_ddim_timesteps_lie_on_the_stride_step_expects_and_ddpm_runs_its_full_ch
     assert sampling_timesteps(DDPMScheduler(50), None).tolist() == list(range(49, -1, -1))
     with pytest.raises(ValueError, match="full chain"):
         sampling_timesteps(DDPMScheduler(1000), 50)
+
+
+def _rflow(scale=1.0, steps=5):
+    return SubsequenceSampler(RectifiedFlowScheduler(1000), steps, guidance_scale=scale)
+
+
+def test_rflow_timesteps_run_from_pure_noise_in_equal_strides():
+    assert sampling_timesteps(RectifiedFlowScheduler(1000), 5).tolist() == [1000, 800, 600, 400, 200]
+    assert len(sampling_timesteps(RectifiedFlowScheduler(1000), None)) == 10
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        sampling_timesteps(RectifiedFlowScheduler(100), 101)
+
+
+@torch.no_grad()
+def test_rflow_sampling_keeps_known_slices_decodes_and_repeats_with_its_seed(network):
+    condition = _batch()
+    sampler = _rflow(2.0)
+    a = sampler.sample(network, condition, torch.Generator().manual_seed(3))
+    b = _rflow(2.0).sample(network, condition, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and torch.isfinite(a).all()
+    assert torch.equal(a[0, :2], condition.known[0, :2])
+    labels = decode_slices(a)
+    assert labels.shape == (2, 4, 8, 8) and 0 <= labels.min() and labels.max() < 3
+    # 5 steps: item 0 is conditioned (guided: a second, null-condition pass), item 1 is not
+    assert sampler.network_evaluations == 5 * 3
+    unguided = _rflow(1.0)
+    unguided.sample(network, condition, torch.Generator().manual_seed(3))
+    assert unguided.network_evaluations == 5 * 2
+    # one generator per item: an item's sample does not depend on the rest of its batch
+    pair = _rflow(2.0).sample(network, condition, [torch.Generator().manual_seed(s) for s in (4, 5)])
+    alone = _rflow(2.0).sample(network, condition.select(torch.tensor([1])), [torch.Generator().manual_seed(5)])
+    assert torch.allclose(pair[1:], alone, atol=1e-5)
+
+
+class _Oracle:
+    """Predicts the same clean slices whatever it sees (a perfect x0-predicting network for one target)."""
+
+    subsequence_length = 4
+
+    def __init__(self, x_0):
+        self.x_0 = x_0
+
+    def __call__(self, x, timesteps, position):
+        return self.x_0.reshape(self.x_0.shape[0], -1, *self.x_0.shape[-2:])
+
+
+@torch.no_grad()
+def test_rflow_with_a_perfect_x0_network_lands_on_its_estimate():
+    condition = _batch()
+    x_0 = one_hot_slices(torch.randint(0, 3, (2, 4, 8, 8)), 3)
+    sample = _rflow(1.0, steps=7).sample(_Oracle(x_0), condition, torch.Generator().manual_seed(0))
+    assert torch.allclose(sample, condition.impose(x_0), atol=1e-5)

@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, RFlowScheduler
 
 from medgen3d.diffusion.autoregressive import generate_volumes, generation_plan
-from medgen3d.diffusion.conditions import condition_indicator, draw_condition, one_hot_slices
+from medgen3d.diffusion.conditions import condition_indicator, draw_condition, network_prediction, one_hot_slices
 from medgen3d.diffusion.sampler import SubsequenceSampler
+from medgen3d.diffusion.schedulers import RectifiedFlowScheduler
 from medgen3d.diffusion.training import (
+    draw_timesteps,
     masked_slice_mse,
     mcdpm_loss,
     predicted_x0,
@@ -15,7 +17,7 @@ from medgen3d.diffusion.training import (
     structure_dice_loss,
 )
 from medgen3d.networks import MultiConditionDiffusionUNet
-from tests.conftest import slab_label
+from tests.conftest import random_mcdpm, slab_label
 
 
 def test_loss_counts_only_the_generated_slices():
@@ -117,3 +119,64 @@ def test_the_x0_estimate_inverts_the_forward_process_for_every_prediction_type(k
     x_t = scheduler.add_noise(x_0, noise, t)
     exact = regression_target(scheduler, x_0, noise, t)  # what a perfect network outputs
     assert torch.allclose(predicted_x0(scheduler, x_t, exact, t), x_0, atol=1e-3)
+
+
+def test_rflow_path_target_and_x0_estimate_on_a_hand_checked_case():
+    # x_0 = 1 and noise = -1 everywhere, t = 5 of T = 10: x_t = 0.5 * 1 + 0.5 * (-1) = 0, velocity x_0 - noise = 2
+    x_0, noise, t = torch.ones(1, 2, 3, 4, 4), -torch.ones(1, 2, 3, 4, 4), torch.tensor([5])
+    for kind, target in (("v_prediction", 2.0), ("sample", 1.0)):
+        scheduler = RectifiedFlowScheduler(10, prediction_type=kind)
+        x_t = scheduler.add_noise(x_0, noise, t)
+        assert torch.equal(x_t, torch.zeros_like(x_0))
+        exact = regression_target(scheduler, x_0, noise, t)
+        assert torch.equal(exact, torch.full_like(x_0, target))
+        assert torch.allclose(predicted_x0(scheduler, x_t, exact, t), x_0)
+    # MONAI's own rectified flow reads a velocity, as its example trains it
+    assert torch.equal(regression_target(RFlowScheduler(10), x_0, noise, t), x_0 - noise)
+
+
+def test_rflow_x0_prediction_steps_along_the_velocity_and_ends_on_the_estimate():
+    x_t, x0_estimate = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    scheduler, reference = RectifiedFlowScheduler(1000), RFlowScheduler(1000)
+    scheduler.set_timesteps(5)
+    reference.set_timesteps(5)
+    velocity = (x0_estimate - x_t) / 0.6  # x_0 - noise for this x_t at t/T = 0.6
+    assert torch.allclose(scheduler.step(x0_estimate, 600, x_t, 400)[0], reference.step(velocity, 600, x_t, 400)[0])
+    last, x0 = scheduler.step(x0_estimate, 200, x_t, 0)
+    assert torch.allclose(last, x0_estimate, atol=1e-6) and torch.allclose(x0, x0_estimate, atol=1e-6)
+    with pytest.raises(ValueError, match="prediction_type"):
+        RectifiedFlowScheduler(1000, prediction_type="epsilon")
+
+
+def _loss_batch():
+    x_0 = one_hot_slices(torch.randint(0, 3, (4, 4, 8, 8)), 3)
+    probabilities = {"forward": 0.4, "backward": 0.4, "unconditional": 0.2}
+    return x_0, draw_condition(x_0, torch.rand(4), probabilities, (1, 3), torch.Generator().manual_seed(1))
+
+
+def test_rflow_loss_is_finite_with_the_schedulers_own_step_draw():
+    network, (x_0, condition) = random_mcdpm(3, 4), _loss_batch()
+    for kind in ("sample", "v_prediction"):
+        scheduler = RectifiedFlowScheduler(100, prediction_type=kind)
+        terms = mcdpm_loss(network, scheduler, x_0, condition)
+        assert torch.isfinite(terms.regression) and torch.isfinite(terms.dice) and terms.total(1.0) > 0
+        terms.total(1.0).backward()
+    torch.manual_seed(0)
+    steps = draw_timesteps(RectifiedFlowScheduler(100, sample_method="logit-normal"), torch.zeros(1000, 2, 3, 4, 4))
+    assert steps.dtype == torch.long and 0 <= steps.min() and steps.max() < 100
+    # logit-normal puts more steps mid-path: a mean distance from 50 near 17.5, where a uniform draw has 25
+    assert (steps - 50).abs().float().mean() < 21
+
+
+def test_ddpm_loss_is_unchanged_by_the_schedule_choice():
+    # the DDPM path draws its steps and noise exactly as before rectified flow existed
+    network, (x_0, condition) = random_mcdpm(3, 4), _loss_batch()
+    scheduler = DDPMScheduler(100, prediction_type="sample")
+    torch.manual_seed(7)
+    terms = mcdpm_loss(network, scheduler, x_0, condition)
+    torch.manual_seed(7)
+    noise = torch.randn_like(x_0)
+    t = torch.randint(0, 100, (4,))
+    prediction = network_prediction(network, scheduler.add_noise(x_0, noise, t), t, condition)
+    assert torch.equal(terms.regression, masked_slice_mse(prediction, x_0, condition.indicator))
+    assert torch.equal(terms.dice, structure_dice_loss(prediction, x_0, condition.indicator))

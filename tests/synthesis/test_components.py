@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
-from medgen3d.data.io import DataError, SettingError
+from medgen3d.data.intensity import IntensityScale
+from medgen3d.data.io import DataError, SettingError, load_nifti
+from medgen3d.diffusion.refiner import SemanticRefiner
 from medgen3d.diffusion.sampler import SubsequenceSampler
-from medgen3d.synthesis.components import ImageSynthesis, MaskCompletion, MaskSynthesis, claim_folder
-from tests.conftest import random_mcdpm
+from medgen3d.networks import SequenceGenerator
+from medgen3d.synthesis.components import ImageSynthesis, MaskCompletion, MaskSynthesis, Refinement, claim_folder
+from medgen3d.views import VIEWS
+from tests.conftest import TINY_SHAPE, random_mcdpm, tiny_spade
 
 
 def _masks(network, dataset, out, **values):
@@ -42,9 +49,6 @@ def test_mask_synthesis_refuses_counts_depths_and_sizes_when_built(tiny_dataset,
 
 
 def test_image_synthesis_refuses_a_size_the_generator_cannot_take(tiny_dataset, tmp_path):
-    from medgen3d.data.intensity import IntensityScale
-    from medgen3d.networks import SequenceGenerator
-
     generator = SequenceGenerator(num_classes=4, ngf=4, n_downsample=2, n_blocks=1)
     with pytest.raises(SettingError, match=r"image_size: \[16, 18\] does not fit the network: .* multiples of 4"):
         ImageSynthesis(generator, tiny_dataset, tmp_path, IntensityScale(0, 1), image_size=[16, 18])
@@ -64,3 +68,44 @@ def test_claim_folder_resumes_the_same_run_and_refuses_another(tmp_path):
     with pytest.raises(DataError, match=r"its images/ holds files of another run"):
         claim_folder(stray, "image_vid2vid", {"masks": "."}, "images")
     assert sorted(p.name for p in stray.rglob("*")) == ["images", "x.nii.gz"]  # nothing written into it
+
+
+def _conv_dtypes(network: torch.nn.Module) -> list[torch.dtype]:
+    """The output dtypes of ``network``'s first convolution, one per forward pass."""
+    conv = next(m for m in network.modules() if isinstance(m, torch.nn.Conv2d))
+    seen: list = []
+    conv.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+    return seen
+
+
+def test_every_generating_step_runs_its_networks_in_bf16_and_writes_float32_volumes(tiny_dataset, tmp_path):
+    mcdpm = random_mcdpm(4, 4)
+    generator = SequenceGenerator(4, ngf=8, n_downsample=2, n_blocks=2).eval()
+    spade = tiny_spade(4, channels=(8, 16)).eval()
+    seen = {name: _conv_dtypes(net) for name, net in (("mask", mcdpm), ("image", generator), ("refine", spade))}
+    sampler = SubsequenceSampler(DDIMScheduler(100, prediction_type="sample"), 3, guidance_scale=1.5)
+    masks = MaskSynthesis(
+        mcdpm, sampler, tiny_dataset, tmp_path / "masks", num_cases=2, image_size=[8, 8], precision="bf16"
+    ).run()
+    pairs = ImageSynthesis(
+        generator, masks, tmp_path / "pairs", IntensityScale(-1000.0, 1000.0), [8, 8], precision="bf16"
+    ).run()
+    refiner = SemanticRefiner(DDPMScheduler(1000), noise_steps=2, guidance_scale=1.5)
+    refined = Refinement(dict.fromkeys(VIEWS, spade), refiner, pairs, tmp_path / "refined", precision="bf16").run()
+    assert {name: set(dtypes) for name, dtypes in seen.items()} == dict.fromkeys(seen, {torch.bfloat16})
+    assert all("forward" not in vars(net) for net in (mcdpm, generator, spade))  # restored after each run
+    for mask_case, pair_case, refined_case in zip(masks.training, pairs.training, refined.training):
+        label = load_nifti(masks.path(mask_case.label)).array
+        assert label.shape == TINY_SHAPE and label.dtype == np.uint8 and set(np.unique(label)) <= {0, 1, 2, 3}
+        for spec, case in ((pairs, pair_case), (refined, refined_case)):
+            image = load_nifti(spec.path(case.image)).array
+            assert image.shape == TINY_SHAPE and image.dtype == np.float32 and np.isfinite(image).all()
+            assert image.std() > 0
+
+
+def test_an_unknown_precision_is_refused_when_built(tiny_dataset, tmp_path):
+    network = random_mcdpm(num_classes=4, length=4)
+    with pytest.raises(SettingError, match=r"precision: must be one of \['auto', 'bf16', 'fp16', 'fp32'\], got 'half'"):
+        _masks(network, tiny_dataset, tmp_path / "out", precision="half")
+    with pytest.raises(SettingError, match=r"precision: must be one of"):
+        MaskCompletion(network, None, "p.nii.gz", [0, 2], tmp_path / "x.nii.gz", {}, precision="half")

@@ -50,16 +50,44 @@ class SemanticRefiner:
         guidance_scale: classifier-free guidance scale ``s`` (MedGen3D Eq. 2); the null condition is an all-zero
             mask, as in training with dropped masks. ``s = 1`` uses the conditional prediction alone.
         size_multiple: slices are padded (edge values) to a multiple of this, the UNet's total downsampling.
+        denoising_steps: network steps back from ``t_r``. ``None`` (or ``t_r``) runs the DDPM chain
+            ``t_r - 1, …, 0``, one stochastic step each; fewer run deterministic DDIM steps (Song et al., Eq. 12 with
+            ``eta = 0``) over the same noise level, evenly spaced from ``t_r - 1`` down to the clean image, so the
+            refinement costs ``denoising_steps`` network calls per slice instead of ``t_r``.
     """
 
     def __init__(
-        self, scheduler: DDPMScheduler, noise_steps: int = 10, guidance_scale: float = 1.0, size_multiple: int = 4
+        self,
+        scheduler: DDPMScheduler,
+        noise_steps: int = 10,
+        guidance_scale: float = 1.0,
+        size_multiple: int = 4,
+        denoising_steps: int | None = None,
     ) -> None:
         if not 0 <= noise_steps <= scheduler.num_train_timesteps:
             raise ValueError(f"noise_steps must be in [0, {scheduler.num_train_timesteps}], got {noise_steps}")
+        if denoising_steps is not None and not 1 <= denoising_steps <= max(noise_steps, 1):
+            raise ValueError(f"denoising_steps must be in [1, noise_steps={noise_steps}], got {denoising_steps}")
         self.scheduler, self.noise_steps = scheduler, noise_steps
         self.guidance_scale, self.size_multiple = float(guidance_scale), size_multiple
+        self.denoising_steps = noise_steps if denoising_steps is None else int(denoising_steps)
         scheduler.set_timesteps(scheduler.num_train_timesteps)  # every step: the partial chain t_r-1 .. 0
+
+    def timesteps(self) -> list[int]:
+        """The steps the network denoises at, from ``t_r - 1`` down (0-based, as MONAI's schedule counts)."""
+        if self.noise_steps == 0:
+            return []
+        # evenly spaced over [0, t_r - 1], always starting where the noise was added
+        spaced = torch.linspace(self.noise_steps - 1, 0, self.denoising_steps).round().long().tolist()
+        return list(dict.fromkeys(int(t) for t in spaced))
+
+    def _ddim_step(self, eps: torch.Tensor, t: int, previous: int, x_t: torch.Tensor) -> torch.Tensor:
+        """Deterministic DDIM step from step ``t`` to step ``previous`` (``-1``: the clean image)."""
+        alphas = self.scheduler.alphas_cumprod.to(x_t.device)
+        a_t = alphas[t]
+        a_prev = alphas[previous] if previous >= 0 else torch.ones((), device=x_t.device)
+        x_0 = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        return a_prev.sqrt() * x_0 + (1 - a_prev).sqrt() * eps
 
     def condition(self, seg: torch.Tensor) -> torch.Tensor:
         """What :meth:`predict` takes as ``seg``: the masks, followed by the null masks when guiding."""
@@ -101,13 +129,18 @@ class SemanticRefiner:
         start = self.noise_steps - 1
         noise = torch.randn(x.shape, generator=generator).to(x.device)
         x_t = self.scheduler.add_noise(x, noise, torch.full((x.shape[0],), start, device=x.device, dtype=torch.long))
-        # 2. reverse process t_r - 1 .. 0, guided by the masks (the last step returns the x_0 estimate); one
-        # condition tensor for every step, so the SPADE blocks modulate with it once, not t_r times
+        # 2. reverse process from t_r - 1 to the clean image, guided by the masks (the last step returns the x_0
+        # estimate); one condition tensor for every step, so the SPADE blocks modulate with it once, not per step
         condition = self.condition(seg)
         reuse = reuse_mask_modulation(network) if isinstance(network, nn.Module) else contextlib.nullcontext()
+        steps = self.timesteps()
         with reuse:
-            for t in range(start, -1, -1):
-                x_t, _ = self.scheduler.step(self.predict(network, x_t, condition, t), t, x_t, generator=generator)
+            if self.denoising_steps == self.noise_steps:  # the DDPM chain, one stochastic step per noise level
+                for t in steps:
+                    x_t, _ = self.scheduler.step(self.predict(network, x_t, condition, t), t, x_t, generator=generator)
+            else:
+                for t, previous in zip(steps, [*steps[1:], -1]):
+                    x_t = self._ddim_step(self.predict(network, x_t, condition, t), t, previous, x_t)
         return x_t[..., : size[0], : size[1]]
 
 

@@ -1,4 +1,5 @@
-"""Sampling one mask subsequence with the MC-DPM: DDPM or DDIM, re-imposed conditions, classifier-free guidance.
+"""Sampling one mask subsequence with the MC-DPM: DDPM, DDIM or rectified flow, re-imposed conditions,
+classifier-free guidance.
 
 MONAI's ``DiffusionInferer.sample`` cannot re-impose known slices between steps, so the loop is written here
 (about fifteen lines); the noise maths stays in MONAI's schedulers. The sampler never owns the network: it is
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 from typing import Union
 
 import torch
-from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, RFlowScheduler
 
 from medgen3d.diffusion.conditions import SubsequenceCondition, SubsequenceDenoiser, network_prediction
 
@@ -20,6 +21,10 @@ __all__ = ["Generators", "guide", "sampling_timesteps", "SubsequenceSampler"]
 # One generator for the whole batch, or one per item: per-item generators make an item's sample independent of
 # the rest of its batch (up to floating point), so that sharded and resumed runs draw the same noise per case.
 Generators = Union[torch.Generator, Sequence[torch.Generator], None]
+SamplingScheduler = Union[DDPMScheduler, DDIMScheduler, RFlowScheduler]
+
+# rectified flow's straight path needs few steps
+RFLOW_STEPS = 10
 
 
 def randn(shape: Sequence[int], generator: Generators, device: torch.device) -> torch.Tensor:
@@ -37,14 +42,24 @@ def guide(unconditional: torch.Tensor, conditional: torch.Tensor, scale: float) 
     return conditional + (scale - 1.0) * (conditional - unconditional)
 
 
-def sampling_timesteps(scheduler: DDPMScheduler | DDIMScheduler, num_inference_steps: int | None) -> torch.Tensor:
+def sampling_timesteps(scheduler: SamplingScheduler, num_inference_steps: int | None) -> torch.Tensor:
     """The descending timesteps to visit.
 
     DDPM always runs its full chain: MONAI's ``DDPMScheduler.step`` computes the ``t -> t-1`` posterior, so a
     shortened DDPM chain would be wrong. DDIM's ``set_timesteps`` spaces steps with ``linspace`` while its ``step``
-    assumes a stride of ``T // N``; the steps are therefore laid on that stride here.
+    assumes a stride of ``T // N``; the steps are therefore laid on that stride here. Rectified flow (default 10
+    steps) visits MONAI's ``T, T - T/N, ..., T/N``, each step running to the next one and the last to 0.
     """
     total = scheduler.num_train_timesteps
+    if isinstance(scheduler, RFlowScheduler):
+        if scheduler.use_timestep_transform:
+            raise ValueError("use_timestep_transform is not supported: it scales steps for a volume, not slices")
+        steps = num_inference_steps or RFLOW_STEPS
+        if not 1 <= steps <= total:
+            raise ValueError(f"num_inference_steps must be in [1, {total}], got {steps}")
+        scheduler.set_timesteps(steps)
+        timesteps = scheduler.timesteps.cpu()
+        return timesteps.float() if timesteps.is_floating_point() else timesteps
     if isinstance(scheduler, DDIMScheduler):
         steps = num_inference_steps or 50
         if not 1 <= steps <= total:
@@ -64,9 +79,9 @@ class SubsequenceSampler:
     """Generates the unknown slices of subsequences given the known ones and their relative position.
 
     Args:
-        scheduler: a MONAI ``DDPMScheduler`` (full chain) or ``DDIMScheduler``, with the network's
-            ``prediction_type``.
-        num_inference_steps: DDIM steps (ignored for DDPM, which uses every step).
+        scheduler: a MONAI ``DDPMScheduler`` (full chain) or ``DDIMScheduler``, or a rectified flow
+            (:class:`~medgen3d.diffusion.schedulers.RectifiedFlowScheduler`), with the network's ``prediction_type``.
+        num_inference_steps: DDIM or rectified-flow steps (``None``: 50 and 10; DDPM always uses every step).
         guidance_scale: classifier-free guidance scale ``s`` for conditional subsequences; the unconditional
             mode (no known slices) is the null condition.
         eta: DDIM stochasticity (0 is deterministic DDIM).
@@ -74,7 +89,7 @@ class SubsequenceSampler:
 
     def __init__(
         self,
-        scheduler: DDPMScheduler | DDIMScheduler,
+        scheduler: SamplingScheduler,
         num_inference_steps: int | None = None,
         guidance_scale: float = 1.0,
         eta: float = 0.0,
@@ -90,7 +105,7 @@ class SubsequenceSampler:
         network: SubsequenceDenoiser,
         x_t: torch.Tensor,
         condition: SubsequenceCondition,
-        t: int,
+        t: float,
         generator: Generators = None,
     ) -> torch.Tensor:
         """The (guided) network prediction ``(B, m, K, H, W)`` at step ``t``.
@@ -106,7 +121,7 @@ class SubsequenceSampler:
             generator: random source of the null condition's noise, one or one per item.
         """
         b = x_t.shape[0]
-        timesteps = torch.full((b,), t, device=x_t.device, dtype=torch.long)
+        timesteps = torch.full((b,), t, device=x_t.device, dtype=self.timesteps.dtype)
         conditional = condition.conditional
         if self.guidance_scale == 1.0 or not conditional.any():
             self.network_evaluations += b
@@ -145,14 +160,19 @@ class SubsequenceSampler:
             ``(B, m, K, H, W)``: the generated slices, with the known slices returned exactly.
         """
         x_t = randn(condition.known.shape, generator, condition.known.device)
-        for t in self.timesteps.tolist():
+        timesteps = self.timesteps.tolist()
+        for t, next_t in zip(timesteps, [*timesteps[1:], 0]):
             prediction = self.predict(network, x_t, condition, t, generator)
-            # 1. x_{t-1} from the prediction (noise, x_0 or v, as the scheduler was configured)
-            x_t = self._step(prediction, t, x_t, generator)
+            # 1. x at the next step from the prediction (noise, x_0 or v, as the scheduler was configured)
+            x_t = self._step(prediction, t, x_t, generator, next_t)
         # 2. the known slices come back exactly as given
         return condition.impose(x_t)
 
-    def _step(self, prediction: torch.Tensor, t: int, x_t: torch.Tensor, generator: Generators) -> torch.Tensor:
+    def _step(
+        self, prediction: torch.Tensor, t: float, x_t: torch.Tensor, generator: Generators, next_t: float
+    ) -> torch.Tensor:
+        if isinstance(self.scheduler, RFlowScheduler):
+            return self.scheduler.step(prediction, t, x_t, next_t)[0]  # deterministic: no noise to draw
         if generator is None or isinstance(generator, torch.Generator):
             return self.scheduler.step(prediction, t, x_t, generator=generator, **self.step_kwargs)[0]
         # MONAI's schedulers draw their step noise for the whole batch: step item by item with its own generator

@@ -1,6 +1,11 @@
 """The MC-DPM training objective (MedGen3D Eq. 4), with noise, ``x_0`` or velocity as the regression target, and an
 auxiliary class-balanced Dice term on the predicted clean slices.
 
+The noise path comes from the scheduler passed in: MONAI's DDPM (``sqrt(a) x_0 + sqrt(1 - a) noise``, integer steps
+drawn uniformly) or rectified flow (``(1 - t/T) x_0 + (t/T) noise``, steps drawn by the scheduler, see
+:mod:`medgen3d.diffusion.schedulers`). What depends on the path (the step draw, the target, the ``x_0`` estimate) is
+in the three small functions below, keyed on the scheduler's type, so the loss itself reads the same for both.
+
 The regression term weighs every voxel alike, so a structure of 1% of the voxels (subcortical grey matter, the
 oesophagus) contributes 1% of the loss and is learnt last. The Dice term reads the network's estimate of the
 clean slices as class probabilities (one-hot in [-1, 1] maps to [0, 1]) and scores every structure equally,
@@ -13,12 +18,14 @@ from typing import NamedTuple
 
 import torch
 from monai.losses import DiceLoss
-from monai.networks.schedulers import Scheduler
+from monai.networks.schedulers import RFlowScheduler, Scheduler
 
 from medgen3d.diffusion.conditions import SubsequenceCondition, SubsequenceDenoiser, network_prediction
+from medgen3d.diffusion.schedulers import rflow_fraction
 
 __all__ = [
     "MCDPMLoss",
+    "draw_timesteps",
     "regression_target",
     "predicted_x0",
     "masked_slice_mse",
@@ -37,10 +44,23 @@ class MCDPMLoss(NamedTuple):
         return self.regression + dice_weight * self.dice if dice_weight else self.regression
 
 
+def draw_timesteps(scheduler: Scheduler, x_0: torch.Tensor) -> torch.Tensor:
+    """Training steps ``(B,)`` for a batch ``x_0`` ``(B, ...)``: uniform integers in ``[0, T)`` for DDPM, the
+    scheduler's own draw for rectified flow (uniform or logit-normal, integer or continuous)."""
+    if isinstance(scheduler, RFlowScheduler):
+        return scheduler.sample_timesteps(x_0)
+    return torch.randint(0, scheduler.num_train_timesteps, (x_0.shape[0],), device=x_0.device)
+
+
 def regression_target(scheduler: Scheduler, x_0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """What the network learns to output, by the scheduler's ``prediction_type``: ``epsilon`` (the paper),
-    ``sample`` (``x_0``) or ``v_prediction``."""
+    ``sample`` (``x_0``) or ``v_prediction`` (DDPM's ``sqrt(a) noise - sqrt(1 - a) x_0``; rectified flow's
+    velocity ``x_0 - noise``)."""
     kind = scheduler.prediction_type
+    if isinstance(scheduler, RFlowScheduler) and kind != "sample":
+        if kind != "v_prediction":
+            raise ValueError(f"unsupported prediction_type {kind!r} for rectified flow")
+        return x_0 - noise
     if kind == "epsilon":
         return noise
     if kind == "sample":
@@ -54,7 +74,7 @@ def predicted_x0(scheduler: Scheduler, x_t: torch.Tensor, prediction: torch.Tens
     """The network's estimate of ``x_0`` from its output, by the scheduler's ``prediction_type``.
 
     Args:
-        scheduler: the noise schedule (its ``alphas_cumprod``).
+        scheduler: the noise schedule (DDPM's ``alphas_cumprod``, or rectified flow's ``T``).
         x_t: ``(B, ...)`` noisy input.
         prediction: ``(B, ...)`` network output.
         t: ``(B,)`` steps.
@@ -62,6 +82,11 @@ def predicted_x0(scheduler: Scheduler, x_t: torch.Tensor, prediction: torch.Tens
     kind = scheduler.prediction_type
     if kind == "sample":
         return prediction
+    if isinstance(scheduler, RFlowScheduler):
+        if kind != "v_prediction":
+            raise ValueError(f"unsupported prediction_type {kind!r} for rectified flow")
+        # x_t = (1 - s) x_0 + s noise and v = x_0 - noise, so x_0 = x_t + s v
+        return x_t + rflow_fraction(scheduler, t, x_t) * prediction
     alpha_bar = scheduler.alphas_cumprod.to(x_t.device)[t].view(-1, *[1] * (x_t.dim() - 1))
     if kind == "epsilon":
         return (x_t - (1 - alpha_bar).sqrt() * prediction) / alpha_bar.sqrt()
@@ -106,7 +131,8 @@ def mcdpm_loss(
 
     Args:
         network: the denoiser (possibly wrapped for data-parallel training).
-        scheduler: the noise schedule; its ``prediction_type`` sets the target.
+        scheduler: the noise schedule (a MONAI DDPM or rectified-flow scheduler); its ``prediction_type`` sets the
+            target.
         x_0: ``(B, m, K, H, W)`` clean one-hot subsequences in [-1, 1].
         condition: the conditional slices ``X^C`` (normally ``x_0`` under random indicators, see
             :func:`~medgen3d.diffusion.conditions.draw_condition`) and the positions ``z / D``.
@@ -116,7 +142,7 @@ def mcdpm_loss(
     """
     # 1. noise every slice to a random step t; the network sees the given ones clean (pack)
     noise = torch.randn_like(x_0)
-    t = torch.randint(0, scheduler.num_train_timesteps, (x_0.shape[0],), device=x_0.device)
+    t = draw_timesteps(scheduler, x_0)
     x_t = scheduler.add_noise(x_0, noise, t)
     # 2. regress only the generated slices X^P; score their implied clean slices structure by structure
     prediction = network_prediction(network, x_t, t, condition)

@@ -13,6 +13,8 @@ from monai.engines import SupervisedTrainer
 from monai.utils import convert_to_tensor
 from torch.utils.data import DataLoader
 
+from medgen3d.precision import autocast, autocast_dtype
+
 __all__ = ["StepTrainer"]
 
 
@@ -26,6 +28,9 @@ class StepTrainer(SupervisedTrainer):
     iteration works on whole batches) and the stock loss function is unused. Handlers, checkpointing and events
     work as in any MONAI trainer.
 
+    Subclasses run their forward passes and losses under :meth:`autocast` and step through :attr:`scaler` when it is
+    set (float16 only: bfloat16 needs no gradient scaler); see :mod:`medgen3d.precision`.
+
     Args:
         device: training device.
         max_iterations: optimiser steps to run in all (a resumed run continues up to the same number).
@@ -33,7 +38,8 @@ class StepTrainer(SupervisedTrainer):
         network: the network being trained (or its DDP wrapper).
         optimizer: its optimiser.
         train_handlers: ignite handlers.
-        amp: mixed precision (CUDA).
+        amp: the older switch for float16 autocast with a gradient scaler on CUDA: ``precision="fp16"``.
+        precision: ``"auto"`` (bfloat16 autocast on CUDA, float32 on a CPU), ``"bf16"``, ``"fp16"`` or ``"fp32"``.
     """
 
     def __init__(
@@ -45,9 +51,12 @@ class StepTrainer(SupervisedTrainer):
         optimizer: torch.optim.Optimizer,
         train_handlers: Sequence | None = None,
         amp: bool = False,
+        precision: str = "auto",
     ) -> None:
         if int(max_iterations) < 1:
             raise ValueError(f"max_iterations must be at least 1, got {max_iterations}")
+        self.precision = "fp16" if amp else precision
+        self.autocast_dtype = autocast_dtype(self.precision, device)
         super().__init__(
             device=device,
             max_epochs=1,  # replaced by the iteration budget below
@@ -56,9 +65,10 @@ class StepTrainer(SupervisedTrainer):
             optimizer=optimizer,
             loss_function=torch.nn.MSELoss(),  # unused: subclasses compute their losses
             train_handlers=train_handlers,
-            amp=amp,
+            amp=self.autocast_dtype == torch.float16,  # MONAI's flag: a gradient scaler is kept
             decollate=False,
         )
+        self.scaler: torch.amp.GradScaler | None = None
         self.state.max_epochs = None
         self.state.max_iters = int(max_iterations)
 
@@ -73,6 +83,10 @@ class StepTrainer(SupervisedTrainer):
             return
         self.scaler = torch.amp.GradScaler("cuda") if self.amp else None  # as MONAI's Trainer.run
         Engine.run(self, data=self.data_loader, max_iters=self.state.max_iters)
+
+    def autocast(self) -> torch.autocast:
+        """The autocast context of this trainer's forward passes and losses (disabled in float32)."""
+        return autocast(self.autocast_dtype, self.state.device)
 
     @staticmethod
     def batch_tensor(batchdata: dict[str, Any], key: str, device: torch.device) -> torch.Tensor:

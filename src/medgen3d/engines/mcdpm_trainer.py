@@ -30,14 +30,14 @@ class MCDPMTrainer(StepTrainer):
         train_data_loader: the subsequence loader.
         network: the denoiser (or its DDP wrapper).
         optimizer: its optimiser.
-        noise_scheduler: MONAI scheduler defining the forward process and the target.
+        noise_scheduler: MONAI scheduler defining the forward process and the target (DDPM or rectified flow).
         num_classes: ``K``.
         condition_probabilities: ``{"forward": p_F, "backward": p_B, "unconditional": p_U}``.
         num_known: range of known slices in the conditional modes.
         dice_weight: weight of the auxiliary structure Dice term (0: the paper's loss alone).
         max_grad_norm: gradient clipping norm (``None``: no clipping).
         train_handlers: ignite handlers.
-        amp: mixed precision (CUDA).
+        amp, precision: mixed precision (see :class:`StepTrainer`).
     """
 
     def __init__(
@@ -55,8 +55,9 @@ class MCDPMTrainer(StepTrainer):
         max_grad_norm: float | None = 1.0,
         train_handlers: Sequence | None = None,
         amp: bool = False,
+        precision: str = "auto",
     ) -> None:
-        super().__init__(device, max_iterations, train_data_loader, network, optimizer, train_handlers, amp)
+        super().__init__(device, max_iterations, train_data_loader, network, optimizer, train_handlers, amp, precision)
         self.noise_scheduler = noise_scheduler
         self.num_classes = num_classes
         self.condition_probabilities = dict(condition_probabilities)
@@ -74,7 +75,7 @@ class MCDPMTrainer(StepTrainer):
         # 2. conditional slices X^C: the first or last n slices, or none (probabilities p_F, p_B, p_U)
         condition = draw_condition(x_0, position, self.condition_probabilities, self.num_known)
         # 3. the masked MC-DPM loss and the structure term, 4. backward and step
-        with torch.autocast("cuda", enabled=engine.amp and x_0.is_cuda):
+        with engine.autocast():
             terms = mcdpm_loss(engine.network, self.noise_scheduler, x_0, condition)
             loss = terms.total(self.dice_weight)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)

@@ -31,7 +31,7 @@ class SemanticDiffusionTrainer(StepTrainer):
         max_timestep: diffusion steps are drawn from ``[0, max_timestep)``; None (the paper) draws from the whole
             schedule. The refiner only ever denoises from its ``t_r`` (10 of 1000 by default), so a model trained for
             refinement alone learns faster on the low-noise end it is used on; it then cannot generate from noise.
-        train_handlers, amp: as :class:`StepTrainer`.
+        train_handlers, amp, precision: as :class:`StepTrainer`.
     """
 
     def __init__(
@@ -47,8 +47,9 @@ class SemanticDiffusionTrainer(StepTrainer):
         max_timestep: int | None = None,
         train_handlers: Sequence | None = None,
         amp: bool = False,
+        precision: str = "auto",
     ) -> None:
-        super().__init__(device, max_iterations, train_data_loader, network, optimizer, train_handlers, amp)
+        super().__init__(device, max_iterations, train_data_loader, network, optimizer, train_handlers, amp, precision)
         if not 0.0 <= condition_dropout < 1.0:
             raise ValueError(f"condition_dropout must be in [0, 1), got {condition_dropout}")
         steps = noise_scheduler.num_train_timesteps
@@ -71,10 +72,15 @@ class SemanticDiffusionTrainer(StepTrainer):
         x_t = self.noise_scheduler.add_noise(x_0, noise, t)
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", enabled=engine.amp and x_0.is_cuda):
+        with engine.autocast():
             prediction = engine.network(x_t, t, seg=seg)
-            loss = torch.nn.functional.mse_loss(prediction, regression_target(self.noise_scheduler, x_0, noise, t))
-        loss.backward()
-        engine.optimizer.step()
+            loss = F.mse_loss(prediction.float(), regression_target(self.noise_scheduler, x_0, noise, t))
+        if engine.scaler is not None:  # float16 only
+            engine.scaler.scale(loss).backward()
+            engine.scaler.step(engine.optimizer)
+            engine.scaler.update()
+        else:
+            loss.backward()
+            engine.optimizer.step()
         engine.state.output = {"loss": loss.detach()}
         return engine.state.output

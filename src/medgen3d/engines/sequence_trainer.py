@@ -46,6 +46,8 @@ class SequenceGANTrainer(StepTrainer):
         p_truncate: probability of a truncated history.
         perceptual: optional feature loss module ``(fake, real) -> loss`` (weight ``"perceptual"``).
         train_handlers: as :class:`StepTrainer`.
+        precision: ``"auto"``, ``"bf16"`` or ``"fp32"`` (see :class:`StepTrainer`); not ``"fp16"``, which would need
+            a gradient scaler per optimiser.
     """
 
     def __init__(
@@ -64,8 +66,13 @@ class SequenceGANTrainer(StepTrainer):
         p_truncate: float = 0.2,
         perceptual: torch.nn.Module | None = None,
         train_handlers: Sequence | None = None,
+        precision: str = "auto",
     ) -> None:
-        super().__init__(device, max_iterations, train_data_loader, network, optimizer, train_handlers, False)
+        if precision == "fp16":
+            raise ValueError("precision: 'fp16' needs a gradient scaler per optimiser; use 'bf16' (or 'auto')")
+        super().__init__(
+            device, max_iterations, train_data_loader, network, optimizer, train_handlers, precision=precision
+        )
         self.image_discriminator = image_discriminator
         self.temporal_discriminator = temporal_discriminator
         self.d_optimizer = d_optimizer
@@ -93,11 +100,13 @@ class SequenceGANTrainer(StepTrainer):
         valid = self._history_validity(images.shape[0], device)
         engine.network.train()
         # 1. generate the run, slice by slice
-        outputs = self._generate(engine.network, masks, images, valid)
+        with engine.autocast():
+            outputs = self._generate(engine.network, masks, images, valid)
         # 2. discriminator step on detached slices, 3. generator step
         d_loss = self._discriminator_step(masks, images, outputs)
-        terms = self._generator_terms(masks, images, valid, outputs)
-        loss = self.losses.total(terms)
+        with engine.autocast():
+            terms = self._generator_terms(masks, images, valid, outputs)
+            loss = self.losses.total(terms)
         engine.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         average_gradients(engine.network.parameters())
@@ -157,12 +166,13 @@ class SequenceGANTrainer(StepTrainer):
 
     def _discriminator_step(self, masks, images, outputs) -> torch.Tensor:
         mask, real, fake, fake_run = self._frames(masks, images, outputs, detach=True)
-        loss = self.adversarial.discriminator(*self._judge(self.image_discriminator, (mask, real), (mask, fake)))
-        if self.losses.active("temporal_gan"):
-            real_run, fake_run, flows = self._temporal_runs(images, fake_run, outputs)
-            loss = loss + self.adversarial.discriminator(
-                *self._judge(self.temporal_discriminator, (real_run, flows), (fake_run, flows))
-            )
+        with self.autocast():
+            loss = self.adversarial.discriminator(*self._judge(self.image_discriminator, (mask, real), (mask, fake)))
+            if self.losses.active("temporal_gan"):
+                real_run, fake_run, flows = self._temporal_runs(images, fake_run, outputs)
+                loss = loss + self.adversarial.discriminator(
+                    *self._judge(self.temporal_discriminator, (real_run, flows), (fake_run, flows))
+                )
         self.d_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         average_gradients(p for group in self.d_optimizer.param_groups for p in group["params"])

@@ -22,6 +22,7 @@ from medgen3d.data.intensity import IntensityScale
 from medgen3d.data.io import DataError, SettingError, read_json, write_json
 from medgen3d.diffusion.refiner import SemanticRefiner
 from medgen3d.diffusion.sampler import SubsequenceSampler
+from medgen3d.precision import autocast_networks, check_precision
 from medgen3d.synthesis.cases import Progress, Shard, wait_for_ranks
 from medgen3d.synthesis.images import synthesise_images
 from medgen3d.synthesis.masks import complete_mask_file, synthesise_masks
@@ -101,15 +102,22 @@ def _where(spec: DatasetSpec, out: str | os.PathLike | None = None) -> str:
 
 @dataclass
 class _DatasetRun:
-    """What every generating run step shares: its shard of the cases and its progress line (keyword-only, after
-    each step's own arguments)."""
+    """What every generating run step shares: its shard of the cases, its progress line and the precision its
+    networks run in (keyword-only, after each step's own arguments).
+
+    ``precision`` is one of :data:`~medgen3d.precision.PRECISIONS`: ``"auto"`` runs the networks under bfloat16
+    autocast on CUDA and in float32 on a CPU; their outputs come back as float32 either way (see
+    :func:`~medgen3d.precision.autocast_networks`). It is not part of a run's recorded settings, as the batch size is
+    not: a run interrupted on one device resumes on another."""
 
     rank: int = field(default=0, kw_only=True)
     world_size: int = field(default=1, kw_only=True)
     progress: Progress | None = field(default=None, kw_only=True, repr=False)
+    precision: str = field(default="auto", kw_only=True)
 
     def __post_init__(self) -> None:
         Shard(self.rank, self.world_size).checked()
+        check_precision(self.precision)
 
     def _claim(self, out: str | os.PathLike, stage: str, settings: Mapping[str, Any], outputs: str) -> Shard:
         """:func:`claim_folder` on rank 0 first, then on the others, which find its record: together they would race
@@ -161,21 +169,22 @@ class MaskSynthesis(_DatasetRun):
 
     def run(self) -> DatasetSpec | None:
         shard = self._claim(self.out_dir, "mask_mcdpm", self.settings(), "labels")
-        return synthesise_masks(
-            self.network,
-            self.sampler,
-            self.reference,
-            self.out_dir,
-            self.num_cases,
-            self.image_size,
-            self.num_condition,
-            self.depth,
-            self.start,
-            self.batch_size,
-            self.seed,
-            shard,
-            self.progress,
-        )
+        with autocast_networks(self.precision, self.network):
+            return synthesise_masks(
+                self.network,
+                self.sampler,
+                self.reference,
+                self.out_dir,
+                self.num_cases,
+                self.image_size,
+                self.num_condition,
+                self.depth,
+                self.start,
+                self.batch_size,
+                self.seed,
+                shard,
+                self.progress,
+            )
 
 
 @dataclass
@@ -191,8 +200,10 @@ class MaskCompletion:
     image_size: Sequence[int] | None = None
     num_condition: int = 2
     seed: int = 0
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         if not self.partial_file:
             raise SettingError("partial_file: give the partial mask to complete (--partial_file FILE)")
         if len(self.known_slices) != 2 or not 0 <= self.known_slices[0] < self.known_slices[1]:
@@ -200,17 +211,18 @@ class MaskCompletion:
         check_size(self.network, self.image_size)
 
     def run(self) -> Path:
-        return complete_mask_file(
-            self.network,
-            self.sampler,
-            self.partial_file,
-            self.known_slices,
-            self.output_file,
-            dict(self.labels),
-            self.image_size,
-            self.num_condition,
-            self.seed,
-        )
+        with autocast_networks(self.precision, self.network):
+            return complete_mask_file(
+                self.network,
+                self.sampler,
+                self.partial_file,
+                self.known_slices,
+                self.output_file,
+                dict(self.labels),
+                self.image_size,
+                self.num_condition,
+                self.seed,
+            )
 
 
 @dataclass
@@ -232,16 +244,17 @@ class ImageSynthesis(_DatasetRun):
     def run(self) -> DatasetSpec | None:
         settings = {"masks": _where(self.masks, self.out_dir)}
         shard = self._claim(self.out_dir, "image_vid2vid", settings, "images")
-        return synthesise_images(
-            self.network,
-            self.masks,
-            self.out_dir,
-            self.intensity_scale,
-            self.image_size,
-            self.batch_size,
-            self.progress,
-            shard,
-        )
+        with autocast_networks(self.precision, self.network):
+            return synthesise_images(
+                self.network,
+                self.masks,
+                self.out_dir,
+                self.intensity_scale,
+                self.image_size,
+                self.batch_size,
+                self.progress,
+                shard,
+            )
 
 
 @dataclass
@@ -268,16 +281,18 @@ class Refinement(_DatasetRun):
             "views": list(self.views),
             "seed": self.seed,
             "noise_steps": self.refiner.noise_steps,
+            "denoising_steps": self.refiner.denoising_steps,
         }
         shard = self._claim(self.out_dir, "sdm_refiner", settings, "images")
-        return refine_dataset(
-            self.networks,
-            self.refiner,
-            self.pairs,
-            self.out_dir,
-            self.views,
-            self.batch_size,
-            self.seed,
-            self.progress,
-            shard,
-        )
+        with autocast_networks(self.precision, *self.networks.values()):
+            return refine_dataset(
+                self.networks,
+                self.refiner,
+                self.pairs,
+                self.out_dir,
+                self.views,
+                self.batch_size,
+                self.seed,
+                self.progress,
+                shard,
+            )

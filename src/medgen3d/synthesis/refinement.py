@@ -94,7 +94,12 @@ def refine_dataset(
             save_nifti(runner.target(job.case_id), refined, image.affine)
 
     runner.run([_Job(case, s) for case, s in zip(cases, case_seeds(seed, len(cases)))], write)
-    settings = {"views": list(views), "noise_steps": refiner.noise_steps, "guidance_scale": refiner.guidance_scale}
+    settings = {
+        "views": list(views),
+        "noise_steps": refiner.noise_steps,
+        "denoising_steps": refiner.denoising_steps,
+        "guidance_scale": refiner.guidance_scale,
+    }
     name = pairs.name if pairs.name.endswith("-refined") else f"{pairs.name}-refined"
     return runner.finish([case.case_id for case in cases], lambda: paired_dataset(pairs, name, {"refined": settings}))
 

@@ -1,0 +1,60 @@
+"""The noise schedule of a diffusion bundle, chosen by name in its configs and kept in its training record.
+
+mask_mcdpm trains and samples with either schedule of :data:`NOISE_SCHEDULES`, by its top-level ``noise_schedule``:
+
+- ``"ddpm"``: MONAI's DDPM path (trained with ``DDPMScheduler``, sampled with DDIM or the full DDPM chain);
+- ``"rflow"``: rectified flow (:class:`~medgen3d.diffusion.schedulers.RectifiedFlowScheduler`), a few steps.
+
+The configs hold one scheduler definition per name and pick one with :func:`choose_scheduler`. The two paths noise
+differently, so a network sampled along the other path gives noise: training keeps its ``noise_schedule`` in the
+record beside the weights, and :func:`check_trained_schedule` refuses a sampler whose scheduler differs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from monai.networks.schedulers import RFlowScheduler, Scheduler
+
+from medgen3d.data.io import SettingError
+from medgen3d.zoo.record import RECORD_NAME, read_training_record
+
+__all__ = ["NOISE_SCHEDULES", "noise_schedule_of", "choose_scheduler", "check_trained_schedule"]
+
+NOISE_SCHEDULES = ("ddpm", "rflow")
+
+
+def noise_schedule_of(scheduler: Scheduler) -> str:
+    """The noise path ``scheduler`` follows: ``"rflow"`` for rectified flow, else ``"ddpm"`` (DDPM, DDIM and PNDM
+    share DDPM's path)."""
+    return "rflow" if isinstance(scheduler, RFlowScheduler) else "ddpm"
+
+
+def choose_scheduler(schedulers: Mapping[str, Scheduler | None], noise_schedule: str) -> Scheduler:
+    """The scheduler of ``schedulers`` (one per name; the ones not chosen are disabled, ``None``) named by
+    ``noise_schedule``; another name raises :class:`SettingError`."""
+    scheduler = schedulers.get(noise_schedule) if noise_schedule in NOISE_SCHEDULES else None
+    if scheduler is None:
+        raise SettingError(f"noise_schedule: must be one of {list(NOISE_SCHEDULES)}, got {noise_schedule!r}")
+    return scheduler
+
+
+def check_trained_schedule(ckpt_dir: str | os.PathLike, scheduler: Scheduler) -> None:
+    """Refuse to sample the weights in ``ckpt_dir`` with ``scheduler`` when their training record says they were
+    trained along another noise path or for another prediction type (:class:`SettingError`, one line naming the
+    record and the setting to change). A record written before the choice existed is a DDPM one; without a record
+    there is nothing to check."""
+    path = Path(ckpt_dir) / RECORD_NAME
+    if not path.is_file():
+        return
+    settings = {"noise_schedule": "ddpm", **(read_training_record(ckpt_dir).get("settings") or {})}
+    used = {"noise_schedule": noise_schedule_of(scheduler), "prediction_type": str(scheduler.prediction_type)}
+    for key, value in used.items():
+        trained = settings.get(key)
+        if trained is not None and trained != value:
+            raise SettingError(
+                f"{path}: the network was trained with {key} {trained!r}, but this run samples with "
+                f"{type(scheduler).__name__} and {key} {value!r}; run with --{key} {trained}"
+            )
