@@ -18,6 +18,7 @@ named for every timed step, as the quality benchmark does.
     .venv/bin/python benchmarks/mask_rflow.py train            # only the training
     .venv/bin/python benchmarks/mask_rflow.py compare --volumes 8 --steps 5,10
     .venv/bin/python benchmarks/mask_rflow.py run --smoke      # tiny data and networks: the script end to end
+    .venv/bin/python benchmarks/mask_rflow.py montage          # results/mask_rflow.png, real beside each sampler
 
 On an idle 2-core CPU: training the rectified-flow model takes about 20 minutes (1400 iterations, as long as the
 quality benchmark's mask model), 20 more when the DDPM model must be trained here too (and a minute or two to build
@@ -319,5 +320,49 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def montage(count: int = 3, smoke: bool = False) -> Path:
+    """``results/mask_rflow.png``: the central slice of every plane of ``count`` real training masks beside the first
+    ``count`` masks of each sampler ``compare`` wrote (rows: real, then one per sampler)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medgen3d.data.io import load_nifti
+    from medgen3d.preview import label_colormap
+    from medgen3d.views import VIEWS
+
+    setup = _setup(smoke)
+    real, names = _labels(setup.dataset)
+    rows = {"real": real[:count]}
+    for folder in sorted((setup.run_dir / "samples").iterdir()):
+        if folder.name != "warm-up":
+            rows[folder.name] = [load_nifti(p).array for p in sorted((folder / "labels").glob("*.nii.gz"))[:count]]
+    cmap = label_colormap(len(names) + 1)
+    figure, axes = plt.subplots(len(rows), 3 * count, figsize=(2.0 * 3 * count, 2.2 * len(rows)), squeeze=False)
+    for r, (name, masks) in enumerate(rows.items()):
+        for c, mask in enumerate(masks):
+            for v, (view, axis) in enumerate(VIEWS.items()):
+                ax = axes[r][3 * c + v]
+                ax.imshow(
+                    np.rot90(np.take(mask, mask.shape[axis] // 2, axis=axis)),
+                    cmap=cmap,
+                    vmin=0,
+                    vmax=len(names),
+                    interpolation="nearest",
+                )
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if c == 0 and v == 0:
+                    ax.set_ylabel(name)
+                if r == 0:
+                    ax.set_title(f"{view} {c}", fontsize=8)
+    figure.tight_layout()
+    path = setup.results / "mask_rflow.png"
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
+
+
 if __name__ == "__main__":
-    fire.Fire({"run": run, "train": train, "compare": compare})
+    fire.Fire({"run": run, "train": train, "compare": compare, "montage": montage})
