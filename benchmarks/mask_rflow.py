@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_benchmark import TINY_NETWORKS  # noqa: E402  (one tiny size for every smoke run)
 from mask_variants import structure_measures  # noqa: E402
 from quality_benchmark import _build, _finished, _machine  # noqa: E402
 
@@ -55,14 +56,10 @@ RESULTS = ROOT / "benchmarks" / "results"
 OVERLAYS = ["brain.json"]  # what the quality benchmark trains the brain's mask model with
 REFERENCE = "DDIM"
 
-# the smoke run: tiny data, a tiny network and a few iterations (the bundle tests' sizes)
+# the smoke run: tiny data, the GPU benchmark's tiny network (the bundle tests' sizes) and a few iterations; the
+# schedule keeps its 1000 steps, so that the reference DDIM-50 runs as recorded, and the comparison sets its steps
 SMOKE = {
-    "image_size": [16, 16],
-    "subsequence_length": 4,
-    "channels": [8, 16],
-    "attention_levels": [False, False],
-    "norm_num_groups": 8,
-    "num_head_channels": 8,
+    **{k: v for k, v in TINY_NETWORKS["mask_mcdpm"].items() if k not in ("num_train_timesteps", "num_inference_steps")},
     "max_iterations": 4,
     "batch_size": 2,
     "val_interval": 4,
