@@ -62,28 +62,18 @@ BATCH_UNITS = {
     "segmentation_eval": "crops",
 }
 
-# A --tiny run: networks of the bundle tests' size (segmentation: the bundle's 3D UNet overlay, as its tests use), few
-# steps, and for training small batches and short runs.
+
+def tiny_preset(bundle: str) -> dict[str, Any]:
+    """A generating bundle's ``configs/tiny.json``: the networks its tests train, for 16 x 16 slices."""
+    return json.loads((BUNDLES / bundle / "configs" / "tiny.json").read_text())
+
+
+# A --tiny run: the tiny presets (segmentation: the bundle's 3D UNet overlay, as its tests use, on 16³ crops), two
+# sampling steps, and for training small batches and short runs.
 TINY_NETWORKS = {
-    "mask_mcdpm": {
-        "image_size": [16, 16],
-        "subsequence_length": 4,
-        "channels": [8, 16],
-        "attention_levels": [False, False],
-        "norm_num_groups": 8,
-        "num_head_channels": 8,
-        "num_train_timesteps": 20,
-        "num_inference_steps": 2,
-    },
-    "image_vid2vid": {"image_size": [16, 16], "ngf": 8, "n_downsample": 2, "n_blocks": 2},
-    "sdm_refiner": {
-        "channels": [8, 16],
-        "attention_levels": [False, False],
-        "norm_num_groups": 8,
-        "num_head_channels": 8,
-        "spade_channels": 8,
-        "noise_steps": 2,
-    },
+    "mask_mcdpm": {**tiny_preset("mask_mcdpm"), "num_inference_steps": 2},
+    "image_vid2vid": tiny_preset("image_vid2vid"),
+    "sdm_refiner": {**tiny_preset("sdm_refiner"), "noise_steps": 2},
     "segmentation_eval": {"roi_size": [16, 16, 16]},
 }
 TINY_TRAINING = {

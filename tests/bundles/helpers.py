@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,25 +16,10 @@ from medgen3d.pipeline.stages import working_directory
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 
-# network settings small enough for 16 x 16 slices and seconds of training, per generating bundle
+# each generating bundle's `configs/tiny.json`: networks for 16 x 16 slices and seconds of training
 TINY_NETWORKS = {
-    "mask_mcdpm": {
-        "image_size": [16, 16],
-        "subsequence_length": 4,
-        "channels": [8, 16],
-        "attention_levels": [False, False],
-        "norm_num_groups": 8,
-        "num_head_channels": 8,
-        "num_train_timesteps": 20,
-    },
-    "image_vid2vid": {"image_size": [16, 16], "ngf": 8, "n_downsample": 2, "n_blocks": 2},
-    "sdm_refiner": {
-        "channels": [8, 16],
-        "attention_levels": [False, False],
-        "norm_num_groups": 8,
-        "num_head_channels": 8,
-        "spade_channels": 8,
-    },
+    bundle: json.loads((BUNDLES / bundle / "configs" / "tiny.json").read_text())
+    for bundle in ("mask_mcdpm", "image_vid2vid", "sdm_refiner")
 }
 
 

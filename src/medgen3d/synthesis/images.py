@@ -24,7 +24,7 @@ from medgen3d.synthesis.cases import CaseRunner, Progress, Shard
 from medgen3d.synthesis.paired import copy_label, paired_dataset
 from medgen3d.transforms.subsequence import resize_label_slices
 
-__all__ = ["generate_image_volumes", "synthesise_images"]
+__all__ = ["generate_image_volumes", "generate_images_for_labels", "synthesise_images"]
 
 
 @torch.no_grad()
@@ -70,6 +70,29 @@ def _resize_images(volume: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(volume[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
+def generate_images_for_labels(
+    generator: SequenceGenerator,
+    label_volumes: Sequence[torch.Tensor],
+    num_classes: int,
+    image_size: Sequence[int] | None = None,
+) -> list[torch.Tensor]:
+    """Generate an image for each label volume at the generator's in-plane size and give it back at the volume's own.
+
+    Args:
+        generator: the trained sequence generator (eval mode).
+        label_volumes: per case, ``(D, H, W)`` integer labels at their own in-plane size.
+        num_classes: ``K``.
+        image_size: the generator's in-plane size; default the first volume's own.
+
+    Returns:
+        Per case, ``(D, H, W)`` images in [-1, 1] on the CPU, at the case's ``(H, W)``.
+    """
+    size = tuple(image_size) if image_size else tuple(label_volumes[0].shape[1:])
+    inputs = [resize_label_slices(volume, size, num_classes) for volume in label_volumes]
+    generated = generate_image_volumes(generator, inputs, num_classes)
+    return [_resize_images(image.cpu(), tuple(volume.shape[1:])) for image, volume in zip(generated, label_volumes)]
+
+
 def synthesise_images(
     generator: SequenceGenerator,
     masks: DatasetSpec,
@@ -100,13 +123,10 @@ def synthesise_images(
 
     def write(batch: list[Case]) -> None:
         volumes = [masks.load_case(case)[1] for case in batch]
-        size = tuple(image_size) if image_size else volumes[0].array.shape[:2]
-        inputs = [
-            resize_label_slices(torch.from_numpy(v.array).permute(2, 0, 1), size, masks.num_classes) for v in volumes
-        ]
-        generated = generate_image_volumes(generator, inputs, masks.num_classes)
+        labels = [torch.from_numpy(volume.array).permute(2, 0, 1) for volume in volumes]
+        generated = generate_images_for_labels(generator, labels, masks.num_classes, image_size)
         for case, volume, image in zip(batch, volumes, generated):
-            image = scale.from_network(_resize_images(image.cpu(), volume.array.shape[:2]))
+            image = scale.from_network(image)
             copy_label(masks, case, out_dir)
             save_nifti(runner.target(case.case_id), image.permute(1, 2, 0).numpy().astype(np.float32), volume.affine)
 
