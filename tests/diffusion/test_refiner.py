@@ -150,3 +150,35 @@ def test_fewer_ddim_steps_span_the_same_noise_level_and_an_exact_denoiser_recove
         torch.testing.assert_close(refined, clean, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match=r"denoising_steps must be in \[1, noise_steps=10\], got 11"):
         SemanticRefiner(scheduler, 10, denoising_steps=11)
+
+
+def test_eta_one_adds_the_ddpm_posterior_noise_between_steps_and_an_exact_denoiser_still_recovers_the_slices():
+    scheduler = DDPMScheduler(1000)
+    refiner = SemanticRefiner(scheduler, noise_steps=10, denoising_steps=4, eta=1.0)
+    betas, alphas = scheduler.betas, scheduler.alphas_cumprod
+    for t in (9, 5, 1):  # one level apart, the DDIM step's noise is the DDPM posterior's (Ho et al., beta tilde)
+        posterior = (1 - alphas[t - 1]) / (1 - alphas[t]) * betas[t]
+        torch.testing.assert_close(refiner.ddim_sigma(t, t - 1) ** 2, posterior)
+    assert float(refiner.ddim_sigma(9, -1)) == 0.0  # the last step ends on the clean estimate
+    assert float(SemanticRefiner(scheduler, 10, denoising_steps=4).ddim_sigma(9, 6)) == 0.0  # eta 0: deterministic
+
+    clean = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    seg = torch.zeros(2, 4, 8, 8)
+    seen = {}
+    for eta in (0.0, 1.0):
+        for seed in (1, 2):
+            oracle = _Oracle(clean, scheduler)
+            inputs = []
+            oracle.register_forward_pre_hook(
+                lambda module, args, kwargs: inputs.append(args[0].clone()), with_kwargs=True
+            )
+            refined = SemanticRefiner(scheduler, 10, denoising_steps=4, eta=eta).refine_slices(
+                oracle, clean, seg, torch.Generator().manual_seed(seed)
+            )
+            torch.testing.assert_close(refined, clean, atol=1e-5, rtol=0)
+            seen[eta, seed] = inputs
+    # the same first noising; after it, eta 1 draws fresh noise at each step and eta 0 follows one path
+    torch.testing.assert_close(seen[1.0, 1][0], seen[0.0, 1][0])
+    assert not torch.allclose(seen[1.0, 1][1], seen[0.0, 1][1])
+    with pytest.raises(ValueError, match="eta must be at least 0, got -0.5"):
+        SemanticRefiner(scheduler, 10, denoising_steps=4, eta=-0.5)

@@ -51,9 +51,11 @@ class SemanticRefiner:
             mask, as in training with dropped masks. ``s = 1`` uses the conditional prediction alone.
         size_multiple: slices are padded (edge values) to a multiple of this, the UNet's total downsampling.
         denoising_steps: network steps back from ``t_r``. ``None`` (or ``t_r``) runs the DDPM chain
-            ``t_r - 1, …, 0``, one stochastic step each; fewer run deterministic DDIM steps (Song et al., Eq. 12 with
-            ``eta = 0``) over the same noise level, evenly spaced from ``t_r - 1`` down to the clean image, so the
-            refinement costs ``denoising_steps`` network calls per slice instead of ``t_r``.
+            ``t_r - 1, …, 0``, one stochastic step each; fewer run DDIM steps (Song et al., Eq. 12) over the same
+            noise level, evenly spaced from ``t_r - 1`` down to the clean image, so the refinement costs
+            ``denoising_steps`` network calls per slice instead of ``t_r``.
+        eta: the DDIM steps' randomness: 0 is deterministic; 1 adds the noise of the DDPM posterior between the two
+            steps (with one level between them, exactly a DDPM step), so fewer steps keep the chain's fresh noise.
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class SemanticRefiner:
         guidance_scale: float = 1.0,
         size_multiple: int = 4,
         denoising_steps: int | None = None,
+        eta: float = 0.0,
     ) -> None:
         if not 0 <= noise_steps <= scheduler.num_train_timesteps:
             raise ValueError(f"noise_steps must be in [0, {scheduler.num_train_timesteps}], got {noise_steps}")
@@ -70,7 +73,10 @@ class SemanticRefiner:
             raise ValueError(f"denoising_steps must be in [1, noise_steps={noise_steps}], got {denoising_steps}")
         self.scheduler, self.noise_steps = scheduler, noise_steps
         self.guidance_scale, self.size_multiple = float(guidance_scale), size_multiple
+        if eta < 0:
+            raise ValueError(f"eta must be at least 0, got {eta}")
         self.denoising_steps = noise_steps if denoising_steps is None else int(denoising_steps)
+        self.eta = float(eta)
         scheduler.set_timesteps(scheduler.num_train_timesteps)  # every step: the partial chain t_r-1 .. 0
 
     def timesteps(self) -> list[int]:
@@ -81,13 +87,30 @@ class SemanticRefiner:
         spaced = torch.linspace(self.noise_steps - 1, 0, self.denoising_steps).round().long().tolist()
         return list(dict.fromkeys(int(t) for t in spaced))
 
-    def _ddim_step(self, eps: torch.Tensor, t: int, previous: int, x_t: torch.Tensor) -> torch.Tensor:
-        """Deterministic DDIM step from step ``t`` to step ``previous`` (``-1``: the clean image)."""
-        alphas = self.scheduler.alphas_cumprod.to(x_t.device)
-        a_t = alphas[t]
-        a_prev = alphas[previous] if previous >= 0 else torch.ones((), device=x_t.device)
+    def _alphas(self, t: int, previous: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``ᾱ`` at step ``t`` and at step ``previous`` (``-1``: the clean image, ``ᾱ = 1``)."""
+        alphas = self.scheduler.alphas_cumprod
+        return alphas[t], alphas[previous] if previous >= 0 else torch.ones(())
+
+    def ddim_sigma(self, t: int, previous: int) -> torch.Tensor:
+        """The standard deviation of the noise a DDIM step from ``t`` to ``previous`` adds: ``eta`` times the DDPM
+        posterior's between the two steps (0 when ``previous`` is the clean image)."""
+        a_t, a_prev = self._alphas(t, previous)
+        return self.eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
+
+    def _ddim_step(
+        self, eps: torch.Tensor, t: int, previous: int, x_t: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """DDIM step from step ``t`` to step ``previous`` (``-1``: the clean image)."""
+        a_t, a_prev = (a.to(x_t.device) for a in self._alphas(t, previous))
+        sigma = self.ddim_sigma(t, previous).to(x_t.device)
         x_0 = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-        return a_prev.sqrt() * x_0 + (1 - a_prev).sqrt() * eps
+        if self.scheduler.clip_sample:  # as the DDPM chain's step (and MONAI's DDIM step) clip the clean estimate
+            x_0 = x_0.clamp(*self.scheduler.clip_sample_values)
+        x_prev = a_prev.sqrt() * x_0 + (1 - a_prev - sigma**2).sqrt() * eps
+        if self.eta == 0 or previous < 0:
+            return x_prev
+        return x_prev + sigma * torch.randn(x_t.shape, generator=generator).to(x_t.device)
 
     def condition(self, seg: torch.Tensor) -> torch.Tensor:
         """What :meth:`predict` takes as ``seg``: the masks, followed by the null masks when guiding."""
@@ -140,7 +163,7 @@ class SemanticRefiner:
                     x_t, _ = self.scheduler.step(self.predict(network, x_t, condition, t), t, x_t, generator=generator)
             else:
                 for t, previous in zip(steps, [*steps[1:], -1]):
-                    x_t = self._ddim_step(self.predict(network, x_t, condition, t), t, previous, x_t)
+                    x_t = self._ddim_step(self.predict(network, x_t, condition, t), t, previous, x_t, generator)
         return x_t[..., : size[0], : size[1]]
 
 

@@ -282,6 +282,7 @@ class Refinement(_DatasetRun):
             "seed": self.seed,
             "noise_steps": self.refiner.noise_steps,
             "denoising_steps": self.refiner.denoising_steps,
+            "denoising_eta": self.refiner.eta,
         }
         shard = self._claim(self.out_dir, "sdm_refiner", settings, "images")
         with autocast_networks(self.precision, *self.networks.values()):

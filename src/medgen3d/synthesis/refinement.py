@@ -98,6 +98,7 @@ def refine_dataset(
         "views": list(views),
         "noise_steps": refiner.noise_steps,
         "denoising_steps": refiner.denoising_steps,
+        "denoising_eta": refiner.eta,
         "guidance_scale": refiner.guidance_scale,
     }
     name = pairs.name if pairs.name.endswith("-refined") else f"{pairs.name}-refined"
