@@ -16,6 +16,7 @@ rerun after an interruption continues (the seconds of a stage are those of the r
     .venv/bin/python benchmarks/quality_benchmark.py run --dataset brain-mni
     .venv/bin/python benchmarks/quality_benchmark.py run --dataset thorax-phantom
     .venv/bin/python benchmarks/quality_benchmark.py run --train_only mask,image,refiner   # the generators only
+    .venv/bin/python benchmarks/quality_benchmark.py run --regenerate   # stages kept, every case generated again
     .venv/bin/python benchmarks/quality_benchmark.py record      # the files of a finished `make demo`
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -106,11 +108,18 @@ def _finished(stages, stage: str) -> bool:
 
 
 def run(
-    dataset: str = "brain-mni", cases: int = 8, threads: int = 2, train_only: tuple[str, ...] | str = ()
+    dataset: str = "brain-mni",
+    cases: int = 8,
+    threads: int = 2,
+    train_only: tuple[str, ...] | str = (),
+    regenerate: bool = False,
 ) -> dict[str, Any] | None:
     """Train, generate, evaluate and write the results of ``dataset`` (see the module docstring).
 
-    ``train_only``: train just these stages (e.g. ``mask,image``) and stop; a later full run keeps them."""
+    ``train_only``: train just these stages (e.g. ``mask,image``) and stop; a later full run keeps them.
+    ``regenerate``: generate every synthetic case again with the trained stages (after a change of a generating
+    setting; otherwise finished cases are kept); the results before are kept as ``quality_<dataset>_before.json``
+    and ``quality_<dataset>_change.md`` compares every measure before and after."""
     from medgen3d.pipeline.stages import StageBundle
 
     if dataset not in DATASETS:
@@ -134,29 +143,46 @@ def run(
         _record(run_dir, stage, time.monotonic() - start, machine)
     if only:
         return None
+    before_path = RESULTS / f"quality_{dataset}_before.json"
+    if regenerate:
+        shutil.rmtree(run_dir / "eval" / "synthetic", ignore_errors=True)
+        if (RESULTS / f"quality_{dataset}.json").is_file():
+            shutil.copyfile(RESULTS / f"quality_{dataset}.json", before_path)
     for task, extra in (("generate", {"num_cases": cases}), ("evaluate", {})):
         machine, start = _machine(), time.monotonic()
         workflow.run([f"{task}.json"], **common, **extra)
         _record(run_dir, task, time.monotonic() - start, machine)
-    return _write_results(f"{dataset} small", f"quality_{dataset}", run_dir, data, workflow, common)
+    results = _write_results(f"{dataset} small", f"quality_{dataset}", run_dir, data, workflow, common)
+    if regenerate and before_path.is_file():
+        text = change(json.loads(before_path.read_text()), results)
+        (RESULTS / f"quality_{dataset}_change.md").write_text(text)
+        print(text)
+    return results
 
 
 def record(
-    run_dir: str = "demo_output/workflow", data: str = "demo_output/brain-mni-small", name: str = "demo"
+    run_dir: str = "demo_output/workflow",
+    data: str = "demo_output/brain-mni-small",
+    name: str = "demo",
+    machine: str | None = None,
 ) -> None:
     """Write the results files of a finished workflow run made elsewhere, such as ``make demo``'s
-    (``results/quality_<name>.*``): its report, its ``timings.json`` and a montage."""
+    (``results/quality_<name>.*``): its report, its ``timings.json`` and a montage. ``machine``: the load the run
+    saw, when whoever ran it measured it (its ``timings.json`` does not say)."""
     from medgen3d.pipeline.stages import StageBundle
 
     run_path, data_path = Path(run_dir).resolve(), Path(data).resolve()
     overlays = ["demo.json"] if name == "demo" else []
     workflow = StageBundle(BUNDLES / "medgen3d", run_path / "models", run_path / "eval", overlays=overlays)
     common = {"bundle_root": str(run_path), "stages_dir": str(BUNDLES), "dataset_dir": str(data_path)}
-    _write_results(name, f"quality_{name}", run_path, data_path, workflow, common)
+    _write_results(name, f"quality_{name}", run_path, data_path, workflow, common, machine)
 
 
-def _write_results(title: str, stem: str, run_dir: Path, data: Path, workflow, common: dict[str, Any]) -> dict:
+def _write_results(
+    title: str, stem: str, run_dir: Path, data: Path, workflow, common: dict[str, Any], machine: str | None = None
+) -> dict:
     results = summarise(title, run_dir, workflow, common)
+    results["machine"] = machine or results["machine"]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / f"{stem}.md").write_text(markdown(results))
@@ -179,7 +205,11 @@ def _settings(workflow, common: dict[str, Any]) -> dict[str, Any]:
         parser = getattr(stages, stage).workflow(["train.json"], dataset_dir=common["dataset_dir"]).parser
         out[stage] = {name: parser.get_parsed_content(name) for name in names if name in parser}
     parser = stages.mask.workflow(["inference.json"], dataset_dir=common["dataset_dir"]).parser
-    out["mask"]["sampler"] = f"DDIM-{parser.get_parsed_content('num_inference_steps')}"
+    kind = "RFlow" if parser.get_parsed_content("noise_schedule") == "rflow" else "DDIM"
+    out["mask"]["sampler"] = f"{kind}-{parser.get_parsed_content('num_inference_steps')}"
+    parser = stages.refiner.workflow(["inference.json"], dataset_dir=common["dataset_dir"]).parser
+    names = ("noise_steps", "denoising_steps", "denoising_eta")
+    out["refiner"].update({name: parser.get_parsed_content(name) for name in names})
     return out
 
 
@@ -229,6 +259,78 @@ def summarise(title: str, run_dir: Path, workflow, common: dict[str, Any]) -> di
         "memorised_cases": len(memorised),
         "features": report["features"],
     }
+
+
+def distances_to_real(structures: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """Per structure and measure, how far a sampler's masks are from the real ones (0: as real): 1 - presence rate,
+    and the absolute differences of volume fraction, components and slice continuity, 1 - z-profile r; None where
+    the structure never appears."""
+    out: dict[str, float | None] = {}
+    for name, m in structures.items():
+        present = m["continuity_synthetic"] is not None
+        out[f"{name} presence"] = m["presence_rate_real"] - m["presence_rate"]
+        out[f"{name} fraction"] = abs(m["fraction_synthetic"] - m["fraction_real"])
+        out[f"{name} components"] = abs(m["components_synthetic"] - m["components_real"])
+        out[f"{name} continuity"] = abs(m["continuity_synthetic"] - m["continuity_real"]) if present else None
+        r = m["z_profile_correlation"]
+        out[f"{name} z-profile"] = 1 - r if r is not None else None
+    return out
+
+
+REFINER_SETTINGS = ("noise_steps", "denoising_steps", "denoising_eta")
+IMAGE_MEASURES = {  # results key -> (title, whether lower is closer to real)
+    "feature_fd": ("feature Fréchet distance", True),
+    "ms_ssim": ("MS-SSIM among cases", None),  # diversity: compared, not ranked
+    "alignment_dice": ("alignment Dice", False),
+}
+
+
+def _generating_settings(results: dict[str, Any]) -> str:
+    settings = results["settings"]
+    refiner = settings.get("refiner", {})
+    return f"masks {settings.get('mask', {}).get('sampler', 'not recorded')}; refiner " + ", ".join(
+        f"{k} {refiner[k] if k in refiner else 'not recorded'}" for k in REFINER_SETTINGS
+    )
+
+
+def change(before: dict[str, Any], after: dict[str, Any], tolerance: float = 0.1) -> str:
+    """Markdown comparing two results of the same trained stages generated with different settings: each image
+    measure and each mask measure's distance to the real masks, before, after, their ratio, and whether the after
+    is within ``tolerance`` of the before (or closer to real)."""
+    lines = [
+        f"Quality benchmark, {after['dataset']}: the same trained stages, every case generated again after a change "
+        "of the generating settings.",
+        "",
+        f"- before: {_generating_settings(before)}",
+        f"- after: {_generating_settings(after)}",
+        "",
+        "| measure | before | after | after / before | within 10% or closer to real |",
+        "|---|---|---|---|---|",
+    ]
+    kept = total = 0
+    for key, (title, lower_is_better) in IMAGE_MEASURES.items():
+        for setting in ("refined", "unrefined"):
+            b, a = before[key].get(setting), after[key].get(setting)
+            if b is None or a is None:
+                continue
+            if lower_is_better is None:
+                verdict = "–"
+            else:
+                ok = a <= b * (1 + tolerance) if lower_is_better else a >= b * (1 - tolerance)
+                kept, total, verdict = kept + ok, total + 1, "yes" if ok else "**no**"
+            lines.append(f"| {title}, {setting} | {b:.3f} | {a:.3f} | {a / b if b else float('nan'):.2f} | {verdict} |")
+    distances_before = distances_to_real(before["structures"])
+    distances_after = distances_to_real(after["structures"])
+    for key, b in distances_before.items():
+        a = distances_after[key]
+        if a is None and b is None:
+            continue
+        ok = a is not None and (b is None or a <= b * (1 + tolerance) + 1e-9)
+        kept, total = kept + ok, total + 1
+        ratio = f"{a / b:.2f}" if a is not None and b else "n/a"
+        lines.append(f"| {key}: distance to real | {_f(b)} | {_f(a)} | {ratio} | {'yes' if ok else '**no**'} |")
+    lines += ["", f"Kept: {kept} of {total} measures."]
+    return "\n".join(lines) + "\n"
 
 
 def _f(value: Any, digits: int = 3) -> str:
