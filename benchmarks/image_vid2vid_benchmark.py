@@ -6,8 +6,8 @@ Each dataset runs in its own process so that peak memory is its own:
     .venv/bin/python benchmarks/image_vid2vid_benchmark.py run --dataset thorax-phantom
     .venv/bin/python benchmarks/image_vid2vid_benchmark.py report
 
-Training: iterations per second of the bundle's small preset (batch 4, runs of 2 + 6 slices), after 2 warm-up
-iterations. Inference: slices per second generating the images of real validation masks, batch of 2 volumes.
+Training: iterations per second of the bundle's small preset (its batch size and run length are recorded), after 2
+warm-up iterations. Inference: slices per second generating the images of real validation masks, batch of 2 volumes.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ from pathlib import Path
 
 import fire
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality_benchmark import _machine  # noqa: E402  (the machine's load, sampled as every benchmark does)
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "image_vid2vid"
@@ -55,6 +58,7 @@ def run(dataset: str = "brain-mni", iterations: int = 12, volumes: int = 2) -> N
 
     torch.set_num_threads(2)
     data_dir = _ensure(dataset)
+    machine = _machine()
     overlays = DATASETS[dataset][1]
     stage = StageBundle(BUNDLE, RUNS / dataset / "models", RUNS / dataset / "eval", overlays=overlays)
     workflow = stage.workflow(
@@ -102,7 +106,10 @@ def run(dataset: str = "brain-mni", iterations: int = 12, volumes: int = 2) -> N
         "inference_slices_per_second": round(slices / seconds, 1),
         "inference_seconds_per_volume": round(seconds / len(volumes_in), 2),
         "slices_per_volume": volumes_in[0].shape[0],
+        "batch_size": workflow.parser.get_parsed_content("batch_size"),
+        "run_length": workflow.parser.get_parsed_content("run_length"),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "machine": f"{machine} at the start; {_machine()} at the end",
     }
     path = RESULTS / "image_vid2vid.json"
     results = json.loads(path.read_text()) if path.exists() else {}
@@ -116,15 +123,16 @@ def report() -> None:
     """Write benchmarks/results/image_vid2vid.md."""
     results = json.loads((RESULTS / "image_vid2vid.json").read_text())
     lines = [
-        "| dataset (small preset) | slice size | training s / iteration (batch 4, 6 generated slices) | "
-        "inference slices / s | s / volume | peak RSS (MB) |",
-        "|---|---|---|---|---|---|",
+        "| dataset (small preset) | slice size | training batch × run length | training s / iteration | "
+        "inference slices / s | s / volume | peak RSS (MB) | machine |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, e in results.items():
         lines.append(
-            f"| {name} | {e['image_size'][0]}×{e['image_size'][1]} | {e['train_seconds_per_iteration']} | "
-            f"{e['inference_slices_per_second']} | {e['inference_seconds_per_volume']} ({e['slices_per_volume']} "
-            f"slices) | {e['peak_rss_mb']} |"
+            f"| {name} | {e['image_size'][0]}×{e['image_size'][1]} | {e['batch_size']} × {e['run_length']} | "
+            f"{e['train_seconds_per_iteration']} | {e['inference_slices_per_second']} | "
+            f"{e['inference_seconds_per_volume']} ({e['slices_per_volume']} slices) | {e['peak_rss_mb']} | "
+            f"{e['machine']} |"
         )
     (RESULTS / "image_vid2vid.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

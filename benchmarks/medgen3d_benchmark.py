@@ -7,7 +7,7 @@ setting of :data:`SETTINGS`, side by side in one process, and records each setti
 
     .venv/bin/python benchmarks/medgen3d_benchmark.py run --dataset brain-mni
     .venv/bin/python benchmarks/medgen3d_benchmark.py run --dataset thorax-phantom
-    .venv/bin/python benchmarks/medgen3d_benchmark.py demo        # runs `medgen3d demo` into a fresh folder
+    .venv/bin/python benchmarks/medgen3d_benchmark.py demo        # `medgen3d demo` into a fresh folder, and its report
     .venv/bin/python benchmarks/medgen3d_benchmark.py report
 """
 
@@ -27,7 +27,7 @@ import fire
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality_benchmark import _machine  # noqa: E402  (the machine's load, sampled as every benchmark does)
+from quality_benchmark import _machine, record  # noqa: E402  (the machine's load as every benchmark samples it)
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
@@ -60,6 +60,10 @@ def _untrained_checkpoints(stages, dataset_dir: Path, views) -> None:
 SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "defaults": {},
     "rflow-10, refiner DDIM-2": {"mask_mcdpm": {"noise_schedule": "rflow"}, "sdm_refiner": {"denoising_steps": 2}},
+    "before: DDIM-50, DDPM chain": {
+        "mask_mcdpm": {"num_inference_steps": 50},
+        "sdm_refiner": {"denoising_steps": None},
+    },
 }
 
 
@@ -125,17 +129,22 @@ def run(dataset: str = "brain-mni", num_cases: int = 3, settings: str | tuple[st
 
 
 def demo(out: str = str(WORK / "demo")) -> None:
-    """Run ``medgen3d demo`` into an empty folder and record its total and per-part seconds."""
+    """Run ``medgen3d demo`` into an empty folder and record its total and per-part seconds and the machine's load;
+    then record its quality report as ``results/quality_demo.*`` (``quality_benchmark.py record``)."""
     shutil.rmtree(out, ignore_errors=True)
+    machine = _machine()
     start = time.perf_counter()
     command = [str(ROOT / ".venv" / "bin" / "medgen3d"), "demo", "--out", out]
     done = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(done.stderr[-2000:])
+    machine = f"{machine} at the start; {_machine()} at the end"
     parts = dict((k, float(v)) for k, v in re.findall(r"(\w+) (\d+) s", done.stdout.splitlines()[-1]))
-    _save("demo", {"total_seconds": round(seconds, 1), "parts_seconds": parts, "out": out})
+    _save("demo", {"total_seconds": round(seconds, 1), "parts_seconds": parts, "machine": machine})
     print(done.stdout[-3000:])
+    record(str(Path(out) / "workflow"), str(Path(out) / "brain-mni-small"), "demo", machine)
+    report()
 
 
 def _save(key: str, record: dict) -> None:
@@ -173,8 +182,15 @@ def report() -> None:
     ]
     if "demo" in results:
         d = results["demo"]
-        parts = ", ".join(f"{k} {v:.0f} s" for k, v in d["parts_seconds"].items() if k != "total")
-        lines += ["", f"`make demo` (after set-up): {d['total_seconds'] / 60:.1f} minutes ({parts})."]
+        parts = {k: v for k, v in d["parts_seconds"].items() if k != "total"}
+        lines += [
+            "",
+            f"`medgen3d demo` (what `make demo` runs after its set-up), machine {d.get('machine', 'not recorded')}:",
+            "",
+            "| " + " | ".join(parts) + " | total |",
+            "|---" * (len(parts) + 1) + "|",
+            "| " + " | ".join(f"{v:.0f} s" for v in parts.values()) + f" | {d['total_seconds'] / 60:.1f} min |",
+        ]
     (RESULTS / "medgen3d.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
