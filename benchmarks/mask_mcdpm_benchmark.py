@@ -29,7 +29,7 @@ The machine's load is named for every timed step.
     .venv/bin/python benchmarks/mask_mcdpm_benchmark.py montage          # results/mask_mcdpm.png
 
 On an idle 2-core CPU each model trains in about 15 minutes (a minute more to build brain-mni small); the comparison
-takes about 8 minutes for 8 volumes per sampler (DDIM-50 near 20 s per volume). DDPM-1000 takes about 20 times
+takes about 10 minutes for 8 volumes per sampler (DDIM-50 near 20 s per volume). DDPM-1000 takes about 20 times
 DDIM-50's time per volume, so it is off unless asked for. The smoke run takes about a minute.
 
 Results: ``benchmarks/results/mask_mcdpm.{json,md,png}``. Runs live under ``benchmarks/runs/mask_mcdpm/`` (a smoke
