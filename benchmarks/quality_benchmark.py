@@ -227,7 +227,9 @@ def summarise(title: str, run_dir: Path, workflow, common: dict[str, Any]) -> di
 
     report = json.loads((run_dir / "eval" / "report" / "report.json").read_text())
     timings = _timings(run_dir)
-    sets = {"reference": report["reference"], **report["sets"]}
+    # The per-label lookup (baseline) is in reports written since it was measured.
+    lookup = {"lookup": report["lookup"]} if "lookup" in report else {}
+    sets = {"reference": report["reference"], **lookup, **report["sets"]}
     anatomy = report["anatomy"]
     structures = {}
     for name in anatomy["presence_rate_synthetic"]:
@@ -340,14 +342,18 @@ def _f(value: Any, digits: int = 3) -> str:
 def markdown(results: dict[str, Any]) -> str:
     """The benchmark's tables."""
     t = results["training_seconds"]
+    # Results recorded before the per-label lookup was measured have no such column, and are drawn as they were.
+    lookup = "lookup" in results["alignment_dice"]
     lines = [
         f"Quality benchmark, {results['dataset']}: {results['cases']} synthetic pairs against "
         f"{results['held_out_cases']} real held-out cases; training {sum(t.values()) / 60:.1f} min in all ("
         + ", ".join(f"{k} {v / 60:.1f}" for k, v in t.items())
         + f"), machine {results['machine'] or 'not recorded'}.",
         "",
-        "| measure | real held-out (reference) | synthetic, refined | synthetic, unrefined |",
-        "|---|---|---|---|",
+        "| measure | real held-out (reference) | "
+        + ("per-label lookup (baseline) | " if lookup else "")
+        + "synthetic, refined | synthetic, unrefined |",
+        "|---|---|---|---|" + ("---|" if lookup else ""),
     ]
     for key, title in (
         ("feature_fd", "feature Fréchet distance, mean of 3 views (lower is closer to real)"),
@@ -355,7 +361,8 @@ def markdown(results: dict[str, Any]) -> str:
         ("alignment_dice", "alignment Dice (structures present)"),
     ):
         row = results[key]
-        lines.append(f"| {title} | {_f(row['reference'])} | {_f(row.get('refined'))} | {_f(row.get('unrefined'))} |")
+        cells = [row["reference"], *([row["lookup"]] if lookup else []), row.get("refined"), row.get("unrefined")]
+        lines.append(f"| {title} | " + " | ".join(_f(c) for c in cells) + " |")
     lines += [
         "",
         f"Memorised synthetic cases: {results['memorised_cases']} of {results['cases']}.",

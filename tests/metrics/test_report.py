@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from medgen3d.data.io import json_safe, write_json
-from medgen3d.metrics.render import markdown_report, write_plots
+from medgen3d.metrics.render import markdown_report, memorised_cases, write_plots
 from medgen3d.metrics.report import _anatomy, _mean_rows
 
 STRUCTURES = ["wedge", "block", "nodule"]
@@ -91,3 +91,41 @@ def test_plots_include_the_mean_z_profiles(tmp_path):
     write_plots(tmp_path, _report(), STRUCTURES)
     assert mpimg.imread(tmp_path / "report.png").shape[0] > 100
     assert mpimg.imread(tmp_path / "z_profiles.png").shape[1] > 300
+
+
+def _report_with_lookup() -> dict:
+    """:func:`_report` with LPIPS in every row, and the lookup row (which has no memorisation)."""
+    report = _report()
+    lpips = {"diversity_lpips": {"axial": 0.3, "mean": 0.3}}
+    report["reference"] = report["reference"] | lpips
+    report["sets"]["refined"] = report["sets"]["refined"] | lpips
+    report["lookup"] = {
+        "fidelity_frechet": {"axial": 3.0, "mean": 3.0},
+        "diversity_ms_ssim": {"mean": 0.6, "std": 0.1},
+        "alignment_dice": _mean_rows(np.array([[0.25, 0.5, 0.75]]), STRUCTURES),
+        "label_means": {"background": -1.0, "wedge": 0.25, "block": 0.5, "nodule": 1.0},
+        **lpips,
+    }
+    return report
+
+
+def test_the_lookup_is_a_row_of_the_image_tables_but_not_of_memorisation(tmp_path):
+    report = _report_with_lookup()
+    text = markdown_report(report)
+    row = "| per-label lookup (baseline) |"
+    assert text.count(row) == 4  # fidelity, MS-SSIM, LPIPS and alignment
+    assert f"{row} 0.250 | 0.500 | 0.750 |" in text
+    assert "The per-label lookup (baseline) row is the real held-out masks" in text
+    assert "background -1.000, wedge 0.250, block 0.500, nodule 1.000." in text
+    memorisation = text.split("## Memorisation")[1]
+    assert row not in memorisation and "| refined |" in memorisation
+    assert memorised_cases(report, "refined") == []
+    write_json(tmp_path / "report.json", json_safe(report))
+    assert markdown_report(json.loads((tmp_path / "report.json").read_text())) == text
+    write_plots(tmp_path, report, STRUCTURES)
+    assert mpimg.imread(tmp_path / "report.png").shape[0] > 100
+
+
+def test_a_report_without_the_lookup_renders_without_its_row():
+    text = markdown_report(_report())
+    assert "per-label lookup" not in text and "| real held-out (reference) |" in text

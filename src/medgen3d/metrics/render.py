@@ -17,6 +17,16 @@ from medgen3d.metrics.segmentation import mean_present
 
 __all__ = ["memorised_cases", "markdown_report", "write_plots"]
 
+REFERENCE = "real held-out (reference)"
+LOOKUP = "per-label lookup (baseline)"
+
+
+def _image_rows(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The rows of the image-measure tables by their printed name: the real reference, the per-label lookup, then
+    the synthetic sets. Reports written before the lookup was measured have none, and are drawn without it."""
+    lookup = {LOOKUP: report["lookup"]} if "lookup" in report else {}
+    return {REFERENCE: report["reference"], **lookup, **report["sets"]}
+
 
 def memorised_cases(report: dict[str, Any], name: str) -> list[str]:
     """Synthetic cases closer (by image SSIM) to a training case than any real held-out case is to its own."""
@@ -27,8 +37,8 @@ def memorised_cases(report: dict[str, Any], name: str) -> list[str]:
 def markdown_report(report: dict[str, Any]) -> str:
     """The report as Markdown tables, one section per measure."""
     names = list(report["sets"])
-    columns = ["real held-out (reference)", *names]
-    rows = {"real held-out (reference)": report["reference"], **report["sets"]}
+    rows = _image_rows(report)
+    columns = list(rows)
     lines = [
         "# Quality report",
         "",
@@ -36,6 +46,16 @@ def markdown_report(report: dict[str, Any]) -> str:
         f"synthetic cases, {report['counts']['held_out']} real held-out, {report['counts']['training']} real "
         "training.",
         "",
+    ]
+    if LOOKUP in rows:
+        means = ", ".join(f"{name} {_f(m)}" for name, m in rows[LOOKUP].get("label_means", {}).items())
+        lines += [
+            f"The {LOOKUP} row is the real held-out masks with every voxel set to its label's mean real training "
+            "intensity: a synthetic image stage that does not beat it on alignment has not learnt label → intensity."
+            + (f" Its means on the networks' [-1, 1] scale: {means}." if means else ""),
+            "",
+        ]
+    lines += [
         "## Fidelity: Fréchet distance of features (lower is closer to real held-out data)",
         "",
         f"Features: {report.get('features', 'not recorded')}.",
@@ -54,8 +74,10 @@ def markdown_report(report: dict[str, Any]) -> str:
     if "diversity_lpips" in report["reference"]:
         lines += ["", "## Diversity: mean LPIPS between slices of different cases (higher is more diverse)", ""]
         lpips_views = list(report["reference"]["diversity_lpips"])
+        lpips_columns = [c for c in columns if "diversity_lpips" in rows[c]]
         lines += _table(
-            ["set", *lpips_views], [[c, *[_f(rows[c]["diversity_lpips"][v]) for v in lpips_views]] for c in columns]
+            ["set", *lpips_views],
+            [[c, *[_f(rows[c]["diversity_lpips"][v]) for v in lpips_views]] for c in lpips_columns],
         )
     lines += ["", "## Alignment: Dice of each mask with the real-trained segmenter's prediction on its image", ""]
     lines += _table(
@@ -95,6 +117,7 @@ def markdown_report(report: dict[str, Any]) -> str:
         ],
     )
     lines += ["", "## Memorisation: similarity to the nearest real training case", ""]
+    # The lookup has no memorisation: its images are a function of the held-out masks.
     memo = [
         [
             c,
@@ -102,7 +125,7 @@ def markdown_report(report: dict[str, Any]) -> str:
             _f(max(m["image_ssim"] for m in rows[c]["memorisation"])),
             _f(mean_present([m["label_dice"] for m in rows[c]["memorisation"]])),
         ]
-        for c in columns
+        for c in [REFERENCE, *names]
     ]
     lines += _table(["set", "nearest SSIM mean", "nearest SSIM max", "nearest mask Dice mean"], memo)
     for name in names:
@@ -138,7 +161,7 @@ def write_plots(out: Path, report: dict[str, Any], structures: list[str]) -> Non
     matplotlib.use("Agg")  # reports are written on machines without a display
     import matplotlib.pyplot as plt
 
-    rows = {"real held-out (reference)": report["reference"], **report["sets"]}
+    rows = _image_rows(report)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     views = [v for v in report["reference"]["fidelity_frechet"] if v != "mean"]
     width = 0.8 / len(rows)
@@ -158,6 +181,8 @@ def write_plots(out: Path, report: dict[str, Any], structures: list[str]) -> Non
     axes[1].set_xticks(positions, structures, rotation=20, fontsize=8)
     axes[1].set_title("volume fraction per structure: real (white), synthetic (orange)")
     for name, row in rows.items():
+        if "memorisation" not in row:  # the lookup
+            continue
         axes[2].hist([m["image_ssim"] for m in row["memorisation"]], bins=10, range=(0, 1), alpha=0.5, label=name)
     axes[2].set_title("SSIM to the nearest real training case")
     axes[2].legend(fontsize=8)

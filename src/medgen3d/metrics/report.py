@@ -13,7 +13,14 @@ Every measure is set beside what real data gives, so a number can be read withou
   correlation of the mean area-per-slice profile along the slice axis with the real one;
 - memorisation: SSIM and mask Dice of each synthetic case to its nearest real training case (reference: real
   held-out cases to theirs); a synthetic case closer to the training set than any real held-out case is flagged;
-- the refiner's effect: the image measures for the unrefined images too, when given.
+- the refiner's effect: the image measures for the unrefined images too, when given;
+- the per-label lookup (:mod:`medgen3d.metrics.lookup`), as the baseline of the image measures: the real held-out
+  masks with every voxel set to its label's mean real training intensity. An image stage that does not beat it on
+  alignment has not learnt label -> intensity.
+
+Real images are scaled to [-1, 1] each by its own scale, as the networks were trained on them; synthetic images are
+read with the scale they were written with (the real data's reference scale), unclipped, so that they are measured
+as written.
 
 Written as ``report.json`` (NaN, a measure with nothing to measure, as ``null``), and drawn by
 :mod:`medgen3d.metrics.render` as ``report.md`` (``n/a``) and PNG plots.
@@ -30,42 +37,62 @@ import numpy as np
 import torch
 
 from medgen3d.data.dataset import DatasetSpec, read_dataset
-from medgen3d.data.intensity import volume_scale
+from medgen3d.data.intensity import IntensityScale, reference_scale, volume_scale
 from medgen3d.data.io import DataError, atomic_path, json_safe, write_json
 from medgen3d.metrics import anatomy
 from medgen3d.metrics.alignment import alignment_dice
 from medgen3d.metrics.crops import common_crop
 from medgen3d.metrics.diversity import pairwise_ms_ssim
 from medgen3d.metrics.fidelity import view_frechet_distances
+from medgen3d.metrics.lookup import label_means, lookup_images
 from medgen3d.metrics.lpips import view_lpips_diversity
 from medgen3d.metrics.memorisation import nearest_references
 from medgen3d.metrics.render import markdown_report, write_plots
 from medgen3d.metrics.segmentation import mean_present
 from medgen3d.progress import progress_printer
 
-__all__ = ["Pairs", "load_pairs", "quality_report"]
+__all__ = ["Pairs", "load_pairs", "lookup_pairs", "quality_report"]
 
 # Slices the z-profiles are resampled to: enough to show a structure's extent in volumes of a few hundred slices.
 Z_PROFILE_DEPTH = 64
 
 
 class Pairs(NamedTuple):
-    """Cases of one dataset: ``(H, W, D)`` images in [-1, 1] and int64 masks, with their ids."""
+    """Cases of one dataset: ``(H, W, D)`` float images on the networks' scale ([-1, 1]; read unclipped, a
+    synthetic image may reach beyond it) and ``(H, W, D)`` int64 masks, with their ids."""
 
     images: list[torch.Tensor]
     labels: list[np.ndarray]
     ids: list[str]
 
 
-def load_pairs(spec: DatasetSpec, splits: Sequence[str]) -> Pairs:
-    """Every case of ``splits`` with an image, scaled to [-1, 1] by the dataset's modality."""
+def load_pairs(spec: DatasetSpec, splits: Sequence[str], scale: IntensityScale | None = None) -> Pairs:
+    """Every case of ``splits`` with an image, mapped to the networks' [-1, 1].
+
+    Args:
+        spec: the dataset.
+        splits: its splits to read, in this order.
+        scale: the scale every image was written with, for a synthetic set (the real data's
+            :func:`~medgen3d.data.intensity.reference_scale`): images are mapped with it linearly and unclipped, so
+            they are read as written, values beyond the range included. ``None``, for real data: each image by its
+            own :func:`~medgen3d.data.intensity.volume_scale` (the CT window, or its own MR percentiles), clipped,
+            as the networks were trained. Re-scaling a synthetic MR image by its own percentiles would stretch it
+            to the full range whatever its contrast.
+
+    Returns:
+        The cases in split order, images ``(H, W, D)`` float32.
+    """
     images, labels, ids = [], [], []
     for split in splits:
         for case in spec.split(split):
             if case.image is None:
                 continue
             image, label = spec.load_case(case)
-            images.append(volume_scale(image.array, spec.modality).to_network(torch.from_numpy(image.array).float()))
+            voxels = torch.from_numpy(image.array).float()
+            if scale is None:
+                images.append(volume_scale(image.array, spec.modality).to_network(voxels))
+            else:
+                images.append(scale.to_network(voxels, clip=False))
             labels.append(label.array.astype(np.int64))
             ids.append(case.case_id)
     return Pairs(images, labels, ids)
@@ -92,28 +119,39 @@ class _Setting(NamedTuple):
     min_foreground: float
 
 
-def _image_measures(pairs: Pairs, fidelity_reference: Pairs, setting: _Setting) -> dict[str, Any]:
-    """Fidelity, diversity, alignment and memorisation of one set of pairs.
+def _image_measures(
+    pairs: Pairs, fidelity_reference: Pairs, setting: _Setting, memorisation: bool = True
+) -> dict[str, Any]:
+    """Fidelity, diversity, alignment and (unless told not to) memorisation of one set of pairs.
 
     Args:
-        pairs: the set measured: a synthetic set, or the real held-out cases for the reference row.
+        pairs: the set measured: a synthetic set, the per-label lookup of the real held-out masks (the baseline),
+            or the real held-out cases for the reference row.
         fidelity_reference: what the Fréchet distance compares ``pairs`` with: the real held-out cases for a
-            synthetic set, the real training cases for the reference (the distance two real samples have).
+            synthetic set or the lookup, the real training cases for the reference (the distance two real samples
+            have).
         setting: everything else, shared by all the sets.
+        memorisation: whether to find each case's nearest training case; the lookup skips it (its images are a
+            function of the held-out masks, so their nearness to training cases says nothing of memorising).
 
     Returns:
         ``{"fidelity_frechet": {view: d, "mean": d}, "diversity_ms_ssim": {"mean", "std"}, "alignment_dice":
-        {structure: dice, "mean": dice}, "memorisation": [one entry per case of pairs]}``.
+        {structure: dice, "mean": dice}, "memorisation": [one entry per case of pairs]}``, without
+        ``"memorisation"`` when it is skipped.
     """
     s = setting
     k = len(s.structures) + 1
-    nearest = nearest_references(pairs.images, pairs.labels, s.training.images, s.training.labels, k)
-    return {
+    measures: dict[str, Any] = {
         "fidelity_frechet": view_frechet_distances(
             s.extract, pairs.images, fidelity_reference.images, s.views, s.min_foreground
         ),
         "diversity_ms_ssim": _ms_ssim_spread(pairs.images, s.max_pairs, s.seed),
         "alignment_dice": _mean_rows(alignment_dice(s.segment, pairs.images, pairs.labels, k), s.structures),
+    }
+    if not memorisation:
+        return measures
+    nearest = nearest_references(pairs.images, pairs.labels, s.training.images, s.training.labels, k)
+    return measures | {
         "memorisation": [
             {
                 "case": case,
@@ -124,6 +162,22 @@ def _image_measures(pairs: Pairs, fidelity_reference: Pairs, setting: _Setting) 
             for case, n in zip(pairs.ids, nearest)
         ],
     }
+
+
+def lookup_pairs(training: Pairs, masks: Pairs, num_classes: int) -> tuple[Pairs, torch.Tensor]:
+    """The per-label lookup baseline: ``masks`` rendered with the label means of the ``training`` images.
+
+    Args:
+        training: the real training cases, on the networks' scale (as :func:`load_pairs` reads real data).
+        masks: the cases whose masks are rendered (the real held-out ones); their images are not used.
+        num_classes: ``K``, labels including the background.
+
+    Returns:
+        The pairs (``masks``' masks and ids, each image ``(H, W, D)`` its mask looked up in the means) and the
+        ``(K,)`` means.
+    """
+    means = label_means(training.images, training.labels, num_classes)
+    return Pairs(lookup_images(masks.labels, means), masks.labels, masks.ids), means
 
 
 def _ms_ssim_spread(images: Sequence[torch.Tensor], max_pairs: int, seed: int) -> dict[str, float]:
@@ -149,9 +203,11 @@ def quality_report(
     """Measure the synthetic dataset (and its unrefined images) against the real one; write the report.
 
     Args:
-        real_dir: the real dataset: its training cases are what memorisation and anatomy compare with, its
-            ``held_out_splits`` what fidelity, diversity and alignment compare with.
-        synthetic_dir: the refined synthetic pairs.
+        real_dir: the real dataset: its training cases are what memorisation and anatomy compare with and what
+            the lookup's label means come from, its ``held_out_splits`` what fidelity, diversity and alignment
+            compare with.
+        synthetic_dir: the refined synthetic pairs, written in the real data's reference scale
+            (:func:`~medgen3d.data.intensity.reference_scale`, as the generating workflow writes them).
         out_dir: where ``report.json``, ``report.md`` and the PNGs go.
         segment: a real-trained segmenter, ``(H, W, D)`` image in [-1, 1] -> label map (see ``Segmenter``).
         extract: the feature network, ``(N, 1, a, b)`` slices -> ``(N, F)`` (see ``FeatureExtractor``).
@@ -165,7 +221,9 @@ def quality_report(
             the mean LPIPS between cases per view is reported too, as the paper's diversity measure.
 
     Returns:
-        The report's content (as in ``report.json``).
+        The report's content (as in ``report.json``): ``"sets"`` the synthetic sets' measures, ``"reference"`` the
+        real held-out cases', ``"lookup"`` the per-label lookup's (no memorisation; ``"label_means"`` its intensity
+        per label on the networks' scale), ``"anatomy"`` the synthetic masks'.
     """
     real, synthetic = read_dataset(real_dir), read_dataset(synthetic_dir)
     if synthetic.labels != real.labels:
@@ -178,9 +236,12 @@ def quality_report(
         raise DataError(
             f"{real.path('dataset.json')}: needs at least 2 training and 2 held-out {held_out_splits} pairs"
         )
-    sets = {"refined": load_pairs(synthetic, ("training", "validation", "test"))}
+    # Synthetic images were written with the real data's reference scale: read back with it, they are measured as
+    # generated rather than re-stretched by their own percentiles.
+    scale = reference_scale(real)
+    sets = {"refined": load_pairs(synthetic, ("training", "validation", "test"), scale)}
     if unrefined_dir is not None:
-        sets["unrefined"] = load_pairs(read_dataset(unrefined_dir), ("training", "validation", "test"))
+        sets["unrefined"] = load_pairs(read_dataset(unrefined_dir), ("training", "validation", "test"), scale)
     if len(sets["refined"].images) < 2:
         raise DataError(f"{synthetic.path('dataset.json')}: needs at least 2 synthetic pairs to measure")
     setting = _Setting(training, segment, extract, structures, views, max_pairs, seed, min_foreground)
@@ -192,15 +253,20 @@ def quality_report(
         "sets": {},
     }
     progress = progress_printer("quality report")
-    steps = len(sets) + 1
+    steps = len(sets) + 2
     for done, (name, pairs) in enumerate(sets.items()):
         progress(done, steps, f"measuring the {name} synthetic pairs")
         report["sets"][name] = _image_measures(pairs, held_out, setting)
+    progress(steps - 2, steps, "measuring the per-label lookup of the real held-out masks (the baseline)")
+    lookup, means = lookup_pairs(training, held_out, len(structures) + 1)
+    # Beside "reference", not in "sets": readers take every entry of "sets" for a synthetic set.
+    report["lookup"] = _image_measures(lookup, held_out, setting, memorisation=False)
+    report["lookup"]["label_means"] = {real.labels[k]: float(m) for k, m in zip(sorted(real.labels), means)}
     progress(steps - 1, steps, "measuring real held-out against real training (the reference)")
     report["reference"] = _image_measures(held_out, training, setting)
     if lpips is not None:
-        for name, pairs in [*sets.items(), ("reference", held_out)]:
-            row = report["reference"] if name == "reference" else report["sets"][name]
+        rows = [(report["sets"][name], pairs) for name, pairs in sets.items()]
+        for row, pairs in [*rows, (report["lookup"], lookup), (report["reference"], held_out)]:
             row["diversity_lpips"] = view_lpips_diversity(lpips, pairs.images, views, max_pairs, seed=seed)
     report["anatomy"] = _anatomy(sets["refined"].labels, training.labels, structures)
     progress(steps, steps, f"writing {out_dir}")
