@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 
+from medgen3d.data.dataset import DatasetSpec
 from medgen3d.pipeline.stages import working_directory
+from medgen3d.zoo.record import write_training_record
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 
@@ -21,6 +24,9 @@ TINY_NETWORKS = {
     bundle: json.loads((BUNDLES / bundle / "configs" / "tiny.json").read_text())
     for bundle in ("mask_mcdpm", "image_vid2vid", "sdm_refiner")
 }
+
+# the default brain-mni data's labels, which each generating bundle's metadata describes
+DEFAULT_LABELS = {"0": "background", "1": "cortex", "2": "subcortical_gm", "3": "white_matter", "4": "csf"}
 
 
 def workflow(bundle: str, configs: list[str], root: Path, base: tuple[str, ...] = (), **overrides) -> ConfigWorkflow:
@@ -96,24 +102,44 @@ def bundle_command(
     return subprocess.run(cmd, capture_output=True, text=True, cwd=folder, env=env, timeout=timeout)
 
 
-def verify_net_in_out(bundle: str | Path, n: int = 2, **overrides: str) -> subprocess.CompletedProcess:
-    """``monai.bundle verify_net_in_out network_def`` on ``configs/inference.json`` alone, from the bundle folder
-    (a bundle's name in ``bundles/`` or any bundle folder, as :func:`bundle_command`); overrides as command-line
-    text."""
-    args = [arg for key, value in overrides.items() for arg in (f"--{key}", value)]  # given as command-line text
+def zoo_bundle(bundle: str, root: Path, labels: Mapping[str, str], overlays: Sequence[str] = ()) -> Path:
+    """``bundles/<bundle>``'s configs at ``root/<bundle>`` in the state the zoo receives an exported bundle in, for
+    :func:`verify_net_in_out`: ``models/`` holds a training record with ``labels``, and ``overlays`` (config files
+    of the bundle, such as ``unetr.json``) are merged into ``configs/inference.json`` as the export merges the
+    network overlay the weights were trained with.
+
+    The record stands in for what the export always ships: a source bundle has neither it nor the dataset its
+    configs read the labels from, and the labels set only the channel counts the metadata is checked against, never
+    a spatial size.
+    """
+    folder = root / bundle
+    shutil.copytree(BUNDLES / bundle / "configs", folder / "configs")
+    inference = folder / "configs" / "inference.json"
+    merged = ConfigParser.load_config_files([str(inference), *(str(folder / "configs" / o) for o in overlays)])
+    inference.write_text(json.dumps(merged, indent=4) + "\n")
+    write_training_record(DatasetSpec(bundle, "MR", {int(k): v for k, v in labels.items()}), folder / "models")
+    return folder
+
+
+def verify_net_in_out(folder: Path) -> subprocess.CompletedProcess:
+    """``monai.bundle verify_net_in_out`` on a bundle folder (an exported bundle, or :func:`zoo_bundle`'s copy)
+    exactly as model-zoo's ``ci/verify_bundle.py`` calls it: ``network_def`` of ``configs/inference.json``, the
+    folder as ``bundle_root``, from the folder above it, and nothing else.
+
+    No ``n`` on purpose: the zoo leaves it at 1, so the metadata's ``spatial_shape`` must hold at its smallest
+    (``"4*n"`` gives a 4 x 4 slice). No device either: MONAI's default, the CPU here since CUDA is hidden.
+    """
+    folder = Path(folder).resolve()
     return bundle_command(
-        bundle,
+        folder.parent,
         "verify_net_in_out",
         "network_def",
         "--meta_file",
-        "configs/metadata.json",
+        f"{folder.name}/configs/metadata.json",
         "--config_file",
-        "configs/inference.json",
-        "--device",
-        "cpu",
-        "--n",
-        str(n),
-        *args,
+        f"{folder.name}/configs/inference.json",
+        "--bundle_root",
+        folder.name,
     )
 
 
@@ -143,3 +169,22 @@ def run_bundle_command(
     return bundle_command(
         Path(bundle_dir), "run", "--config_file", files, *cli_args(overrides), timeout=timeout, env=env
     )
+
+
+def check_cached_preprocessing(wf: ConfigWorkflow) -> None:
+    """Assert that a train.json's ``CacheDataset`` caches its deterministic transforms (loading, scaling, resizing)
+    and runs only the random ones per item: a ``Compose`` nested in the dataset's ``Compose`` counts as random to
+    MONAI, so without ``.flatten()`` nothing is cached and every item is read from disk and scaled again."""
+    from monai.transforms import Compose, RandomizableTrait, Transform
+
+    dataset = wf.parser.get_parsed_content("train#dataset")
+    deterministic = Compose(wf.parser.get_parsed_content("train#preprocessing")).flatten().transforms
+    first_random = dataset.transform.get_index_of_first(
+        lambda t: isinstance(t, RandomizableTrait) or not isinstance(t, Transform)
+    )
+    assert first_random == len(deterministic) > 0
+    cached = dataset._cache[0]
+    # the cache holds preprocessed volumes, not file names: read and channel first, images scaled to [-1, 1]
+    assert cached["label"].ndim == 4
+    if "image" in cached:
+        assert cached["image"].ndim == 4 and -1.0 <= float(cached["image"].min()) <= float(cached["image"].max()) <= 1.0

@@ -14,7 +14,16 @@ from medgen3d.data.io import load_nifti, save_nifti
 from medgen3d.data.validate import validate_dataset
 from medgen3d.zoo.export import export_bundles
 from medgen3d.zoo.record import read_training_record
-from tests.bundles.helpers import TINY_NETWORKS, error_chain, run_torchrun, verify_net_in_out, workflow
+from tests.bundles.helpers import (
+    check_cached_preprocessing,
+    DEFAULT_LABELS,
+    TINY_NETWORKS,
+    error_chain,
+    run_torchrun,
+    verify_net_in_out,
+    workflow,
+    zoo_bundle,
+)
 from tests.conftest import write_tiny_dataset
 
 TINY = {**TINY_NETWORKS["mask_mcdpm"], "labels": {"0": "background", "1": "slab_1", "2": "slab_2", "3": "slab_3"}}
@@ -111,9 +120,8 @@ def test_mismatched_labels_and_missing_checkpoint_are_clear_errors(trained, tmp_
 
 
 def test_verify_net_in_out_on_inference_json_alone(tmp_path):
-    # the metadata describes the default data's five labels; no dataset is read when they are given
-    labels = '{"0": "background", "1": "cortex", "2": "subcortical_gm", "3": "white_matter", "4": "csf"}'
-    result = verify_net_in_out("mask_mcdpm", labels=labels)
+    # as the zoo runs it (n = 1: the smallest slice the metadata allows), on the bundle as an export leaves it
+    result = verify_net_in_out(zoo_bundle("mask_mcdpm", tmp_path, DEFAULT_LABELS))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "data shape of network is verified with no error" in result.stdout + result.stderr
 
@@ -176,3 +184,8 @@ def test_an_exported_rflow_bundle_samples_along_its_recorded_schedule(trained_rf
     (bundle,) = export_bundles(models, tmp_path / "out", bundles="mask_mcdpm")
     config = json.loads((bundle.folder / "configs" / "inference.json").read_text())
     assert config["noise_schedule"] == "rflow" and config["network_settings"]["noise_schedule"] == "@noise_schedule"
+
+
+def test_training_caches_what_is_deterministic(tmp_path):
+    dataset = write_tiny_dataset(tmp_path / "data").root
+    check_cached_preprocessing(_workflow(["train.json"], tmp_path / "bundle", dataset, **TRAIN))

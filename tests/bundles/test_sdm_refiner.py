@@ -8,7 +8,16 @@ import torch
 
 from medgen3d.data.io import load_nifti
 from medgen3d.data.validate import validate_dataset
-from tests.bundles.helpers import TINY_NETWORKS, error_chain, run_torchrun, verify_net_in_out, workflow
+from tests.bundles.helpers import (
+    check_cached_preprocessing,
+    DEFAULT_LABELS,
+    TINY_NETWORKS,
+    error_chain,
+    run_torchrun,
+    verify_net_in_out,
+    workflow,
+    zoo_bundle,
+)
 from tests.conftest import TINY_AFFINE, write_tiny_dataset
 
 TINY = {**TINY_NETWORKS["sdm_refiner"], "labels": {"0": "background", "1": "slab_1", "2": "slab_2", "3": "slab_3"}}
@@ -88,10 +97,9 @@ def test_missing_view_checkpoint_and_label_mismatch_are_named(trained, tmp_path)
     assert "differ from the configured labels" in error_chain(err.value)
 
 
-def test_verify_net_in_out_on_inference_json_alone():
-    # the metadata describes the default data's five labels; no dataset is read when they are given
-    labels = '{"0": "background", "1": "cortex", "2": "subcortical_gm", "3": "white_matter", "4": "csf"}'
-    result = verify_net_in_out("sdm_refiner", n=4, labels=labels)
+def test_verify_net_in_out_on_inference_json_alone(tmp_path):
+    # as the zoo runs it (n = 1: the smallest slice the metadata allows), on the bundle as an export leaves it
+    result = verify_net_in_out(zoo_bundle("sdm_refiner", tmp_path, DEFAULT_LABELS))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "data shape of network is verified with no error" in result.stdout + result.stderr
 
@@ -110,3 +118,8 @@ def test_missing_dataset_is_named(tmp_path):
     with pytest.raises(Exception) as err:
         _workflow(["train.json"], tmp_path / "b", tmp_path / "nowhere", **TRAIN).run()
     assert "nowhere: dataset folder not found" in error_chain(err.value)
+
+
+def test_training_caches_what_is_deterministic(tmp_path):
+    dataset = write_tiny_dataset(tmp_path / "data").root
+    check_cached_preprocessing(_workflow(["train.json"], tmp_path / "bundle", dataset, **TRAIN))

@@ -16,7 +16,15 @@ from medgen3d.data.intensity import volume_scale
 from medgen3d.data.io import load_nifti
 from medgen3d.metrics.segmentation import dice_per_structure, mean_present
 from medgen3d.zoo.record import read_training_record, write_training_record
-from tests.bundles.helpers import BUNDLES, error_chain, run_bundle_command, run_torchrun, workflow
+from tests.bundles.helpers import (
+    BUNDLES,
+    error_chain,
+    run_bundle_command,
+    run_torchrun,
+    verify_net_in_out,
+    workflow,
+    zoo_bundle,
+)
 from tests.conftest import write_tiny_dataset
 
 CONFIGS = BUNDLES / "segmentation_eval" / "configs"
@@ -336,25 +344,13 @@ def test_networks_verify_and_export(tmp_path, overlay):
     configs = CONFIGS
     files = "[" + ",".join(f"'{configs / c}'" for c in ["inference.json", *overlay]) + "]"
     meta = str(configs / "metadata.json")
-    # the zoo's checks run from the bundle folder (bundle_root "."), whose models/ holds the training record; the
-    # record's labels are the metadata's channels, which verify_net_in_out compares the output with
+    # the record's labels are the metadata's channels, which verify_net_in_out compares the output with
     channel_def = json.loads((configs / "metadata.json").read_text())["network_data_format"]["outputs"]["pred"]
-    _write_record(tmp_path / "models", channel_def["channel_def"])
-    verify = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "verify_net_in_out",
-        "network_def",
-        "--meta_file",
-        meta,
-        "--config_file",
-        files,
-        "--device",
-        "cpu",
-    ]
-    result = subprocess.run(verify, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    # as the zoo runs it, on the bundle as an export leaves it (the overlay merged into its inference.json)
+    result = verify_net_in_out(zoo_bundle("segmentation_eval", tmp_path / "zoo", channel_def["channel_def"], overlay))
     assert result.returncode == 0 and "verified with no error" in result.stdout + result.stderr, result.stderr[-2000:]
+    # the export below runs from tmp_path (bundle_root "."), whose models/ needs the record too
+    _write_record(tmp_path / "models", channel_def["channel_def"])
     parser = ConfigParser()
     parser.read_config([str(configs / "inference.json"), *[str(configs / c) for c in overlay]])
     parser["bundle_root"] = str(tmp_path)
