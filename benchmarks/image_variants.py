@@ -77,9 +77,14 @@ def _write(path: Path, entry: dict) -> None:
 def _stage(bundle: str, run: Path):
     from medgen3d.pipeline.stages import StageBundle
 
-    # brain.json: the 64 x 80 slices the quality benchmark's brain run (and so these results) used
+    # the 64 x 80 slices the recorded results were generated at (brain.json's size for image_vid2vid until 0.4.0)
+    size = {"image_size": [64, 80]} if bundle == "image_vid2vid" else {}
     return StageBundle(
-        BUNDLES / bundle, run / "models", run / "eval", overlays=["brain.json"], overrides={"dataset_dir": str(DATASET)}
+        BUNDLES / bundle,
+        run / "models",
+        run / "eval",
+        overlays=["brain.json"],
+        overrides={"dataset_dir": str(DATASET), **size},
     )
 
 
@@ -126,9 +131,11 @@ class Judge:
 
 def _generated(pairs_dir: Path, ids: list[str]) -> list[torch.Tensor]:
     from medgen3d.data.dataset import read_dataset
+    from medgen3d.data.intensity import reference_scale
     from medgen3d.metrics.report import load_pairs
 
-    pairs = load_pairs(read_dataset(pairs_dir), ("test",))
+    # read as written: in the real data's reference scale, not re-normalised by each image's own percentiles
+    pairs = load_pairs(read_dataset(pairs_dir), ("test",), reference_scale(read_dataset(DATASET)))
     order = {case: i for i, case in enumerate(pairs.ids)}
     return [pairs.images[order[case]] for case in ids]
 

@@ -10,7 +10,15 @@ from ignite.engine import Events
 from medgen3d.data.dataset import Case, DatasetSpec, write_dataset
 from medgen3d.data.io import load_nifti, save_nifti
 from medgen3d.data.validate import validate_dataset
-from tests.bundles.helpers import error_chain, run_torchrun, verify_net_in_out, workflow
+from tests.bundles.helpers import (
+    DEFAULT_LABELS,
+    check_cached_preprocessing,
+    error_chain,
+    run_torchrun,
+    verify_net_in_out,
+    workflow,
+    zoo_bundle,
+)
 from tests.conftest import TINY_AFFINE, TINY_LABELS, slab_label, write_tiny_dataset
 
 TINY = {
@@ -116,10 +124,9 @@ def test_bad_input_is_named(trained, tmp_path):
     assert "case-0.nii.gz: shape (16, 16, 12) differs from its image" in error_chain(err.value)
 
 
-def test_verify_net_in_out_on_inference_json_alone():
-    # the metadata describes the default data's five labels; no dataset is read when they are given
-    labels = '{"0": "background", "1": "cortex", "2": "subcortical_gm", "3": "white_matter", "4": "csf"}'
-    result = verify_net_in_out("image_vid2vid", n=4, labels=labels)
+def test_verify_net_in_out_on_inference_json_alone(tmp_path):
+    # as the zoo runs it (n = 1: the smallest slice the metadata allows), on the bundle as an export leaves it
+    result = verify_net_in_out(zoo_bundle("image_vid2vid", tmp_path, DEFAULT_LABELS))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "data shape of network is verified with no error" in result.stdout + result.stderr
 
@@ -131,3 +138,8 @@ def test_multi_gpu_train_config_runs_under_torchrun_with_gloo(trained, tmp_path)
     result = run_torchrun("image_vid2vid", ["train.json", "multi_gpu_train.json"], tmp_path, **overrides)
     assert result.returncode == 0, result.stderr[-3000:]
     assert _iterations(tmp_path) == 2
+
+
+def test_training_caches_what_is_deterministic(tmp_path):
+    dataset = write_tiny_dataset(tmp_path / "data").root
+    check_cached_preprocessing(_workflow(["train.json"], tmp_path / "bundle", dataset, **TRAIN))

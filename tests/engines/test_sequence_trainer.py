@@ -80,3 +80,57 @@ def test_truncated_histories_cover_every_length():
     kept = valid.sum(1)
     assert set(kept.tolist()) == {0.0, 1.0, 2.0}  # every truncated length, never the full history
     assert all(row[3 - int(n) :].all() and not row[: 3 - int(n)].any() for row, n in zip(valid, kept))  # newest kept
+
+
+class _Constant(torch.nn.Module):
+    """A generator whose every slice is one value, to see what the trainer feeds back."""
+
+    history = 2
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = torch.nn.Parameter(torch.tensor(value))
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, masks, previous, valid):
+        from medgen3d.networks.sequence_generator import GeneratorOutput
+
+        self.seen.append(previous.clone())
+        b, _, _, h, w = masks.shape
+        image = self.value.expand(b, 1, h, w)
+        return GeneratorOutput(image, image, torch.zeros(b, 2, h, w), torch.ones(b, 1, h, w))
+
+
+def test_own_history_feeds_the_generators_slices_and_real_history_the_real_ones():
+    generator = SequenceGenerator(4, ngf=8, n_downsample=2, n_blocks=2)
+    trainer = _trainer(generator, [{}], 1)
+    masks = torch.randn(3, 8, 4, 16, 16)
+    images = torch.rand(3, 8, 1, 16, 16)
+    constant = _Constant(0.25)
+    trainer.p_own_history = 1.0
+    history = trainer._history_images(constant, masks, images)
+    assert torch.equal(history, torch.full_like(images[:, :2], 0.25))  # the constant, never the real slices
+    # the first own slice starts the volume: no valid history, nothing but zeros to see
+    assert torch.equal(constant.seen[0], torch.zeros_like(images[:, :2]))
+    trainer.p_own_history = 0.0
+    assert torch.equal(trainer._history_images(constant, masks, images), images[:, :2])
+    # every generated slice of the run then sees the slices generated before it
+    constant.seen.clear()
+    trainer._generate(constant, masks, torch.full_like(images[:, :2], 0.25), torch.ones(3, 2))
+    assert all(torch.equal(seen, torch.full_like(images[:, :2], 0.25)) for seen in constant.seen)
+    with pytest.raises(ValueError, match="p_own_history"):
+        SequenceGANTrainer("cpu", 1, [{}], generator, None, None, None, None, 4, WEIGHTS, p_own_history=1.5)
+
+
+def test_hallucinated_loss_is_zero_for_a_perfect_hallucination_and_grows_with_a_wrong_intensity():
+    generator = SequenceGenerator(4, ngf=8, n_downsample=2, n_blocks=2)
+    trainer = _trainer(generator, [{}], 1, {**WEIGHTS, "hallucinated_l1": 10})
+    masks = torch.randn(2, 5, 4, 16, 16)
+    images = torch.full((2, 5, 1, 16, 16), 0.5)
+    errors = []
+    for value in (0.5, 0.3, -0.5):
+        outputs = trainer._generate(_Constant(value), masks, images[:, :2], torch.ones(2, 2))
+        terms = trainer._generator_terms(masks, images, torch.ones(2, 2), outputs)
+        errors.append(terms["hallucinated_l1"].item())
+    assert errors[0] == 0.0
+    assert errors[1] == pytest.approx(0.2) and errors[2] == pytest.approx(1.0)

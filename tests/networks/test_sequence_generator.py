@@ -75,3 +75,29 @@ def test_invalid_arguments_are_named():
 def test_a_slice_size_the_generator_cannot_take_is_named_with_the_multiple(generator):
     with pytest.raises(ValueError, match=r"slice size 18x16 does not fit the generator: .* multiples of 4"):
         generator(torch.randn(1, 3, 3, 18, 16), torch.randn(1, 2, 1, 18, 16), torch.ones(1, 2))
+
+
+def test_spade_brings_the_mask_to_every_decoder_scale():
+    torch.manual_seed(0)
+    spade = SequenceGenerator(3, history=2, ngf=8, n_downsample=2, n_blocks=2, spade=True).eval()
+    masks, previous, valid = torch.randn(1, 3, 3, 16, 16), torch.randn(1, 2, 1, 16, 16), torch.ones(1, 2)
+    changed = masks.clone()
+    changed[0, -1, :, 4:8, 4:8] = changed[0, -1, :, 4:8, 4:8].flip(0)  # another label in one 4x4 patch
+    scales = {}
+    for name, module in spade.image_branch[0].named_children():
+        if type(module).__name__ == "_SpadeUp":
+            module.register_forward_hook(lambda m, args, out, name=name: scales.setdefault(name, []).append(out))
+    with torch.no_grad():
+        spade(masks, previous, valid)
+        spade(changed, previous, valid)
+    assert len(scales) == 2  # one upsampling per level, at 1/2 and at full size
+    for name, (before, after) in scales.items():
+        # the mask enters at this scale itself: with the encoder's features held fixed, the change still shows
+        assert not torch.allclose(before, after), name
+    # without the re-injection only the encoders see the mask: a decoder fed the same features gives the same output
+    up = next(m for m in spade.image_branch[0] if type(m).__name__ == "_SpadeUp")
+    x = torch.randn(1, 32, 4, 4)
+    assert not torch.allclose(up(x, masks[:, -1]), up(x, changed[:, -1]))
+    # vid2vid's generator has no such parameters, so the two do not share weights
+    plain = SequenceGenerator(3, history=2, ngf=8, n_downsample=2, n_blocks=2)
+    assert set(spade.state_dict()) != set(plain.state_dict())

@@ -30,9 +30,12 @@ class SequenceGANTrainer(StepTrainer):
     Each batch holds runs of ``L + T`` consecutive real slices: ``"image"`` ``(B, 1, H, W, L + T)`` in [-1, 1]
     and ``"label"`` ``(B, 1, H, W, L + T)`` integer masks. The first ``L`` slices are the history of the first
     generated slice; with probability ``p_truncate`` an item's history is cut to fewer slots (none for the first
-    slice of a volume), which teaches the generator to start a volume. The ``T`` slices are generated in order,
-    each seeing the ones generated before it (detached, as in vid2vid). ``engine.state.output`` holds ``"loss"``
-    (generator), ``"d_loss"`` and every generator term by name.
+    slice of a volume), which teaches the generator to start a volume. With probability ``p_own_history`` an
+    item's history is the generator's own: its first ``L`` slices generated (without gradients) from the run's
+    masks alone, as inference starts a volume, so training sees the slices inference feeds back rather than real
+    ones (exposure bias; vid2vid likewise trains on its own previous frames). The ``T`` slices are generated in
+    order, each seeing the ones generated before it (detached, as in vid2vid). ``engine.state.output`` holds
+    ``"loss"`` (generator), ``"d_loss"`` and every generator term by name.
 
     Args:
         device, max_iterations, train_data_loader: as :class:`StepTrainer`.
@@ -44,6 +47,7 @@ class SequenceGANTrainer(StepTrainer):
         loss_weights: ``{name: weight}`` (see :data:`medgen3d.losses.sequence.LOSS_TERMS`).
         gan_criterion: ``"least_squares"`` or ``"hinge"``.
         p_truncate: probability of a truncated history.
+        p_own_history: probability that an item's history is the generator's own slices instead of real ones.
         perceptual: optional feature loss module ``(fake, real) -> loss`` (weight ``"perceptual"``).
         train_handlers: as :class:`StepTrainer`.
         precision: ``"auto"``, ``"bf16"`` or ``"fp32"`` (see :class:`StepTrainer`); not ``"fp16"``, which would need
@@ -64,6 +68,7 @@ class SequenceGANTrainer(StepTrainer):
         loss_weights: dict[str, float],
         gan_criterion: str = "least_squares",
         p_truncate: float = 0.2,
+        p_own_history: float = 0.0,
         perceptual: torch.nn.Module | None = None,
         train_handlers: Sequence | None = None,
         precision: str = "auto",
@@ -79,7 +84,10 @@ class SequenceGANTrainer(StepTrainer):
         self.num_classes = num_classes
         self.losses = WeightedLosses(loss_weights)
         self.adversarial = AdversarialTerms(gan_criterion)
+        if not 0.0 <= p_own_history <= 1.0:
+            raise ValueError(f"p_own_history must lie in [0, 1], got {p_own_history}")
         self.p_truncate = p_truncate
+        self.p_own_history = p_own_history
         self.perceptual = perceptual
         if self.losses.active("perceptual") and perceptual is None:
             raise ValueError("loss weight 'perceptual' is set but no perceptual network was given")
@@ -99,9 +107,10 @@ class SequenceGANTrainer(StepTrainer):
         masks = one_hot_slices(labels, self.num_classes)
         valid = self._history_validity(images.shape[0], device)
         engine.network.train()
-        # 1. generate the run, slice by slice
+        # 1. generate the run, slice by slice, after a history that is real or the generator's own
         with engine.autocast():
-            outputs = self._generate(engine.network, masks, images, valid)
+            history = self._history_images(engine.network, masks, images)
+            outputs = self._generate(engine.network, masks, history, valid)
         # 2. discriminator step on detached slices, 3. generator step
         d_loss = self._discriminator_step(masks, images, outputs)
         with engine.autocast():
@@ -129,11 +138,32 @@ class SequenceGANTrainer(StepTrainer):
             valid[i, : history - int(kept[i])] = 0.0
         return valid
 
-    def _generate(self, generator, masks, images, valid) -> list[GeneratorOutput]:
+    def _history_images(self, generator, masks: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """``(B, L, 1, H, W)``: the real first ``L`` slices of the run, except for a fraction ``p_own_history`` of
+        items, whose history the generator makes itself, from slice 0 of the run as if it began the volume."""
         history = self.history
-        previous, slots = images[:, :history], valid
+        own = torch.rand(images.shape[0]) < self.p_own_history
+        if not own.any():
+            return images[:, :history]
+        b, _, k, h, w = masks.shape
+        previous = torch.zeros_like(images[:, :history])
+        slots = torch.zeros(b, history, device=images.device)
+        with torch.no_grad():
+            for t in range(history):
+                # slots before slice 0 of the run are empty, as before the first slice of a volume
+                window = torch.cat([masks.new_zeros(b, history - t, k, h, w), masks[:, : t + 1]], dim=1)
+                out = generator(window, previous, slots)
+                previous = torch.cat([previous[:, 1:], out.image.float()[:, None]], dim=1)
+                slots = torch.cat([slots[:, 1:], torch.ones_like(slots[:, :1])], dim=1)
+        keep = own.to(images.device)[:, None, None, None, None]
+        return torch.where(keep, previous, images[:, :history])
+
+    def _generate(self, generator, masks, history_images, valid) -> list[GeneratorOutput]:
+        """Generate slices ``L .. L + T - 1`` of the run after ``history_images`` ``(B, L, 1, H, W)``."""
+        history = self.history
+        previous, slots = history_images, valid
         outputs = []
-        for t in range(history, images.shape[1]):
+        for t in range(history, masks.shape[1]):
             out = generator(masks[:, t - history : t + 1], previous, slots)
             outputs.append(out)
             # vid2vid detaches the slices it feeds back
@@ -185,6 +215,10 @@ class SequenceGANTrainer(StepTrainer):
         with torch.no_grad():
             real_scores = self.image_discriminator(mask, real)
         terms = {"gan": self.adversarial.generator(fake_scores), "l1": torch.mean(torch.abs(fake - real))}
+        if self.losses.active("hallucinated_l1"):
+            # the hallucinated slice alone, where the blend would let a warped previous slice hide a wrong intensity
+            hallucinated = torch.stack([o.hallucinated for o in outputs], dim=1).flatten(0, 1)
+            terms["hallucinated_l1"] = torch.mean(torch.abs(hallucinated - real))
         if self.losses.active("feature_matching"):
             terms["feature_matching"] = feature_matching_loss(fake_scores, real_scores)
         if self.losses.active("temporal_gan") or self.losses.active("temporal_feature_matching"):

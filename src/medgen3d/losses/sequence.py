@@ -35,6 +35,7 @@ LOSS_TERMS = (
     "warp",  # self-supervised flow: warp(real slice t-1, flow_t) should be real slice t
     "flow_smoothness",  # first-derivative penalty on the flow
     "l1",  # L1 between generated and real slices
+    "hallucinated_l1",  # L1 between the hallucinated slice h_t and the real slice: label -> intensity, not the blend
     "perceptual",  # L1 between features of a user-supplied local network; off unless weights are given
 )
 

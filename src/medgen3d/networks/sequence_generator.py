@@ -10,6 +10,11 @@ fine detail of the masks (a cortical ribbon two voxels thick) reaches the output
 from an 8×10 bottleneck. At the CPU preset's budget that gives sharper slices that match their masks better, but
 speckled ones, farther from real in a segmenter's features (image_vid2vid's docs), so it is off by default.
 
+With ``spade`` the current mask slice also reaches every decoder scale, as SPADE does (Park et al. 2019): each
+upsampling normalises its features without learnt parameters and modulates them with a scale and shift predicted
+from the mask at that scale. In vid2vid's own generator the layout enters once, through the encoders, and must
+survive an 8×10 bottleneck; here a label that changes changes the output at every scale.
+
 History slots before the start of a volume are marked invalid. The first slice has no valid history at all: its
 occlusion weight is forced to 1, so it is pure hallucination, and the flow branch sees which slots are missing.
 The generator is trained with truncated histories for exactly this case.
@@ -21,7 +26,7 @@ import warnings
 from typing import NamedTuple
 
 import torch
-from monai.networks.blocks import Convolution, Warp
+from monai.networks.blocks import SPADE, Convolution, Warp
 from torch import nn
 
 __all__ = ["GeneratorOutput", "warp_slice", "composite", "SequenceGenerator"]
@@ -92,10 +97,29 @@ def _encoder(in_ch: int, ngf: int, n_down: int, n_blocks: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _decoder(ngf: int, n_down: int, n_blocks: int) -> nn.Sequential:
+class _SpadeUp(nn.Module):
+    """Stride-2 transposed convolution, then SPADE normalisation by the mask, then ReLU: the upsampling of a
+    decoder with the layout re-injected at its output scale."""
+
+    def __init__(self, in_ch: int, out_ch: int, num_classes: int, hidden: int) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_ch, out_ch, 3, stride=2, padding=1, output_padding=1)
+        self.norm = SPADE(num_classes, out_ch, spatial_dims=2, hidden_channels=hidden, norm="INSTANCE")
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(B, C_in, h, w)``, ``mask`` ``(B, K, H, W)`` (resized to ``2h x 2w`` inside) -> ``(B, C_out, 2h, 2w)``."""
+        return torch.relu(self.norm(self.up(x), mask))
+
+
+def _decoder(ngf: int, n_down: int, n_blocks: int, spade_classes: int = 0) -> nn.Sequential:
+    """Residual blocks at the bottleneck, then ``n_down`` upsamplings; with ``spade_classes`` (``K`` > 0) each
+    upsampling is a :class:`_SpadeUp` conditioned on the mask."""
     layers: list[nn.Module] = [_ResBlock(ngf * 2**n_down) for _ in range(n_blocks)]
     for i in range(n_down, 0, -1):
-        layers.append(_conv(ngf * 2**i, ngf * 2 ** (i - 1), stride=2, transposed=True))
+        if spade_classes:
+            layers.append(_SpadeUp(ngf * 2**i, ngf * 2 ** (i - 1), spade_classes, hidden=ngf))
+        else:
+            layers.append(_conv(ngf * 2**i, ngf * 2 ** (i - 1), stride=2, transposed=True))
     return nn.Sequential(*layers)
 
 
@@ -110,12 +134,15 @@ def _encode(encoder: nn.Sequential, n_down: int, x: torch.Tensor) -> list[torch.
     return levels + [x]
 
 
-def _decode(decoder: nn.Sequential, n_blocks: int, levels: list[torch.Tensor], skips: bool) -> torch.Tensor:
+def _decode(
+    decoder: nn.Sequential, n_blocks: int, levels: list[torch.Tensor], skips: bool, mask: torch.Tensor
+) -> torch.Tensor:
     """Run a :func:`_decoder` from the bottleneck ``levels[-1]``; with ``skips``, each upsampling's output gets the
-    encoder features of its level added (their channels and sizes match by construction)."""
+    encoder features of its level added (their channels and sizes match by construction). ``mask`` ``(B, K, H, W)``
+    is the current slice's layout, which SPADE upsamplings are conditioned on."""
     x = levels[-1]
     for index, layer in enumerate(decoder):
-        x = layer(x)
+        x = layer(x, mask) if isinstance(layer, _SpadeUp) else layer(x)
         if skips and index >= n_blocks:
             x = x + levels[len(levels) - 2 - (index - n_blocks)]
     return x
@@ -132,6 +159,8 @@ class SequenceGenerator(nn.Module):
         n_blocks: residual blocks, half in the encoders and half in each decoder branch.
         skips: add each encoder level's features to the decoders' (U-Net skips; see the module docstring). False is
             vid2vid's own generator; both have the same parameters, so either loads the other's weights.
+        spade: condition every upsampling of both decoders on the current mask slice (SPADE; see the module
+            docstring). False is vid2vid's generator, whose weights it does not load.
     """
 
     def __init__(
@@ -142,6 +171,7 @@ class SequenceGenerator(nn.Module):
         n_downsample: int = 3,
         n_blocks: int = 4,
         skips: bool = False,
+        spade: bool = False,
     ):
         super().__init__()
         if num_classes < 2:
@@ -149,6 +179,8 @@ class SequenceGenerator(nn.Module):
         if history < 1:
             raise ValueError(f"history must be at least 1, got {history}")
         self.num_classes, self.history, self.n_downsample, self.skips = num_classes, history, n_downsample, skips
+        self.spade = spade
+        spade_classes = num_classes if spade else 0
         self.size_multiple = 2**n_downsample  # both sides of a slice must be multiples of it
         shared, branch = n_blocks - n_blocks // 2, n_blocks // 2
         self.branch_blocks = branch
@@ -157,9 +189,9 @@ class SequenceGenerator(nn.Module):
         # previous images, their masks and one validity map per history slot
         self.history_encoder = _encoder(history * (num_classes + 2), ngf, n_downsample, shared)
         self.image_branch = nn.Sequential(
-            _decoder(ngf, n_downsample, branch), nn.Conv2d(ngf, 1, 7, padding=3), nn.Tanh()
+            _decoder(ngf, n_downsample, branch, spade_classes), nn.Conv2d(ngf, 1, 7, padding=3), nn.Tanh()
         )
-        self.flow_branch = _decoder(ngf, n_downsample, branch)
+        self.flow_branch = _decoder(ngf, n_downsample, branch, spade_classes)
         self.flow_head = nn.Conv2d(ngf, 2, 3, padding=1)
         self.occlusion_head = nn.Sequential(nn.Conv2d(ngf, 1, 3, padding=1), nn.Sigmoid())
 
@@ -192,8 +224,10 @@ class SequenceGenerator(nn.Module):
             )
         ]
         # image_branch is (decoder, output convolution, tanh)
-        hallucinated = self.image_branch[1:](_decode(self.image_branch[0], self.branch_blocks, levels, self.skips))
-        flow_features = _decode(self.flow_branch, self.branch_blocks, levels, self.skips)
+        current = masks[:, -1]
+        decoded = _decode(self.image_branch[0], self.branch_blocks, levels, self.skips, current)
+        hallucinated = self.image_branch[1:](decoded)
+        flow_features = _decode(self.flow_branch, self.branch_blocks, levels, self.skips, current)
         flow = self.flow_head(flow_features) * FLOW_SCALE
         # without the previous slice there is nothing to warp: the slice is hallucinated outright
         has_previous = valid[:, -1].to(previous.dtype)[:, None, None, None]

@@ -1,7 +1,7 @@
 """Image volumes from mask volumes with the sequence generator, slice by slice (MedGen3D Sec. 3.2).
 
-Cases are generated together, slice index by slice index; a case whose volume is finished drops out of the batch.
-The generator is deterministic, so the same masks and weights give the same images. Outputs are written as a
+Cases are generated one at a time, slice by slice, so a case's image is the same whichever cases share its batch or
+rank. The generator is deterministic, so the same masks and weights give the same images. Outputs are written as a
 paired dataset: ``images/<case>.nii.gz`` beside a copy of each mask in ``labels/``, in the mask's geometry and in
 the real data's intensity scale (HU for CT).
 """
@@ -29,7 +29,10 @@ __all__ = ["generate_image_volumes", "generate_images_for_labels", "synthesise_i
 
 @torch.no_grad()
 def generate_image_volumes(
-    generator: SequenceGenerator, label_volumes: Sequence[torch.Tensor], num_classes: int
+    generator: SequenceGenerator,
+    label_volumes: Sequence[torch.Tensor],
+    num_classes: int,
+    known: Sequence[torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """Generate an image for each label volume.
 
@@ -37,16 +40,33 @@ def generate_image_volumes(
         generator: the trained sequence generator (eval mode).
         label_volumes: per case, ``(D, H, W)`` integer labels at the generator's in-plane size.
         num_classes: ``K``.
+        known: per case, ``(P, H, W)`` images in [-1, 1] of its first ``P`` slices (``P`` may differ between
+            cases), kept as they are; the generator continues after them, as after real slices. Measures how the
+            error grows with the slices since the last real one; default none, the whole volume generated.
 
     Returns:
         Per case, ``(D, H, W)`` images in [-1, 1].
     """
+    if len(label_volumes) > 1:
+        # one case at a time, so that a case's image never depends on which cases share its batch (or its rank):
+        # the CPU kernels differ in the last bits between batch sizes, and instance norm of the nearly constant
+        # features of a briefly trained generator magnifies that, slice after slice through the recurrence
+        return [
+            generate_image_volumes(generator, [volume], num_classes, None if known is None else [known[i]])[0]
+            for i, volume in enumerate(label_volumes)
+        ]
     device = next(generator.parameters()).device
     history = generator.history
     masks = [one_hot_slices(v.long()[None].to(device), num_classes)[0] for v in label_volumes]  # (D, K, H, W)
     images = [torch.zeros(v.shape[0], 1, *v.shape[1:], device=device) for v in label_volumes]
+    starts = [0] * len(label_volumes)
+    for i, prefix in enumerate(known or []):
+        images[i][: prefix.shape[0], 0] = prefix.to(device)
+        starts[i] = prefix.shape[0]
     for t in range(max(v.shape[0] for v in label_volumes)):
-        cases = [i for i, v in enumerate(label_volumes) if t < v.shape[0]]
+        cases = [i for i, v in enumerate(label_volumes) if starts[i] <= t < v.shape[0]]
+        if not cases:
+            continue
         window, previous, valid = [], [], []
         for i in cases:
             # slots before the volume's first slice are zero and marked invalid

@@ -1,0 +1,394 @@
+"""The image stage against its baselines: image_vid2vid settings beside a per-label lookup and the real images.
+
+Every row renders the same masks, the real held-out masks of an embedded dataset, so every figure compares images of
+identical anatomy with the real image of that anatomy:
+
+- ``real``: the real images themselves (the ceiling; their feature distance is real held-out against real training);
+- ``lookup``: each voxel its label's mean real training intensity (:mod:`medgen3d.metrics.lookup`), the simplest
+  image a mask can have; a generator it beats has not learnt label -> intensity;
+- one row per generator setting of :data:`SETTINGS`, each trained for the same iterations from the same seed.
+
+Measures (network scale, [-1, 1]; generated images as the generator wrote them, never re-normalised):
+mean absolute difference to the real image; alignment Dice (the quality benchmark's real-trained segmenter on the
+image, against the mask); feature Fréchet distance to the real held-out images (mean of three views); each
+structure's mean intensity; contrast-to-noise of the dataset's structure pairs (``|mean_a - mean_b|`` over the pooled
+standard deviation, per case, averaged); and drift: from real slices at 30%, 50% and 70% of each volume's depth the
+generator continues on its own, and the error inside the foreground is recorded by slices since the last real one
+(``drift_ratio``: at 10 slices over at 1).
+
+The dataset and the segmenter are the quality benchmark's, so run its segmenter first:
+
+    .venv/bin/python benchmarks/quality_benchmark.py run --dataset brain-mni --train_only segmenter
+    .venv/bin/python benchmarks/image_stage.py run --dataset brain-mni [--settings a,b] [--iterations 400]
+    .venv/bin/python benchmarks/image_stage.py report --dataset brain-mni
+
+``run`` keeps each setting's result in ``benchmarks/runs/image_stage/<dataset>/`` and skips what is finished;
+``report`` writes ``benchmarks/results/image_stage_<dataset>.{json,md}`` and a montage ``.png`` (one held-out case:
+its mask, its real image, the lookup and every setting, in three planes).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import fire
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality_benchmark import BUNDLES, RESULTS, _machine  # noqa: E402  (the sibling benchmark's paths and load)
+
+ROOT = Path(__file__).resolve().parents[1]
+QUALITY = ROOT / "benchmarks" / "runs" / "quality"
+RUNS = ROOT / "benchmarks" / "runs" / "image_stage"
+VIEWS = ("axial", "coronal", "sagittal")
+
+# per dataset: the overlay the quality benchmark trains with, and the structure pairs whose contrast is measured
+DATASETS: dict[str, dict[str, Any]] = {
+    "brain-mni": {"overlays": ["brain.json"], "contrasts": [("white_matter", "cortex"), ("cortex", "csf")]},
+    "thorax-phantom": {
+        "overlays": ["thorax.json"],
+        "contrasts": [("left_lung", "body"), ("right_lung", "body"), ("heart", "body")],
+    },
+}
+# the paper's losses and generator, then the changes one at a time
+SETTINGS: dict[str, dict[str, Any]] = {
+    "vid2vid": {"spade": False, "p_own_history": 0.0, "loss_weights#hallucinated_l1": 0.0},
+    "+own history +hallucinated L1": {"spade": False, "p_own_history": 0.5, "loss_weights#hallucinated_l1": 10.0},
+    "+SPADE": {"spade": True, "p_own_history": 0.5, "loss_weights#hallucinated_l1": 10.0},
+    # vid2vid's 2e-4 is sized for 100k+ iterations: an Adam step moves a weight by about the learning rate, so in
+    # 400 steps no output intensity can move far
+    "+SPADE, learning rate 1e-3": {
+        "spade": True,
+        "p_own_history": 0.5,
+        "loss_weights#hallucinated_l1": 10.0,
+        "learning_rate": 1e-3,
+    },
+}
+DEFAULT = "+SPADE, learning rate 1e-3"  # the row the bundle's defaults reproduce
+DRIFT_STARTS = (0.3, 0.5, 0.7)  # where along each held-out volume the real slices end
+DRIFT_SLICES = 12  # slices generated after them
+DRIFT_AT = 10  # drift_ratio: error this many slices after the last real one, over the first's
+
+
+def _check(dataset: str) -> dict[str, Any]:
+    if dataset not in DATASETS:
+        raise SystemExit(f"--dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
+    return DATASETS[dataset]
+
+
+def _names(settings: str | tuple[str, ...]) -> tuple[str, ...]:
+    """``--settings a`` arrives as a string, ``--settings a,b`` as a tuple."""
+    names = (settings,) if isinstance(settings, str) else tuple(settings)
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown:
+        raise SystemExit(f"unknown settings {unknown}; known: {list(SETTINGS)}")
+    return names
+
+
+def _folder(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+
+
+class Judge:
+    """The real held-out cases of one dataset and the quality benchmark's segmenter and features."""
+
+    def __init__(self, dataset: str) -> None:
+        from medgen3d.data.dataset import read_dataset
+        from medgen3d.metrics.report import load_pairs
+        from medgen3d.pipeline.stages import StageBundle
+
+        quality = QUALITY / dataset
+        self.data = quality / f"{dataset}-small"
+        needed = [self.data / "dataset.json", quality / "models" / "segmenter" / "model.pt"]
+        missing = [str(p) for p in needed if not p.exists()]
+        if missing:
+            raise SystemExit(f"run `quality_benchmark.py run --dataset {dataset} --train_only segmenter`; missing {missing}")
+        workflow = StageBundle(BUNDLES / "medgen3d", quality / "models", quality / "eval")
+        parser = workflow.workflow(
+            ["evaluate.json"], bundle_root=str(quality), stages_dir=str(BUNDLES), dataset_dir=str(self.data)
+        ).parser
+        self.segment = parser.get_parsed_content("segmenter")
+        self.extract = parser.get_parsed_content("features")
+        spec = read_dataset(self.data)
+        self.labels = spec.labels
+        self.num_classes = len(spec.labels)
+        self.real = load_pairs(spec, ("test",))
+        self.training = load_pairs(spec, ("training",))
+
+    def score(self, images: list[torch.Tensor], contrasts: list[tuple[str, str]], real_row: bool = False) -> dict:
+        """Every measure of ``images`` (``(H, W, D)``, one per held-out mask, in order) but drift."""
+        from medgen3d.metrics.alignment import alignment_dice
+        from medgen3d.metrics.fidelity import view_frechet_distances
+        from medgen3d.metrics.segmentation import mean_present
+
+        labels = self.real.labels
+        dice = alignment_dice(self.segment, images, labels, self.num_classes)
+        reference = self.training.images if real_row else self.real.images
+        names = {name: value for value, name in self.labels.items()}
+        return {
+            "mean_abs_difference": float(np.mean([(a - b).abs().mean().item() for a, b in zip(images, self.real.images)])),
+            "alignment_dice": float(mean_present(mean_present(dice, axis=0))),
+            "feature_fd": view_frechet_distances(self.extract, images, reference, VIEWS)["mean"],
+            "structure_means": {
+                name: float(torch.cat([i[torch.from_numpy(lab == v)] for i, lab in zip(images, labels)]).mean())
+                for v, name in sorted(self.labels.items())
+            },
+            "contrast_to_noise": {
+                f"{a} vs {b}": _contrast_to_noise(images, labels, names[a], names[b]) for a, b in contrasts
+            },
+        }
+
+
+def _contrast_to_noise(images: list[torch.Tensor], labels: list[np.ndarray], a: int, b: int) -> float | None:
+    """``|mean_a - mean_b| / sqrt((var_a + var_b) / 2)`` per case, averaged over the cases with both labels; None
+    where the images have no spread inside the labels (the lookup: infinite)."""
+    values = []
+    for image, label in zip(images, labels):
+        x, y = image[torch.from_numpy(label == a)], image[torch.from_numpy(label == b)]
+        if x.numel() < 2 or y.numel() < 2:
+            continue
+        noise = float(torch.sqrt((x.var() + y.var()) / 2))
+        if noise < 1e-6:
+            return None
+        values.append(abs(float(x.mean() - y.mean())) / noise)
+    return float(np.mean(values)) if values else None
+
+
+def _generator(dataset: str, run: Path, overrides: dict[str, Any]):
+    """The trained generator of ``run`` (eval mode) and its in-plane size."""
+    from medgen3d.engines.checkpoint import load_weights
+
+    parser = _stage(dataset, run).workflow(["inference.json"], **_network_overrides(overrides)).parser
+    network = load_weights(parser.get_parsed_content("network"), run / "models" / "model.pt").eval()
+    return network, tuple(parser.get_parsed_content("slice_size"))
+
+
+def _network_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The settings inference.json knows (the generator's); the training ones stay in train.json."""
+    return {k: v for k, v in overrides.items() if k == "spade"}
+
+
+def _stage(dataset: str, run: Path):
+    from medgen3d.pipeline.stages import StageBundle
+
+    data = QUALITY / dataset / f"{dataset}-small"
+    return StageBundle(
+        BUNDLES / "image_vid2vid",
+        run / "models",
+        run / "eval",
+        overlays=DATASETS[dataset]["overlays"],
+        overrides={"dataset_dir": str(data)},
+    )
+
+
+def _volumes(labels: list[np.ndarray]) -> list[torch.Tensor]:
+    return [torch.from_numpy(label).permute(2, 0, 1) for label in labels]  # (D, H, W), as the generator runs
+
+
+def generated_images(generator, size, judge: Judge) -> list[torch.Tensor]:
+    """The image of every held-out mask, generated from its first slice on: ``(H, W, D)``."""
+    from medgen3d.synthesis.images import generate_images_for_labels
+
+    images = generate_images_for_labels(generator, _volumes(judge.real.labels), judge.num_classes, size)
+    return [image.permute(1, 2, 0) for image in images]
+
+
+def drift(generator, size, judge: Judge) -> list[float]:
+    """Mean absolute error inside the foreground at 1 .. :data:`DRIFT_SLICES` slices after the last real slice."""
+    from medgen3d.synthesis.images import generate_image_volumes
+    from medgen3d.transforms.subsequence import resize_label_slices
+
+    history = generator.history
+    errors = torch.zeros(DRIFT_SLICES)
+    count = 0
+    for label, real in zip(_volumes(judge.real.labels), judge.real.images):
+        depth = label.shape[0]
+        for fraction in DRIFT_STARTS:
+            start = int(fraction * depth)
+            stop = min(start + DRIFT_SLICES, depth)
+            window = label[start - history : stop]
+            known = real.permute(2, 0, 1)[start - history : start]
+            resized = resize_label_slices(window, size, judge.num_classes)
+            known = torch.nn.functional.interpolate(known[:, None], size=size, mode="area")[:, 0]
+            [image] = generate_image_volumes(generator, [resized], judge.num_classes, known=[known])
+            image = torch.nn.functional.interpolate(image[:, None].cpu(), size=tuple(label.shape[1:]), mode="bilinear")
+            truth = real.permute(2, 0, 1)[start - history : stop]
+            for k in range(1, stop - start + 1):
+                inside = window[history + k - 1] > 0
+                errors[k - 1] += (image[history + k - 1, 0] - truth[history + k - 1]).abs()[inside].mean()
+            count += 1
+    return (errors / count).tolist()
+
+
+def run(dataset: str = "brain-mni", settings: tuple[str, ...] = tuple(SETTINGS), iterations: int = 400, threads: int = 2):
+    """Train each setting for ``iterations`` (same seed), generate the held-out masks' images and score them."""
+    torch.set_num_threads(threads)
+    contrasts = _check(dataset)["contrasts"]
+    judge = Judge(dataset)
+    base = RUNS / dataset
+    for name, images in (("real", judge.real.images), ("lookup", None)):
+        record = base / name / "result.json"
+        if record.exists():
+            continue
+        if images is None:
+            from medgen3d.metrics.lookup import label_means, lookup_images
+
+            means = label_means(judge.training.images, judge.training.labels, judge.num_classes)
+            images = lookup_images(judge.real.labels, means)
+        _write(record, {"scores": judge.score(images, contrasts, real_row=name == "real")})
+    for name in _names(settings):
+        run_dir = base / _folder(name)
+        record = run_dir / "result.json"
+        if (_read(record) or {}).get("iterations") == iterations:
+            continue
+        overrides = SETTINGS[name]
+        machine, start = _machine(), time.perf_counter()
+        _stage(dataset, run_dir).run(["train.json"], max_iterations=iterations, val_interval=iterations, **overrides)
+        seconds = time.perf_counter() - start
+        generator, size = _generator(dataset, run_dir, overrides)
+        images = generated_images(generator, size, judge)
+        scores = judge.score(images, contrasts)
+        errors = drift(generator, size, judge)
+        scores |= {"drift": errors, "drift_ratio": errors[DRIFT_AT - 1] / errors[0], "slice_size": list(size)}
+        torch.save(images[0].clone(), run_dir / "first-case.pt")  # for the montage
+        entry = {"iterations": iterations, "training_seconds": round(seconds, 1), "threads": threads, "machine": machine}
+        _write(record, entry | {"overrides": overrides, "scores": scores})
+        print(f"{name}: {entry | scores}", file=sys.stderr, flush=True)
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _write(path: Path, entry: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(entry, indent=2) + "\n")
+
+
+def report(dataset: str = "brain-mni") -> None:
+    """Write ``benchmarks/results/image_stage_<dataset>.{json,md,png}`` from the finished rows."""
+    _check(dataset)
+    base = RUNS / dataset
+    rows: dict[str, Any] = {}
+    iterations = None
+    for name in ("real", "lookup", *SETTINGS):
+        entry = _read(base / _folder(name) / "result.json")
+        if entry is None:
+            continue
+        rows[name] = entry["scores"] | {k: entry[k] for k in ("training_seconds", "machine") if k in entry}
+        if "overrides" in entry:
+            rows[name]["overrides"] = entry["overrides"]
+            iterations = entry["iterations"]
+    results = {"dataset": dataset, "iterations": iterations, "default": DEFAULT, "rows": rows}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / f"image_stage_{dataset}"
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown(results))
+    montage(dataset, rows, stem.with_suffix(".png"))
+    print(markdown(results))
+
+
+def _f(value: float | None, digits: int = 3) -> str:
+    return "∞" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    rows = results["rows"]
+    pairs = list(next(iter(rows.values()))["contrast_to_noise"])
+    structures = [s for s in next(iter(rows.values()))["structure_means"] if s != "background"]
+    lines = [
+        f"Image stage on {results['dataset']} small: every row renders the 10 real held-out masks; generator rows "
+        f"trained {results['iterations']} iterations from the same seed (the default: `{results['default']}`). "
+        "Difference and intensities on the networks' [-1, 1] scale, images as written; contrast-to-noise ∞ where "
+        "an image has no spread inside a structure (the lookup).",
+        "",
+        "| image of the real held-out mask | mean abs. difference to real | alignment Dice | feature FD | "
+        + " | ".join(f"CNR {p}" for p in pairs)
+        + f" | drift ({DRIFT_AT} slices / 1) | training s |",
+        "|---|---|---|---|" + "---|" * len(pairs) + "---|---|",
+    ]
+    for name, row in rows.items():
+        label = {"real": "real image", "lookup": "per-label lookup"}.get(name, f"`{name}`")
+        lines.append(
+            f"| {label} | {_f(row['mean_abs_difference'])} | {_f(row['alignment_dice'])} | {_f(row['feature_fd'])} | "
+            + " | ".join(_f(row["contrast_to_noise"][p], 2) for p in pairs)
+            + f" | {_f(row['drift_ratio'], 2) if 'drift_ratio' in row else '–'} | "
+            + f"{row.get('training_seconds', '–')} |"
+        )
+    lines += [
+        "",
+        "Mean intensity per structure:",
+        "",
+        "| image | " + " | ".join(structures) + " |",
+        "|---|" + "---|" * len(structures),
+    ]
+    for name, row in rows.items():
+        lines.append(f"| {name} | " + " | ".join(_f(row["structure_means"][s]) for s in structures) + " |")
+    drifting = {name: row["drift"] for name, row in rows.items() if "drift" in row}
+    if drifting:
+        lines += [
+            "",
+            "Error inside the foreground by slices since the last real slice:",
+            "",
+            "| setting | " + " | ".join(str(k) for k in range(1, DRIFT_SLICES + 1)) + " |",
+            "|---|" + "---|" * DRIFT_SLICES,
+        ]
+        lines += [f"| {n} | " + " | ".join(f"{e:.3f}" for e in errs) + " |" for n, errs in drifting.items()]
+    machines = {row["machine"] for row in rows.values() if "machine" in row}
+    lines += ["", "Training machine: " + "; ".join(sorted(machines)) + "." if machines else ""]
+    return "\n".join(lines) + "\n"
+
+
+def montage(dataset: str, rows: dict[str, Any], path: Path) -> None:
+    """The first held-out case: its mask, then each row's image, in three mid planes, on one grey scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medgen3d.data.dataset import read_dataset
+    from medgen3d.metrics.lookup import label_means, lookup_image
+    from medgen3d.metrics.report import load_pairs
+    from medgen3d.preview import label_colormap
+
+    spec = read_dataset(QUALITY / dataset / f"{dataset}-small")
+    real = load_pairs(spec, ("test",))
+    training = load_pairs(spec, ("training",))
+    k = len(spec.labels)
+    label = real.labels[0]
+    panels = [("mask", label), ("real", real.images[0].numpy())]
+    panels.append(("lookup", lookup_image(label, label_means(training.images, training.labels, k)).numpy()))
+    for name in rows:
+        first = RUNS / dataset / _folder(name) / "first-case.pt"
+        if first.exists():
+            panels.append((name, torch.load(first, weights_only=True).numpy()))
+    h, w, d = label.shape
+    fig, axes = plt.subplots(3, len(panels), figsize=(1.9 * len(panels), 6), squeeze=False)
+    cmap = label_colormap(k)
+    for c, (name, volume) in enumerate(panels):
+        for r, take in enumerate((lambda a: a[:, :, d // 2], lambda a: a[:, w // 2, :], lambda a: a[h // 2, :, :])):
+            ax = axes[r, c]
+            if name == "mask":
+                ax.imshow(take(volume).T, cmap=cmap, vmin=0, vmax=k - 1, origin="lower", interpolation="nearest")
+            else:
+                ax.imshow(take(volume).T, cmap="gray", vmin=-1, vmax=1, origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=7)
+        axes[0, 0].set_ylabel("axial", fontsize=8)
+    axes[1, 0].set_ylabel("coronal", fontsize=8)
+    axes[2, 0].set_ylabel("sagittal", fontsize=8)
+    fig.suptitle(f"{dataset}: one real held-out mask rendered by each row (grey scale [-1, 1])", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    fire.Fire({"run": run, "report": report})
