@@ -107,7 +107,8 @@ class Judge:
         needed = [self.data / "dataset.json", quality / "models" / "segmenter" / "model.pt"]
         missing = [str(p) for p in needed if not p.exists()]
         if missing:
-            raise SystemExit(f"run `quality_benchmark.py run --dataset {dataset} --train_only segmenter`; missing {missing}")
+            command = f"quality_benchmark.py run --dataset {dataset} --train_only segmenter"
+            raise SystemExit(f"run `{command}` first; missing {missing}")
         workflow = StageBundle(BUNDLES / "medgen3d", quality / "models", quality / "eval")
         parser = workflow.workflow(
             ["evaluate.json"], bundle_root=str(quality), stages_dir=str(BUNDLES), dataset_dir=str(self.data)
@@ -126,12 +127,12 @@ class Judge:
         from medgen3d.metrics.fidelity import view_frechet_distances
         from medgen3d.metrics.segmentation import mean_present
 
-        labels = self.real.labels
+        labels, real = self.real.labels, self.real.images
         dice = alignment_dice(self.segment, images, labels, self.num_classes)
         reference = self.training.images if real_row else self.real.images
         names = {name: value for value, name in self.labels.items()}
         return {
-            "mean_abs_difference": float(np.mean([(a - b).abs().mean().item() for a, b in zip(images, self.real.images)])),
+            "mean_abs_difference": float(np.mean([(a - b).abs().mean().item() for a, b in zip(images, real)])),
             "alignment_dice": float(mean_present(mean_present(dice, axis=0))),
             "feature_fd": view_frechet_distances(self.extract, images, reference, VIEWS)["mean"],
             "structure_means": {
@@ -225,7 +226,9 @@ def drift(generator, size, judge: Judge) -> list[float]:
     return (errors / count).tolist()
 
 
-def run(dataset: str = "brain-mni", settings: tuple[str, ...] = tuple(SETTINGS), iterations: int = 400, threads: int = 2):
+def run(
+    dataset: str = "brain-mni", settings: tuple[str, ...] = tuple(SETTINGS), iterations: int = 400, threads: int = 2
+) -> None:
     """Train each setting for ``iterations`` (same seed), generate the held-out masks' images and score them."""
     torch.set_num_threads(threads)
     contrasts = _check(dataset)["contrasts"]
@@ -256,7 +259,8 @@ def run(dataset: str = "brain-mni", settings: tuple[str, ...] = tuple(SETTINGS),
         errors = drift(generator, size, judge)
         scores |= {"drift": errors, "drift_ratio": errors[DRIFT_AT - 1] / errors[0], "slice_size": list(size)}
         torch.save(images[0].clone(), run_dir / "first-case.pt")  # for the montage
-        entry = {"iterations": iterations, "training_seconds": round(seconds, 1), "threads": threads, "machine": machine}
+        entry = {"iterations": iterations, "training_seconds": round(seconds, 1), "threads": threads}
+        entry["machine"] = machine
         _write(record, entry | {"overrides": overrides, "scores": scores})
         print(f"{name}: {entry | scores}", file=sys.stderr, flush=True)
 
@@ -381,9 +385,8 @@ def montage(dataset: str, rows: dict[str, Any], path: Path) -> None:
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(name, fontsize=7)
-        axes[0, 0].set_ylabel("axial", fontsize=8)
-    axes[1, 0].set_ylabel("coronal", fontsize=8)
-    axes[2, 0].set_ylabel("sagittal", fontsize=8)
+    for r, view in enumerate(VIEWS):
+        axes[r, 0].set_ylabel(view, fontsize=8)
     fig.suptitle(f"{dataset}: one real held-out mask rendered by each row (grey scale [-1, 1])", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)

@@ -15,9 +15,9 @@ from medgen3d.data.validate import validate_dataset
 from medgen3d.zoo.export import export_bundles
 from medgen3d.zoo.record import read_training_record
 from tests.bundles.helpers import (
-    check_cached_preprocessing,
     DEFAULT_LABELS,
     TINY_NETWORKS,
+    check_cached_preprocessing,
     error_chain,
     run_torchrun,
     verify_net_in_out,

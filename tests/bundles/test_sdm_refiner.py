@@ -9,9 +9,9 @@ import torch
 from medgen3d.data.io import load_nifti
 from medgen3d.data.validate import validate_dataset
 from tests.bundles.helpers import (
-    check_cached_preprocessing,
     DEFAULT_LABELS,
     TINY_NETWORKS,
+    check_cached_preprocessing,
     error_chain,
     run_torchrun,
     verify_net_in_out,

@@ -107,7 +107,8 @@ class _SpadeUp(nn.Module):
         self.norm = SPADE(num_classes, out_ch, spatial_dims=2, hidden_channels=hidden, norm="INSTANCE")
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``x`` ``(B, C_in, h, w)``, ``mask`` ``(B, K, H, W)`` (resized to ``2h x 2w`` inside) -> ``(B, C_out, 2h, 2w)``."""
+        """``x`` ``(B, C_in, h, w)``, ``mask`` ``(B, K, H, W)`` (resized to ``2h x 2w`` inside) ->
+        ``(B, C_out, 2h, 2w)``."""
         return torch.relu(self.norm(self.up(x), mask))
 
 
