@@ -239,10 +239,10 @@ def run(
         if record.exists():
             continue
         if images is None:
-            from medgen3d.metrics.lookup import label_means, lookup_images
+            from medgen3d.metrics.report import lookup_pairs
 
-            means = label_means(judge.training.images, judge.training.labels, judge.num_classes)
-            images = lookup_images(judge.real.labels, means)
+            # the quality report's lookup row, so the benchmark and the report measure the same baseline
+            images = lookup_pairs(judge.training, judge.real, judge.num_classes)[0].images
         _write(record, {"scores": judge.score(images, contrasts, real_row=name == "real")})
     for name in _names(settings):
         run_dir = base / _folder(name)
@@ -356,8 +356,7 @@ def montage(dataset: str, rows: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     from medgen3d.data.dataset import read_dataset
-    from medgen3d.metrics.lookup import label_means, lookup_image
-    from medgen3d.metrics.report import load_pairs
+    from medgen3d.metrics.report import load_pairs, lookup_pairs
     from medgen3d.preview import label_colormap
 
     spec = read_dataset(QUALITY / dataset / f"{dataset}-small")
@@ -366,7 +365,7 @@ def montage(dataset: str, rows: dict[str, Any], path: Path) -> None:
     k = len(spec.labels)
     label = real.labels[0]
     panels = [("mask", label), ("real", real.images[0].numpy())]
-    panels.append(("lookup", lookup_image(label, label_means(training.images, training.labels, k)).numpy()))
+    panels.append(("lookup", lookup_pairs(training, real, k)[0].images[0].numpy()))
     for name in rows:
         first = RUNS / dataset / _folder(name) / "first-case.pt"
         if first.exists():
