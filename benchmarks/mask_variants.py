@@ -28,6 +28,9 @@ import fire
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mask_stage import structure_measures  # noqa: E402  (its successor's, the same measures)
+
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "mask_mcdpm"
 RUNS = ROOT / "benchmarks" / "runs" / "mask_variants"
@@ -135,30 +138,6 @@ def _real_masks() -> list[np.ndarray]:
 
     spec = read_dataset(DATASET)
     return [spec.load_case(c)[1].array.astype(np.int64) for c in spec.training]
-
-
-def structure_measures(synthetic: list[np.ndarray], real: list[np.ndarray], names: list[str]) -> dict:
-    """Per structure: presence rate, fraction, components, continuity (synthetic and real), z-profile r."""
-    from medgen3d.metrics import anatomy
-
-    k = len(names) + 1
-    s, r = anatomy.summarise(synthetic, k), anatomy.summarise(real, k)
-    correlation = anatomy.z_profile_correlation(synthetic, real, k)
-    presence, presence_real = s.presence.mean(0), r.presence.mean(0)
-    out = {}
-    for i, name in enumerate(names):
-        out[name] = {
-            "presence_rate": float(presence[i]),
-            "presence_rate_real": float(presence_real[i]),
-            "fraction_real": float(r.fractions[:, i + 1].mean()),
-            "fraction_synthetic": float(s.fractions[:, i + 1].mean()),
-            "components_real": float(r.components[:, i].mean()),
-            "components_synthetic": float(s.components[:, i].mean()),
-            "continuity_real": float(np.nanmean(r.continuity[:, i])),
-            "continuity_synthetic": float(np.nanmean(s.continuity[:, i])) if presence[i] > 0 else None,
-            "z_profile_correlation": None if np.isnan(correlation[i]) else float(correlation[i]),
-        }
-    return out
 
 
 def sample(volumes: int = 8, steps: int = 25, variants: tuple[str, ...] = tuple(VARIANTS), threads: int = 2) -> None:

@@ -6,7 +6,8 @@ workflow bundle and no overlay but the dataset's own (``thorax.json`` for the th
 
 - ``benchmarks/results/quality_<dataset>.json``: training seconds per stage, the report's image measures (feature
   Fréchet distance, MS-SSIM, alignment Dice: reference, refined, unrefined), per-structure anatomy (presence rate,
-  volume fraction, components, continuity, z-profile correlation) and the memorised cases;
+  volume fraction, components, continuity, z-profile correlation, the mask model's seed agreement gap), the
+  slice-change rate of the synthetic and real masks, and the memorised cases;
 - ``benchmarks/results/quality_<dataset>.md``: the same as tables (what the top README shows);
 - ``benchmarks/results/quality_<dataset>.png``: real cases beside synthetic ones, image and mask, three planes.
 
@@ -244,6 +245,9 @@ def summarise(title: str, run_dir: Path, workflow, common: dict[str, Any]) -> di
             "continuity_synthetic": anatomy["continuity"]["synthetic"][name],
             "z_profile_correlation": anatomy["z_profile_correlation"][name],
         }
+        if "seed_agreement_gap" in anatomy:  # measured when the report had the mask model
+            structures[name]["seed_agreement_gap"] = anatomy["seed_agreement_gap"][name]
+    convergence = {"slice_change_rate": anatomy["slice_change_rate"]} if "slice_change_rate" in anatomy else {}
     memorised = memorised_cases(report, "refined")
     return {
         "dataset": title,
@@ -255,6 +259,7 @@ def summarise(title: str, run_dir: Path, workflow, common: dict[str, Any]) -> di
         "generation_seconds": timings.get("generate", {}).get("seconds"),
         "report_seconds": timings.get("evaluate", {}).get("seconds"),
         "structures": structures,
+        **convergence,
         "alignment_dice": {k: v["alignment_dice"]["mean"] for k, v in sets.items()},
         "feature_fd": {k: v["fidelity_frechet"]["mean"] for k, v in sets.items()},
         "ms_ssim": {k: v["diversity_ms_ssim"]["mean"] for k, v in sets.items()},
@@ -363,20 +368,24 @@ def markdown(results: dict[str, Any]) -> str:
         row = results[key]
         cells = [row["reference"], *([row["lookup"]] if lookup else []), row.get("refined"), row.get("unrefined")]
         lines.append(f"| {title} | " + " | ".join(_f(c) for c in cells) + " |")
+    # Results recorded before the convergence measures existed have neither, and are drawn as they were.
+    gap = all("seed_agreement_gap" in s for s in results["structures"].values())
+    rate = results.get("slice_change_rate")
     lines += [
         "",
-        f"Memorised synthetic cases: {results['memorised_cases']} of {results['cases']}.",
+        f"Memorised synthetic cases: {results['memorised_cases']} of {results['cases']}."
+        + (f" Slice-change rate, real / synthetic: {_f(rate['real'])} / {_f(rate['synthetic'])}." if rate else ""),
         "",
         "| structure | present in | volume fraction, real / synthetic | components, real / synthetic | "
-        "slice continuity, real / synthetic | z-profile r |",
-        "|---|---|---|---|---|---|",
+        "slice continuity, real / synthetic | z-profile r |" + (" seed agreement gap |" if gap else ""),
+        "|---|---|---|---|---|---|" + ("---|" if gap else ""),
     ]
     for name, s in results["structures"].items():
         lines.append(
             f"| {name} | {round(s['presence_rate'] * results['cases'])}/{results['cases']} | "
             f"{_f(s['fraction_real'])} / {_f(s['fraction_synthetic'])} | {_f(s['components_real'], 1)} / "
             f"{_f(s['components_synthetic'], 1)} | {_f(s['continuity_real'])} / {_f(s['continuity_synthetic'])} | "
-            f"{_f(s['z_profile_correlation'], 2)} |"
+            f"{_f(s['z_profile_correlation'], 2)} |" + (f" {_f(s['seed_agreement_gap'], 2)} |" if gap else "")
         )
     return "\n".join(lines) + "\n"
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from medgen3d.precision import bf16_on_cpu
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("mask_mcdpm", "image_vid2vid", "sdm_refiner", "segmentation_eval")
 
@@ -27,7 +29,8 @@ def test_the_gpu_benchmark_smoke_runs_on_a_cpu_and_writes_every_measurement(tmp_
     results = json.loads((tmp_path / "gpu_benchmark.json").read_text())
     assert {"torch", "cuda", "gpu", "device", "monai"} <= set(results["environment"])
     settings = results["settings"]
-    assert settings["precision"] == "auto" and settings["autocast_dtype"] == "off (float32)"  # "auto" on a CPU
+    auto = "bfloat16" if bf16_on_cpu() else "off (float32)"  # "auto" on this CPU
+    assert settings["precision"] == "auto" and settings["autocast_dtype"] == auto
     assert results["skipped"] == [] and results["errors"] == []
     assert set(results["anatomies"]) == {"brain", "thorax"}
     for anatomy, parts in results["anatomies"].items():

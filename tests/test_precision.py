@@ -1,4 +1,5 @@
-"""One precision setting, resolved per device: bfloat16 autocast on CUDA by default, float32 on a CPU unless asked."""
+"""One precision setting, resolved per device: bfloat16 autocast on CUDA and on CPUs with bfloat16 instructions by
+default, float32 on other CPUs unless asked."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import NamedTuple
 import pytest
 import torch
 
+import medgen3d.precision as precision_module
 from medgen3d.data.io import SettingError
 from medgen3d.precision import autocast_dtype, autocast_networks, monai_amp
 
@@ -32,7 +34,17 @@ class _TwoOutputs(torch.nn.Module):
         return _Pair(y, torch.arange(3))
 
 
-def test_auto_is_off_on_a_cpu_and_each_setting_resolves_as_documented():
+def test_auto_on_a_cpu_is_bf16_only_with_bf16_instructions(monkeypatch):
+    assert autocast_dtype("auto", "cpu") == (torch.bfloat16 if precision_module.bf16_on_cpu() else None)
+    monkeypatch.setattr(precision_module, "bf16_on_cpu", lambda: True)
+    assert autocast_dtype("auto", "cpu") == torch.bfloat16
+    monkeypatch.setattr(precision_module, "bf16_on_cpu", lambda: False)
+    assert autocast_dtype("auto", "cpu") is None
+    assert autocast_dtype("fp32", "cpu") is None  # an explicit setting wins either way
+
+
+def test_each_setting_resolves_as_documented(monkeypatch):
+    monkeypatch.setattr(precision_module, "bf16_on_cpu", lambda: False)  # a CPU without bfloat16 instructions
     assert autocast_dtype("auto", "cpu") is None
     assert autocast_dtype("fp32", "cpu") is None and autocast_dtype("fp32", CUDA) is None
     assert autocast_dtype("bf16", "cpu") == torch.bfloat16 and autocast_dtype("bf16", CUDA) == torch.bfloat16
@@ -66,7 +78,8 @@ def test_networks_compute_in_bf16_and_hand_back_float32_then_are_restored():
     assert torch.equal(network(x).image, reference) and network.computed[-1] == torch.float32
 
 
-def test_float32_and_auto_on_a_cpu_leave_networks_alone_and_a_failure_restores_them():
+def test_float32_and_auto_on_a_cpu_leave_networks_alone_and_a_failure_restores_them(monkeypatch):
+    monkeypatch.setattr(precision_module, "bf16_on_cpu", lambda: False)  # a CPU without bfloat16 instructions
     network = _TwoOutputs()
     for precision in ("fp32", "auto"):
         with autocast_networks(precision, network):

@@ -220,8 +220,14 @@ def test_the_quality_report_measures_refined_and_unrefined_images_against_real_d
         assert all(v is None or 0 <= v <= 1 for v in row["alignment_dice"].values())
         assert -1 <= row["diversity_ms_ssim"]["mean"] <= 1
     assert len(report["sets"]["refined"]["memorisation"]) == 3
+    # the trained mask model's convergence, measured on the held-out masks, and the masks' slice-change rates
+    structures = {name for value, name in read_dataset(dataset).labels.items() if int(value) != 0}
+    gaps = report["anatomy"]["seed_agreement_gap"]
+    assert set(gaps) == structures and all(v is None or -1 <= v <= 1 for v in gaps.values())
+    assert all(0 <= v <= 1 for v in report["anatomy"]["slice_change_rate"].values())
     assert (report_dir / "report.png").stat().st_size > 0
-    assert "## Memorisation" in (report_dir / "report.md").read_text()
+    text = (report_dir / "report.md").read_text()
+    assert "## Memorisation" in text and "Seed agreement gap" in text and "Slice-change rate" in text
 
 
 @pytest.mark.slow

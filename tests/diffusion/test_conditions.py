@@ -7,8 +7,11 @@ from medgen3d.diffusion.conditions import (
     ConditionMode,
     SubsequenceCondition,
     condition_indicator,
+    corrupt_condition,
     decode_slices,
+    draw_condition,
     draw_indicators,
+    jitter_boundaries,
     one_hot_slices,
     pack,
     unpack,
@@ -150,3 +153,47 @@ def test_one_condition_object_reaches_the_network_through_predict_sample_and_los
     mcdpm_loss(network, DDPMScheduler(100, prediction_type="sample"), x_0, condition)
     [call] = network.calls
     _assert_network_saw(call, condition)
+
+
+def test_most_conditional_items_get_the_count_generation_uses():
+    probabilities = {"forward": 0.5, "backward": 0.5, "unconditional": 0.0}
+    indicators = draw_indicators(4000, 6, probabilities, (2, 5), torch.Generator().manual_seed(0), p_min_known=0.75)
+    counts = indicators.sum(1)
+    # 0.75 exactly 2, the rest uniform over 2..5: P(2) = 0.75 + 0.25 / 4
+    assert (counts == 2).float().mean().item() == pytest.approx(0.8125, abs=0.02)
+    assert set(counts.unique().tolist()) == {2.0, 3.0, 4.0, 5.0}
+    uniform = draw_indicators(4000, 6, probabilities, (2, 5), torch.Generator().manual_seed(0))
+    assert torch.equal(uniform, draw_indicators(4000, 6, probabilities, (2, 5), torch.Generator().manual_seed(0), 0.0))
+    with pytest.raises(ValueError, match="p_min_known must be in"):
+        draw_indicators(4, 6, probabilities, (2, 5), p_min_known=1.5)
+
+
+def test_boundary_jitter_moves_boundaries_and_keeps_interiors():
+    labels = torch.zeros(1, 16, 16, dtype=torch.long)
+    labels[:, 4:12, 4:12] = 2
+    jittered = jitter_boundaries(labels, 1.0, torch.Generator().manual_seed(0))
+    changed = jittered != labels
+    assert changed.any() and torch.equal(jittered[:, 5:11, 5:11], labels[:, 5:11, 5:11])  # interior kept
+    ring = torch.zeros_like(labels, dtype=torch.bool)
+    ring[:, 3:13, 3:13] = True
+    ring[:, 5:11, 5:11] = False
+    assert not (changed & ~ring).any()  # only pixels within one of the boundary change
+    assert set(jittered.unique().tolist()) <= {0, 2} and torch.equal(jitter_boundaries(labels, 0.0), labels)
+
+
+def test_condition_corruption_changes_the_given_slices_only():
+    torch.manual_seed(0)
+    labels = torch.zeros(4, 6, 16, 16, dtype=torch.long)
+    labels[..., 3:13, 3:13] = 1
+    labels[..., 6:10, 6:10] = 2
+    x_0 = one_hot_slices(labels, 3)
+    probabilities = {"forward": 0.5, "backward": 0.5, "unconditional": 0.0}
+    condition = draw_condition(x_0, torch.rand(4), probabilities, (2, 5), torch.Generator().manual_seed(0))
+    before = x_0.clone()
+    corrupted = corrupt_condition(condition, 0.3, torch.Generator().manual_seed(1))
+    given = condition.indicator.bool()
+    assert not torch.equal(corrupted.known[given], x_0[given])  # the given slices moved
+    assert torch.equal(corrupted.known[~given], x_0[~given])  # the target slices did not
+    assert torch.equal(x_0, before) and corrupted.known is not x_0  # nor did the clean subsequence the loss reads
+    assert ((corrupted.known == 1).sum(dim=2) == 1).all()  # still one-hot
+    assert corrupt_condition(condition, 0.0) is condition

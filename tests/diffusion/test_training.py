@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from monai.losses import DiceLoss
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, RFlowScheduler
 
 from medgen3d.diffusion.autoregressive import generate_volumes, generation_plan
@@ -15,6 +16,7 @@ from medgen3d.diffusion.training import (
     predicted_x0,
     regression_target,
     structure_dice_loss,
+    structure_weight,
 )
 from medgen3d.networks import MultiConditionDiffusionUNet
 from tests.conftest import random_mcdpm, slab_label
@@ -180,3 +182,42 @@ def test_ddpm_loss_is_unchanged_by_the_schedule_choice():
     prediction = network_prediction(network, scheduler.add_noise(x_0, noise, t), t, condition)
     assert torch.equal(terms.regression, masked_slice_mse(prediction, x_0, condition.indicator))
     assert torch.equal(terms.dice, structure_dice_loss(prediction, x_0, condition.indicator))
+
+
+@pytest.mark.parametrize("scheduler", [DDPMScheduler(1000), RectifiedFlowScheduler(1000)])
+def test_low_noise_weighting_is_zero_at_the_highest_noise_and_full_at_t_0(scheduler):
+    t = torch.tensor([0, 10, 250, 500, 999, 1000 if isinstance(scheduler, RFlowScheduler) else 999])
+    weight = structure_weight(scheduler, t, "low_noise")
+    assert weight[0].item() == pytest.approx(1.0, abs=1e-3) and weight[-1].item() == pytest.approx(0.0, abs=1e-3)
+    assert (weight[:-1] >= weight[1:]).all() and 0.0 < weight[3] < weight[2] < 1.0  # less signal, less weight
+    assert torch.equal(structure_weight(scheduler, t, "uniform"), torch.ones(6))
+    with pytest.raises(ValueError, match="dice weighting must be one of"):
+        structure_weight(scheduler, t, "sigmoid")
+
+
+def test_weighted_structure_dice_equals_monais_pooled_dice_and_drops_items_of_weight_0():
+    torch.manual_seed(0)
+    x_0 = one_hot_slices(torch.randint(0, 3, (3, 4, 8, 8)), 3)
+    estimate = torch.rand_like(x_0) * 2 - 1
+    indicator = torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 0, 0]])
+    generated = indicator < 0.5
+    monai = DiceLoss(include_background=False, batch=True)((estimate[generated] + 1) / 2, (x_0[generated] + 1) / 2)
+    assert structure_dice_loss(estimate, x_0, indicator).item() == pytest.approx(monai.item(), abs=1e-6)
+    assert structure_dice_loss(estimate, x_0, indicator, torch.ones(3)).item() == pytest.approx(monai.item(), abs=1e-6)
+    # item 1 at weight 0: the loss is that of items 0 and 2 alone, scaled by the mean weight of the generated slices
+    weighted = structure_dice_loss(estimate, x_0, indicator, torch.tensor([1.0, 0.0, 1.0]))
+    keep = torch.tensor([True, False, True])
+    alone = structure_dice_loss(estimate[keep], x_0[keep], indicator[keep])
+    assert weighted.item() == pytest.approx(alone.item() * 5 / 9, abs=1e-6)  # 5 of the 9 generated slices weigh 1
+    assert structure_dice_loss(estimate, x_0, indicator, torch.zeros(3)).item() == 0.0
+
+
+def test_the_loss_weights_its_structure_term_by_noise_level():
+    network, (x_0, condition) = random_mcdpm(3, 4), _loss_batch()
+    scheduler = DDPMScheduler(100, prediction_type="sample")
+    torch.manual_seed(3)
+    uniform = mcdpm_loss(network, scheduler, x_0, condition, "uniform")
+    torch.manual_seed(3)
+    low_noise = mcdpm_loss(network, scheduler, x_0, condition, "low_noise")
+    assert torch.equal(uniform.regression, low_noise.regression)  # only the structure term changes
+    assert 0.0 < low_noise.dice.item() < uniform.dice.item()

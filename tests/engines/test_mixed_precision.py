@@ -1,4 +1,5 @@
-"""Every StepTrainer trains under bfloat16 autocast when asked (forced on a CPU here; "auto" turns it on for CUDA)."""
+"""Every StepTrainer trains under bfloat16 autocast when asked (forced on a CPU here; "auto" turns it on for CUDA and
+for CPUs with bfloat16 instructions)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from medgen3d.engines.mcdpm_trainer import MCDPMTrainer
 from medgen3d.engines.sdm_trainer import SemanticDiffusionTrainer
 from medgen3d.engines.sequence_trainer import SequenceGANTrainer
 from medgen3d.networks import ImageDiscriminator, SequenceGenerator, TemporalDiscriminator
+from medgen3d.precision import autocast_dtype
 from tests.conftest import random_mcdpm, slab_label, tiny_spade
 from tests.engines.test_sequence_trainer import WEIGHTS
 
@@ -37,7 +39,8 @@ def _losses(trainer, keys: tuple[str, ...]) -> list[dict[str, float]]:
 def _check(logged, seen, precision):
     assert len(logged) == ITERATIONS
     assert all(torch.isfinite(torch.tensor(list(step.values()))).all() for step in logged), logged
-    assert set(seen) == {torch.bfloat16 if precision == "bf16" else torch.float32}
+    expected = autocast_dtype(precision, "cpu") or torch.float32  # "auto": bfloat16 on a CPU with its instructions
+    assert set(seen) == {expected}
 
 
 def _mcdpm(precision: str, **kwargs) -> MCDPMTrainer:

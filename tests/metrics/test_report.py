@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from medgen3d.data.io import json_safe, write_json
+from medgen3d.metrics.anatomy import slice_change_rate
 from medgen3d.metrics.render import markdown_report, memorised_cases, write_plots
 from medgen3d.metrics.report import _anatomy, _mean_rows
 
@@ -45,6 +46,18 @@ def test_anatomy_reports_presence_and_z_profile_correlation_per_structure():
     assert len(anatomy["mean_z_profiles"]["real"]["wedge"]) == 64
     for key in ("fraction_distance", "fractions", "components", "synthetic_fractions", "real_fractions"):
         assert key in anatomy  # the existing keys are kept
+    rate = anatomy["slice_change_rate"]
+    synthetic, real = _sets()
+    assert rate["real"] == pytest.approx(np.mean([slice_change_rate(v) for v in real]))
+    assert rate["synthetic"] == pytest.approx(np.mean([slice_change_rate(v) for v in synthetic]))
+    assert 0 < rate["synthetic"] < rate["real"]  # the nodule's and a block's changes are missing
+
+
+def test_markdown_states_the_slice_change_rate_and_the_seed_gap_when_measured():
+    report = _report()
+    assert "Slice-change rate" in markdown_report(report) and "Seed agreement gap" not in markdown_report(report)
+    report["anatomy"]["seed_agreement_gap"] = {"wedge": 0.25, "block": 0.0, "nodule": float("nan")}
+    assert "0 when converged): wedge 0.250, block 0.000, nodule n/a." in markdown_report(report)
 
 
 def test_alignment_means_skip_the_cases_and_structures_without_a_score():

@@ -88,9 +88,22 @@ def test_the_report_reads_synthetic_images_as_written_and_has_the_lookup_row(tmp
     synthetic = write_tiny_dataset(tmp_path / "synthetic", (3, 1, 0))
     _brighten(synthetic)
     mean_absolute = lambda a, b: (a - b).abs().mean((1, 2, 3))  # noqa: E731  (a stand-in LPIPS)
+    measured: list[list[np.ndarray]] = []
+    seed_gap = lambda masks: measured.append(masks) or np.array([0.1, 0.2, 0.3])  # noqa: E731  (a stand-in model)
     report = quality_report(
-        real.root, synthetic.root, tmp_path / "report", _segment, _extract, views=("axial",), lpips=mean_absolute
+        real.root,
+        synthetic.root,
+        tmp_path / "report",
+        _segment,
+        _extract,
+        views=("axial",),
+        lpips=mean_absolute,
+        seed_agreement=seed_gap,
     )
+    # the mask model's seed gap is measured on the real held-out masks, per structure
+    held_out = load_pairs(real, ("test",)).labels
+    assert len(measured) == 1 and all(np.array_equal(a, b) for a, b in zip(measured[0], held_out))
+    assert report["anatomy"]["seed_agreement_gap"] == pytest.approx({"slab_1": 0.1, "slab_2": 0.2, "slab_3": 0.3})
     # read by its own percentiles the bright case would lose its labels to the stand-in segmenter; as written it
     # keeps them all
     assert report["sets"]["refined"]["alignment_dice"]["mean"] == 1.0

@@ -26,6 +26,8 @@ __all__ = [
     "condition_indicator",
     "draw_indicators",
     "draw_condition",
+    "jitter_boundaries",
+    "corrupt_condition",
     "one_hot_slices",
     "decode_slices",
     "pack",
@@ -119,6 +121,7 @@ def draw_indicators(
     probabilities: Mapping[str, float],
     num_known: tuple[int, int],
     generator: torch.Generator | None = None,
+    p_min_known: float = 0.0,
 ) -> torch.Tensor:
     """Random training indicators ``(batch, length)``: a condition mode per item, then a number of given slices.
 
@@ -129,6 +132,9 @@ def draw_indicators(
         num_known: inclusive range ``(n_min, n_max)`` of given slices in the conditional modes; expansion uses
             ``n_min``, and the windows at the ends of a volume need up to ``m - 1``.
         generator: random source.
+        p_min_known: probability that an item gets exactly ``n_min`` given slices; the others draw uniformly from
+            the range. Every interior window of a generated volume is conditioned on ``n_min`` slices, so a uniform
+            draw over 2..5 would spend three quarters of the conditional training on counts generation rarely uses.
     """
     modes = [ConditionMode(k) for k in probabilities]
     weights = torch.tensor([float(probabilities[m]) for m in modes])
@@ -137,8 +143,12 @@ def draw_indicators(
     low, high = num_known
     if not 1 <= low <= high <= length - 1:
         raise ValueError(f"num_known must satisfy 1 <= min <= max <= {length - 1}, got {num_known}")
+    if not 0.0 <= p_min_known <= 1.0:
+        raise ValueError(f"p_min_known must be in [0, 1], got {p_min_known}")
     choice = torch.multinomial(weights / weights.sum(), batch, replacement=True, generator=generator)
     counts = torch.randint(low, high + 1, (batch,), generator=generator)
+    if p_min_known > 0:  # drawn only when used, so p_min_known 0 replays the draws of earlier versions
+        counts = torch.where(torch.rand(batch, generator=generator) < p_min_known, low, counts)
     return torch.stack([condition_indicator(modes[c], int(n), length) for c, n in zip(choice, counts)])
 
 
@@ -148,6 +158,7 @@ def draw_condition(
     probabilities: Mapping[str, float],
     num_known: tuple[int, int],
     generator: torch.Generator | None = None,
+    p_min_known: float = 0.0,
 ) -> SubsequenceCondition:
     """A random training condition for clean subsequences: indicators from :func:`draw_indicators`, given slices
     taken from ``x_0`` itself.
@@ -158,10 +169,62 @@ def draw_condition(
         probabilities: ``{"forward": p_F, "backward": p_B, "unconditional": p_U}``.
         num_known: inclusive range of given slices in the conditional modes.
         generator: random source of the indicators (drawn on the CPU).
+        p_min_known: probability of exactly ``num_known[0]`` given slices (see :func:`draw_indicators`).
     """
     b, m = x_0.shape[:2]
-    indicator = draw_indicators(b, m, probabilities, num_known, generator).to(x_0.device)
+    indicator = draw_indicators(b, m, probabilities, num_known, generator, p_min_known).to(x_0.device)
     return SubsequenceCondition(x_0, indicator, position)
+
+
+# the 8 neighbours of a pixel and the pixel itself, as (row, column) offsets
+_NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+
+
+def jitter_boundaries(labels: torch.Tensor, rate: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Labels where each pixel takes a random neighbour's label (one of its 8, or its own) with probability
+    ``rate``: boundaries move by a pixel here and there, thin structures break or thicken, interiors stay.
+
+    Args:
+        labels: ``(..., H, W)`` integer slices.
+        rate: probability that a pixel is replaced by a neighbour's label.
+        generator: random source (drawn on the CPU).
+
+    Returns:
+        ``(..., H, W)``, the same dtype; edges are replicated, so a pixel never takes a label from outside.
+    """
+    h, w = labels.shape[-2:]
+    padded = F.pad(labels.reshape(-1, 1, h, w).float(), (1, 1, 1, 1), mode="replicate")[:, 0]
+    shifted = torch.stack([padded[:, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] for dy, dx in _NEIGHBOURS], dim=1)
+    which = torch.randint(0, len(_NEIGHBOURS), (shifted.shape[0], 1, h, w), generator=generator)
+    replace = torch.rand(shifted.shape[0], h, w, generator=generator) < rate
+    picked = shifted.gather(1, which.to(labels.device))[:, 0]
+    out = torch.where(replace.to(labels.device), picked, labels.reshape(-1, h, w).float())
+    return out.to(labels.dtype).reshape(labels.shape)
+
+
+def corrupt_condition(
+    condition: SubsequenceCondition, rate: float, generator: torch.Generator | None = None
+) -> SubsequenceCondition:
+    """The condition with its given slices' boundaries jittered (:func:`jitter_boundaries`); nothing else changes.
+
+    Training gives the network real slices, generation its own output, which is never exactly real. With the
+    given slices slightly wrong and the targets still real, copying the last given slice stops being the best
+    answer, and the network learns to continue anatomy from an imperfect start. Sampling never calls this.
+
+    Args:
+        condition: the training condition; ``known`` ``(B, m, K, H, W)`` one-hot in [-1, 1].
+        rate: :func:`jitter_boundaries`'s rate; 0 returns ``condition`` itself.
+        generator: random source (drawn on the CPU).
+
+    Returns:
+        A condition whose ``known`` differs from the input only on the slices under ``indicator``.
+    """
+    if rate <= 0:
+        return condition
+    known = condition.known
+    jittered = one_hot_slices(jitter_boundaries(decode_slices(known), rate, generator), known.shape[2])
+    given = condition.indicator.bool()[:, :, None, None, None]
+    return condition._replace(known=torch.where(given, jittered.to(known.dtype), known))
 
 
 def one_hot_slices(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -10,6 +10,12 @@ The regression term weighs every voxel alike, so a structure of 1% of the voxels
 oesophagus) contributes 1% of the loss and is learnt last. The Dice term reads the network's estimate of the
 clean slices as class probabilities (one-hot in [-1, 1] maps to [0, 1]) and scores every structure equally,
 whatever its size; it is zero for a perfect estimate.
+
+At high noise the best estimate of the clean slices is an average over every continuation the noise allows, a
+blurred one; a Dice term there pulls that average towards one crisp shape, and the model learns to commit to the
+smoothest continuation (the diagnosis measured 0.95 slice-to-slice continuity of the cortex against 0.83 real).
+:func:`structure_weight` therefore weights each item's Dice by how little noise it carries: the normalised
+``alpha_bar_t`` of DDPM (1 at ``t = 0``, 0 at the last step) or ``1 - t / T`` of rectified flow.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from monai.losses import DiceLoss
 from monai.networks.schedulers import RFlowScheduler, Scheduler
 
 from medgen3d.diffusion.conditions import SubsequenceCondition, SubsequenceDenoiser, network_prediction
@@ -25,10 +30,12 @@ from medgen3d.diffusion.schedulers import rflow_fraction
 
 __all__ = [
     "MCDPMLoss",
+    "DICE_WEIGHTINGS",
     "draw_timesteps",
     "regression_target",
     "predicted_x0",
     "masked_slice_mse",
+    "structure_weight",
     "structure_dice_loss",
     "mcdpm_loss",
 ]
@@ -101,18 +108,44 @@ def masked_slice_mse(prediction: torch.Tensor, target: torch.Tensor, indicator: 
     return ((prediction - target) ** 2 * weight).sum() / weight.sum().clamp(min=1.0)
 
 
-# Dice per structure over the whole batch of generated slices (a structure absent from a slice then costs nothing
-# there), averaged over the foreground structures: each weighs the same whatever its size.
-_DICE = DiceLoss(include_background=False, batch=True)
+DICE_WEIGHTINGS = ("uniform", "low_noise")
+_SMOOTH = 1e-5  # MONAI DiceLoss's smooth_nr and smooth_dr: an absent structure predicted absent costs 0
 
 
-def structure_dice_loss(x0_estimate: torch.Tensor, x_0: torch.Tensor, indicator: torch.Tensor) -> torch.Tensor:
+def structure_weight(scheduler: Scheduler, t: torch.Tensor, weighting: str = "low_noise") -> torch.Tensor:
+    """How much each item's structure Dice counts, ``(B,)`` in [0, 1], by its noise level ``t`` ``(B,)``.
+
+    ``"uniform"``: 1 at every step. ``"low_noise"``: 1 at ``t = 0`` and 0 at the noisiest step, in between the
+    signal's share of ``x_t``: DDPM's ``alpha_bar_t`` rescaled so its last value maps to 0, rectified flow's
+    ``1 - t / T``.
+    """
+    if weighting not in DICE_WEIGHTINGS:
+        raise ValueError(f"dice weighting must be one of {list(DICE_WEIGHTINGS)}, got {weighting!r}")
+    if weighting == "uniform":
+        return torch.ones(t.shape[0], device=t.device)
+    if isinstance(scheduler, RFlowScheduler):
+        return 1.0 - rflow_fraction(scheduler, t, torch.zeros(t.shape[0], device=t.device))
+    alpha_bar = scheduler.alphas_cumprod.to(t.device)
+    last, first = alpha_bar[-1], alpha_bar[0]
+    return ((alpha_bar[t.long()] - last) / (first - last)).clamp(0.0, 1.0)
+
+
+def structure_dice_loss(
+    x0_estimate: torch.Tensor, x_0: torch.Tensor, indicator: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Soft Dice loss of the estimated clean slices on the generated slices, mean over foreground structures.
+
+    Each structure's Dice is pooled over all generated slices of the batch (a structure absent from one slice then
+    costs nothing there), as MONAI's ``DiceLoss(include_background=False, batch=True)`` computes it; every
+    structure weighs the same whatever its size. With ``weight``, each item's voxels count ``weight`` times in the
+    pooled sums, and the loss is scaled by the generated slices' mean weight, so an item of weight 0 adds nothing
+    and a batch of weight 1 gives the unweighted loss.
 
     Args:
         x0_estimate: ``(B, m, K, H, W)`` the network's estimate of the one-hot slices in [-1, 1].
         x_0: ``(B, m, K, H, W)`` the clean one-hot slices in [-1, 1].
         indicator: ``(B, m)``, 1 on the given slices (not scored).
+        weight: ``(B,)`` per-item weights in [0, 1] (:func:`structure_weight`); ``None``: all 1.
 
     Returns:
         A scalar in [0, 1]: 0 when the estimate equals ``x_0`` on every generated slice.
@@ -120,12 +153,23 @@ def structure_dice_loss(x0_estimate: torch.Tensor, x_0: torch.Tensor, indicator:
     generated = indicator < 0.5
     if not generated.any():
         return x0_estimate.sum() * 0.0
-    probabilities = ((x0_estimate[generated] + 1.0) / 2.0).clamp(0.0, 1.0)  # (N, K, H, W)
-    return _DICE(probabilities, (x_0[generated] + 1.0) / 2.0)
+    b, m = indicator.shape
+    weight = torch.ones(b, device=x_0.device) if weight is None else weight.to(x_0.device, torch.float32)
+    w = weight[:, None].expand(b, m)[generated][:, None, None, None]  # (N, 1, 1, 1), one per generated slice
+    probabilities = ((x0_estimate[generated] + 1.0) / 2.0).clamp(0.0, 1.0)[:, 1:]  # (N, K - 1, H, W)
+    truth = ((x_0[generated] + 1.0) / 2.0)[:, 1:]
+    intersection = (w * probabilities * truth).sum(dim=(0, 2, 3))  # (K - 1,)
+    total = (w * (probabilities + truth)).sum(dim=(0, 2, 3))
+    dice = 1.0 - (2.0 * intersection + _SMOOTH) / (total + _SMOOTH)
+    return dice.mean() * w.mean()
 
 
 def mcdpm_loss(
-    network: SubsequenceDenoiser, scheduler: Scheduler, x_0: torch.Tensor, condition: SubsequenceCondition
+    network: SubsequenceDenoiser,
+    scheduler: Scheduler,
+    x_0: torch.Tensor,
+    condition: SubsequenceCondition,
+    dice_weighting: str = "uniform",
 ) -> MCDPMLoss:
     """One MC-DPM training loss on a batch of clean subsequences.
 
@@ -136,6 +180,7 @@ def mcdpm_loss(
         x_0: ``(B, m, K, H, W)`` clean one-hot subsequences in [-1, 1].
         condition: the conditional slices ``X^C`` (normally ``x_0`` under random indicators, see
             :func:`~medgen3d.diffusion.conditions.draw_condition`) and the positions ``z / D``.
+        dice_weighting: how the structure Dice of an item depends on its noise level (:func:`structure_weight`).
 
     Returns:
         The regression term and the structure Dice term (combine with :meth:`MCDPMLoss.total`).
@@ -147,5 +192,6 @@ def mcdpm_loss(
     # 2. regress only the generated slices X^P; score their implied clean slices structure by structure
     prediction = network_prediction(network, x_t, t, condition)
     regression = masked_slice_mse(prediction, regression_target(scheduler, x_0, noise, t), condition.indicator)
-    dice = structure_dice_loss(predicted_x0(scheduler, x_t, prediction, t), x_0, condition.indicator)
+    weight = structure_weight(scheduler, t, dice_weighting)
+    dice = structure_dice_loss(predicted_x0(scheduler, x_t, prediction, t), x_0, condition.indicator, weight)
     return MCDPMLoss(regression, dice)

@@ -39,7 +39,8 @@ class StepTrainer(SupervisedTrainer):
         optimizer: its optimiser.
         train_handlers: ignite handlers.
         amp: the older switch for float16 autocast with a gradient scaler on CUDA: ``precision="fp16"``.
-        precision: ``"auto"`` (bfloat16 autocast on CUDA, float32 on a CPU), ``"bf16"``, ``"fp16"`` or ``"fp32"``.
+        precision: ``"auto"`` (bfloat16 autocast on CUDA and on a CPU with bfloat16 instructions, else float32),
+            ``"bf16"``, ``"fp16"`` or ``"fp32"``.
     """
 
     def __init__(

@@ -10,8 +10,9 @@ from monai.engines.utils import IterationEvents
 from monai.networks.schedulers import Scheduler
 from torch.utils.data import DataLoader
 
-from medgen3d.diffusion.conditions import draw_condition, one_hot_slices
-from medgen3d.diffusion.training import mcdpm_loss
+from medgen3d.data.io import SettingError
+from medgen3d.diffusion.conditions import corrupt_condition, draw_condition, one_hot_slices
+from medgen3d.diffusion.training import DICE_WEIGHTINGS, mcdpm_loss
 from medgen3d.engines.base import StepTrainer
 
 __all__ = ["MCDPMTrainer"]
@@ -34,7 +35,16 @@ class MCDPMTrainer(StepTrainer):
         num_classes: ``K``.
         condition_probabilities: ``{"forward": p_F, "backward": p_B, "unconditional": p_U}``.
         num_known: range of known slices in the conditional modes.
-        dice_weight: weight of the auxiliary structure Dice term (0: the paper's loss alone).
+        dice_weight: weight of the auxiliary structure Dice term (0: the paper's loss alone). It reads the
+            network's ``x_0`` estimate, which noise prediction divides by ``sqrt(alpha_bar_t)``: there the term is
+            unbounded at high noise and dominates the regression at low noise, so it needs ``prediction_type``
+            ``"sample"`` or ``"v_prediction"`` (a :class:`SettingError` otherwise).
+        dice_weighting: ``"low_noise"`` (the Dice of an item counts by its signal share, see
+            :func:`~medgen3d.diffusion.training.structure_weight`) or ``"uniform"``.
+        p_min_known: probability that a conditional item gets exactly ``num_known[0]`` given slices, the count
+            every interior generation window uses (see :func:`~medgen3d.diffusion.conditions.draw_indicators`).
+        condition_corruption: rate at which the given slices' boundary pixels take a neighbour's label
+            (:func:`~medgen3d.diffusion.conditions.corrupt_condition`); 0: given slices exactly real.
         max_grad_norm: gradient clipping norm (``None``: no clipping).
         train_handlers: ignite handlers.
         amp, precision: mixed precision (see :class:`StepTrainer`).
@@ -52,6 +62,9 @@ class MCDPMTrainer(StepTrainer):
         condition_probabilities: Mapping[str, float],
         num_known: Sequence[int],
         dice_weight: float = 0.0,
+        dice_weighting: str = "uniform",
+        p_min_known: float = 0.0,
+        condition_corruption: float = 0.0,
         max_grad_norm: float | None = 1.0,
         train_handlers: Sequence | None = None,
         amp: bool = False,
@@ -63,6 +76,20 @@ class MCDPMTrainer(StepTrainer):
         self.condition_probabilities = dict(condition_probabilities)
         self.num_known = (int(num_known[0]), int(num_known[1]))
         self.dice_weight = float(dice_weight)
+        if self.dice_weight and noise_scheduler.prediction_type == "epsilon":
+            raise SettingError(
+                f"dice_weight: must be 0 with prediction_type 'epsilon' (got {self.dice_weight}); the structure term "
+                "reads an x_0 estimate that noise prediction makes unstable; use 'sample' to keep it"
+            )
+        if dice_weighting not in DICE_WEIGHTINGS:
+            raise SettingError(f"dice_weighting: must be one of {list(DICE_WEIGHTINGS)}, got {dice_weighting!r}")
+        if not 0.0 <= p_min_known <= 1.0:
+            raise SettingError(f"p_min_known: must be in [0, 1], got {p_min_known}")
+        if not 0.0 <= condition_corruption <= 1.0:
+            raise SettingError(f"condition_corruption: must be in [0, 1], got {condition_corruption}")
+        self.dice_weighting = dice_weighting
+        self.p_min_known = float(p_min_known)
+        self.condition_corruption = float(condition_corruption)
         self.max_grad_norm = max_grad_norm
 
     def _iteration(self, engine: "MCDPMTrainer", batchdata: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -72,11 +99,13 @@ class MCDPMTrainer(StepTrainer):
         position = self.batch_tensor(batchdata, "position", engine.state.device).float()
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        # 2. conditional slices X^C: the first or last n slices, or none (probabilities p_F, p_B, p_U)
-        condition = draw_condition(x_0, position, self.condition_probabilities, self.num_known)
+        # 2. conditional slices X^C: the first or last n slices, or none (probabilities p_F, p_B, p_U), their
+        # boundaries jittered as a generated slice's would be; the targets stay real
+        condition = draw_condition(x_0, position, self.condition_probabilities, self.num_known, None, self.p_min_known)
+        condition = corrupt_condition(condition, self.condition_corruption)
         # 3. the masked MC-DPM loss and the structure term, 4. backward and step
         with engine.autocast():
-            terms = mcdpm_loss(engine.network, self.noise_scheduler, x_0, condition)
+            terms = mcdpm_loss(engine.network, self.noise_scheduler, x_0, condition, self.dice_weighting)
             loss = terms.total(self.dice_weight)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         self._backward_and_step(engine, loss)

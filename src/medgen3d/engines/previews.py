@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import ignite.distributed as idist  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from ignite.engine import Engine, Events  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
-from medgen3d.data.io import atomic_path  # noqa: E402
+from medgen3d.data.io import atomic_path, json_safe, load_nifti  # noqa: E402
 from medgen3d.diffusion.autoregressive import generate_volumes, generation_plan  # noqa: E402
 from medgen3d.diffusion.sampler import SubsequenceSampler  # noqa: E402
+from medgen3d.metrics.anatomy import slice_change_rate  # noqa: E402
+from medgen3d.metrics.convergence import SeedAgreement  # noqa: E402
 from medgen3d.preview import label_colormap  # noqa: E402
+from medgen3d.transforms.subsequence import resize_label_slices  # noqa: E402
 
 __all__ = ["save_label_montage", "MaskSamplePreview", "ImageSequencePreview", "RefinementPreview"]
 
@@ -56,6 +62,12 @@ class MaskSamplePreview:
 
     Sampling uses its own seeded generator, so previews at different iterations differ only by the weights.
 
+    With ``reference`` masks, each preview also measures convergence (:mod:`medgen3d.metrics.convergence`): the
+    sampled volumes' slice-change rate against the reference masks', and the seed agreement gap per structure on
+    windows of the reference masks. Both are logged and appended to ``previews/convergence.jsonl``, one JSON line
+    per preview; a gap that stays well above 0 and a change rate well below the real one mean the model still draws
+    an average continuation.
+
     Args:
         network: the weights to sample: the EMA copy (:class:`medgen3d.engines.ema.WeightAverage`) or the denoiser
             being trained (unwrapped from DDP).
@@ -67,6 +79,8 @@ class MaskSamplePreview:
         num_condition: ``n``.
         num_samples: volumes per preview.
         interval: iterations between previews.
+        reference: real label files (``(H, W, D)`` NIfTI) to measure convergence against; none: not measured.
+        windows_per_volume: windows of each reference mask sampled twice for the seed agreement gap.
     """
 
     def __init__(
@@ -80,12 +94,16 @@ class MaskSamplePreview:
         num_condition: int = 2,
         num_samples: int = 2,
         interval: int = 1,
+        reference: Sequence[str | os.PathLike] = (),
+        windows_per_volume: int = 2,
     ) -> None:
         self.network, self.sampler = network, sampler
         self.out = Path(output_dir) / "previews"
         self.labels = dict((int(k), v) for k, v in labels.items())
         self.depth, self.image_size = depth, tuple(image_size)
         self.num_condition, self.num_samples, self.interval = num_condition, num_samples, interval
+        self.reference, self.windows_per_volume = [Path(f) for f in reference], windows_per_volume
+        self._reference_volumes: list[np.ndarray] | None = None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
@@ -107,12 +125,44 @@ class MaskSamplePreview:
             self.image_size,
             generator=generator,
         )
+        convergence = self._convergence(volumes) if self.reference else None
         self.network.train(was_training)  # the EMA copy stays in eval mode, the trained network in train mode
         path = self.out / f"iteration-{engine.state.iteration:06d}.png"
         save_label_montage(path, volumes, self.labels, f"MC-DPM samples after {engine.state.iteration} iterations")
         fractions = torch.stack([torch.bincount(v.flatten(), minlength=len(self.labels)) for v in volumes]).float()
         fractions = (fractions / fractions.sum(1, keepdim=True)).mean(0)
         logger.info(f"preview {path}: label fractions " + " ".join(f"{f:.3f}" for f in fractions.tolist()))
+        if convergence is not None:
+            rate, gaps = convergence["slice_change_rate"], convergence["seed_agreement_gap"]
+            logger.info(
+                f"preview convergence: slice-change rate {rate['synthetic']:.3f} (real {rate['real']:.3f}); "
+                "seed agreement gap " + " ".join(f"{name} {v:.3f}" for name, v in gaps.items())
+            )
+            line = json.dumps(json_safe({"iteration": engine.state.iteration, **convergence}))
+            with open(self.out / "convergence.jsonl", "a") as log:  # one line per preview: a resumed run appends
+                log.write(line + "\n")
+
+    def _convergence(self, volumes: Sequence[torch.Tensor]) -> dict[str, Any]:
+        """Slice-change rates (sampled ``(D, H, W)`` volumes against the reference) and seed agreement gaps."""
+        if self._reference_volumes is None:
+            k = len(self.labels)
+            slices = [torch.from_numpy(load_nifti(f).array.astype("int64")).permute(2, 0, 1) for f in self.reference]
+            self._reference_volumes = [
+                resize_label_slices(v, self.image_size, k).permute(1, 2, 0).numpy() for v in slices
+            ]
+        real = self._reference_volumes
+        synthetic = [v.permute(1, 2, 0).cpu().numpy() for v in volumes]
+        gaps = SeedAgreement(
+            self.network, self.sampler, self.image_size, self.num_condition, len(self.labels), self.windows_per_volume
+        )(real)
+        names = [self.labels[k] for k in sorted(self.labels) if k != 0]
+        return {
+            "slice_change_rate": {
+                "synthetic": float(np.nanmean([slice_change_rate(v) for v in synthetic])),
+                "real": float(np.nanmean([slice_change_rate(v) for v in real])),
+            },
+            "seed_agreement_gap": {name: float(v) for name, v in zip(names, gaps)},
+        }
 
 
 class ImageSequencePreview:

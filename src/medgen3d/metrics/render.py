@@ -116,6 +116,7 @@ def markdown_report(report: dict[str, Any]) -> str:
             for s in a["fraction_distance"]
         ],
     )
+    lines += _convergence_lines(a)
     lines += ["", "## Memorisation: similarity to the nearest real training case", ""]
     # The lookup has no memorisation: its images are a function of the held-out masks.
     memo = [
@@ -151,6 +152,26 @@ def _count(rate: float, total: int) -> str:
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     """A Markdown table, one line per row (cells already formatted)."""
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _convergence_lines(anatomy_report: dict[str, Any]) -> list[str]:
+    """The slice-change rate, synthetic against real, and the mask model's seed agreement gap when measured."""
+    rate = anatomy_report.get("slice_change_rate")
+    lines = []
+    if rate is not None:
+        lines += [
+            "",
+            f"Slice-change rate (foreground voxels whose label changes from one slice to the next): synthetic "
+            f"{_f(rate['synthetic'])}, real {_f(rate['real'])}.",
+        ]
+    gaps = anatomy_report.get("seed_agreement_gap")
+    if gaps is not None:
+        lines += [
+            "",
+            "Seed agreement gap (two samples of a window agree with each other minus with the real continuation; "
+            "0 when converged): " + ", ".join(f"{name} {_f(v)}" for name, v in gaps.items()) + ".",
+        ]
+    return lines
 
 
 def write_plots(out: Path, report: dict[str, Any], structures: list[str]) -> None:

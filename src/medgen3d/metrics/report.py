@@ -10,7 +10,11 @@ Every measure is set beside what real data gives, so a number can be read withou
   prediction;
 - anatomy: per-structure presence rate (the fraction of masks containing the structure), volume fractions
   (Wasserstein distance to the real training masks), connected components, slice-to-slice continuity, and the
-  correlation of the mean area-per-slice profile along the slice axis with the real one;
+  correlation of the mean area-per-slice profile along the slice axis with the real one; the slice-change rate
+  (the fraction of foreground voxels whose label changes between neighbouring slices), synthetic and real;
+- convergence of the mask model, when it is given: the seed agreement gap per structure on windows of the real
+  held-out masks (:mod:`medgen3d.metrics.convergence`; 0 for a converged model, positive for one that draws the
+  same average continuation whatever the seed);
 - memorisation: SSIM and mask Dice of each synthetic case to its nearest real training case (reference: real
   held-out cases to theirs); a synthetic case closer to the training set than any real held-out case is flagged;
 - the refiner's effect: the image measures for the unrefined images too, when given;
@@ -199,6 +203,7 @@ def quality_report(
     seed: int = 0,
     min_foreground: float = 0.05,
     lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    seed_agreement: Callable[[list[np.ndarray]], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Measure the synthetic dataset (and its unrefined images) against the real one; write the report.
 
@@ -219,6 +224,9 @@ def quality_report(
         min_foreground: slices with less foreground are left out of the Fréchet distance.
         lpips: a perceptual distance between slice batches (``TorchScriptLPIPS``, from local weights); when given,
             the mean LPIPS between cases per view is reported too, as the paper's diversity measure.
+        seed_agreement: the mask model's seed agreement gap, real ``(H, W, D)`` masks -> ``(K - 1,)``
+            (:class:`~medgen3d.metrics.convergence.SeedAgreement`); when given, it is measured on the held-out masks
+            and reported per structure as ``anatomy["seed_agreement_gap"]``.
 
     Returns:
         The report's content (as in ``report.json``): ``"sets"`` the synthetic sets' measures, ``"reference"`` the
@@ -269,6 +277,10 @@ def quality_report(
         for row, pairs in [*rows, (report["lookup"], lookup), (report["reference"], held_out)]:
             row["diversity_lpips"] = view_lpips_diversity(lpips, pairs.images, views, max_pairs, seed=seed)
     report["anatomy"] = _anatomy(sets["refined"].labels, training.labels, structures)
+    if seed_agreement is not None:
+        progress(steps, steps, "sampling windows of the real held-out masks twice (seed agreement gap)")
+        gaps = seed_agreement(held_out.labels)
+        report["anatomy"]["seed_agreement_gap"] = {name: float(v) for name, v in zip(structures, gaps)}
     progress(steps, steps, f"writing {out_dir}")
     out = Path(out_dir)
     write_json(out / "report.json", json_safe(report))
@@ -298,6 +310,10 @@ def _anatomy(synthetic: list[np.ndarray], real: list[np.ndarray], structures: li
         "continuity": {
             "synthetic": per(mean_present(s.continuity, axis=0)),
             "real": per(mean_present(r.continuity, axis=0)),
+        },
+        "slice_change_rate": {
+            "synthetic": mean_present(np.array([anatomy.slice_change_rate(v) for v in synthetic])),
+            "real": mean_present(np.array([anatomy.slice_change_rate(v) for v in real])),
         },
         "presence_rate_real": per(r.presence.mean(0)),
         "presence_rate_synthetic": per(s.presence.mean(0)),

@@ -106,7 +106,8 @@ class _DatasetRun:
     networks run in (keyword-only, after each step's own arguments).
 
     ``precision`` is one of :data:`~medgen3d.precision.PRECISIONS`: ``"auto"`` runs the networks under bfloat16
-    autocast on CUDA and in float32 on a CPU; their outputs come back as float32 either way (see
+    autocast on CUDA and on a CPU with bfloat16 instructions, else in float32; their outputs come back as float32
+    either way (see
     :func:`~medgen3d.precision.autocast_networks`). It is not part of a run's recorded settings, as the batch size is
     not: a run interrupted on one device resumes on another."""
 
