@@ -42,7 +42,7 @@ def test_seed_gap_is_0_when_both_samples_equal_the_truth_and_positive_for_a_coll
 
 
 def test_window_starts_spread_over_the_depth():
-    assert window_starts(20, 6, 3) == [0, 7, 14]
+    assert window_starts(20, 6, 3) == [2, 7, 12] and window_starts(80, 6, 1) == [37]  # centres of equal parts
     assert window_starts(6, 6, 4) == [0] and window_starts(5, 6, 2) == []
 
 
@@ -73,7 +73,7 @@ def test_a_model_that_returns_the_truth_has_no_seed_gap():
     samples = sample_window_pairs(_Truth(volume, 3), _sampler(), [volume], 3, 2, windows_per_volume=3)
     assert samples.first.shape == (3, 2, 8, 8) and np.array_equal(samples.first, samples.truth)
     assert np.array_equal(samples.second, samples.truth)
-    assert np.array_equal(samples.truth[1], volume[6 + 2 : 6 + 4].numpy())  # window starts 0, 6, 12
+    assert np.array_equal(samples.truth[1], volume[6 + 2 : 6 + 4].numpy())  # window starts 2, 6, 10
     gaps = SeedAgreement(_Truth(volume, 3), _sampler(), (8, 8), 2, 3, windows_per_volume=3)(
         [volume.permute(1, 2, 0).numpy()]
     )
@@ -88,5 +88,5 @@ def test_window_samples_are_seeded_per_window_and_keep_the_given_slices_out():
     assert first.first.shape == (4, 2, 8, 8)  # two windows per volume, the 2 new slices of each
     assert all(np.array_equal(a, b) for a, b in zip(first, again))  # the batch does not change a window's sample
     # window i draws with seeds seed + 2i and seed + 2i + 1: shifting the seed by one shifts the draws
-    shifted = sample_window_pairs(network, _sampler(), volumes[:1], 3, 2, windows_per_volume=1, seed=1)
-    assert np.array_equal(shifted.first[0], first.second[0])
+    shifted = sample_window_pairs(network, _sampler(), volumes[:1], 3, 2, windows_per_volume=2, seed=1)
+    assert np.array_equal(shifted.first[0], first.second[0]) and np.array_equal(shifted.truth, first.truth[:2])

@@ -12,6 +12,7 @@ import torch
 from medgen3d.data.dataset import DatasetSpec
 from medgen3d.data.intensity import CT_WINDOW, IntensityScale, reference_scale, volume_scale
 from medgen3d.data.io import load_nifti, save_nifti
+from medgen3d.metrics.fidelity import view_frechet_distances, view_slices
 from medgen3d.metrics.lookup import label_means
 from medgen3d.metrics.render import markdown_report
 from medgen3d.metrics.report import load_pairs, lookup_pairs, quality_report
@@ -123,3 +124,23 @@ def test_the_report_reads_synthetic_images_as_written_and_has_the_lookup_row(tmp
     assert "mean real training intensity" in text and "slab_3 1.000" in text
     loaded = json.loads((tmp_path / "report" / "report.json").read_text())
     assert markdown_report(loaded) == text
+
+
+def test_each_set_s_features_are_extracted_once(tmp_path: Path):
+    real = write_tiny_dataset(tmp_path / "real", (3, 1, 2))
+    synthetic = write_tiny_dataset(tmp_path / "synthetic", (3, 1, 0))
+    slices: list[int] = []
+    counting = lambda batch: slices.append(len(batch)) or _extract(batch)  # noqa: E731
+    report = quality_report(real.root, synthetic.root, tmp_path / "report", _segment, counting, views=("axial",))
+    training, held_out = load_pairs(real, ("training",)), load_pairs(real, ("test",))
+    sets = {
+        "refined": load_pairs(synthetic, ALL_SPLITS, reference_scale(real)),
+        "lookup": lookup_pairs(training, held_out, 4)[0],
+        "held_out": held_out,
+        "training": training,
+    }
+    sizes = {name: sum(len(view_slices(i, "axial", 0.05)) for i in pairs.images) for name, pairs in sets.items()}
+    # four sets, each extracted once, although the held-out cases are the reference of three of the four distances
+    assert sum(slices) == sum(sizes.values())
+    uncached = view_frechet_distances(_extract, held_out.images, training.images, ("axial",))
+    assert report["reference"]["fidelity_frechet"] == pytest.approx(uncached)

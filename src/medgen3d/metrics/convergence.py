@@ -61,10 +61,11 @@ def seed_agreement_gap(first: np.ndarray, second: np.ndarray, truth: np.ndarray,
 
 
 def window_starts(depth: int, length: int, count: int) -> list[int]:
-    """``count`` window starts spread evenly over ``[0, depth - length]`` (fewer when the volume is too shallow)."""
+    """``count`` window starts at the centres of ``count`` equal parts of ``[0, depth - length]`` (fewer when the
+    volume is too shallow): one window sits mid-volume, never at an end, where a mask is mostly background."""
     if depth < length:
         return []
-    return sorted({int(round(v)) for v in np.linspace(0, depth - length, count)})
+    return sorted({int(round((i + 0.5) / count * (depth - length))) for i in range(count)})
 
 
 class WindowSamples(NamedTuple):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,6 +34,8 @@ __all__ = [
     "FeatureExtractor",
     "TorchScriptFeatures",
     "frechet_distance",
+    "view_features",
+    "frechet_distances",
     "view_frechet_distances",
 ]
 
@@ -215,6 +217,39 @@ def frechet_distance(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor)
     return max(distance, 0.0)
 
 
+def view_features(
+    extract: Callable[[torch.Tensor], torch.Tensor | np.ndarray],
+    volumes: Sequence[torch.Tensor],
+    views: Sequence[str] = ("axial", "coronal", "sagittal"),
+    min_foreground: float = 0.05,
+) -> dict[str, torch.Tensor]:
+    """The features of every slice of ``volumes`` with enough foreground, per view: ``{view: (N_view, F)}``.
+
+    Args:
+        extract: slices ``(N, 1, a, b)`` -> features ``(N, F)``, e.g. a :class:`FeatureExtractor`.
+        volumes: ``(H, W, D)`` in [-1, 1]; shapes may differ between volumes.
+        views: the views, without repeats (checked by :func:`medgen3d.views.check_views`).
+        min_foreground: see :func:`view_slices`.
+    """
+
+    def features(view: str) -> torch.Tensor:
+        # One volume at a time: volumes may differ in shape, and the slices of a whole set need not fit in memory.
+        slices = (view_slices(v, view, min_foreground) for v in volumes)
+        per_volume = [torch.as_tensor(extract(s)) for s in slices if len(s)]
+        if not per_volume:
+            raise ValueError(f"no {view} slice has a foreground fraction of at least {min_foreground}")
+        return torch.cat(per_volume)
+
+    return {view: features(view) for view in check_views(views)}
+
+
+def frechet_distances(synthetic: Mapping[str, torch.Tensor], real: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """:func:`frechet_distance` per view of two :func:`view_features` results, plus ``"mean"`` over the views."""
+    distances = {view: frechet_distance(synthetic[view], real[view]) for view in synthetic}
+    distances["mean"] = float(np.mean(list(distances.values())))
+    return distances
+
+
 def view_frechet_distances(
     extract: Callable[[torch.Tensor], torch.Tensor | np.ndarray],
     synthetic: Sequence[torch.Tensor],
@@ -234,16 +269,6 @@ def view_frechet_distances(
     Returns:
         ``{view: distance}`` for each view, plus ``"mean"`` over the views.
     """
-    views = check_views(views)
-
-    def features(volumes: Sequence[torch.Tensor], view: str) -> torch.Tensor:
-        # One volume at a time: volumes may differ in shape, and the slices of a whole set need not fit in memory.
-        slices = (view_slices(v, view, min_foreground) for v in volumes)
-        per_volume = [torch.as_tensor(extract(s)) for s in slices if len(s)]
-        if not per_volume:
-            raise ValueError(f"no {view} slice has a foreground fraction of at least {min_foreground}")
-        return torch.cat(per_volume)
-
-    distances = {view: frechet_distance(features(synthetic, view), features(real, view)) for view in views}
-    distances["mean"] = float(np.mean(list(distances.values())))
-    return distances
+    return frechet_distances(
+        view_features(extract, synthetic, views, min_foreground), view_features(extract, real, views, min_foreground)
+    )

@@ -47,7 +47,7 @@ from medgen3d.metrics import anatomy
 from medgen3d.metrics.alignment import alignment_dice
 from medgen3d.metrics.crops import common_crop
 from medgen3d.metrics.diversity import pairwise_ms_ssim
-from medgen3d.metrics.fidelity import view_frechet_distances
+from medgen3d.metrics.fidelity import frechet_distances, view_features
 from medgen3d.metrics.lookup import label_means, lookup_images
 from medgen3d.metrics.lpips import view_lpips_diversity
 from medgen3d.metrics.memorisation import nearest_references
@@ -111,7 +111,11 @@ def _mean_rows(rows: np.ndarray, names: Sequence[str]) -> dict[str, float]:
 
 class _Setting(NamedTuple):
     """How every set of pairs is measured: the real data memorisation compares with, the networks and the options
-    (see :func:`quality_report`). One setting measures the synthetic sets and the real reference alike."""
+    (see :func:`quality_report`). One setting measures the synthetic sets and the real reference alike.
+
+    ``features`` keeps each set's slice features by the identity of its image list: the real held-out cases are
+    the fidelity reference of every synthetic set and of the lookup and a set of their own, and extracting features
+    is most of the report's time, so each set's are extracted once."""
 
     training: Pairs
     segment: Callable[[torch.Tensor], np.ndarray]
@@ -121,6 +125,15 @@ class _Setting(NamedTuple):
     max_pairs: int
     seed: int
     min_foreground: float
+    features: dict[int, tuple[list[torch.Tensor], dict[str, torch.Tensor]]]
+
+    def view_features(self, pairs: Pairs) -> dict[str, torch.Tensor]:
+        """``pairs``' slice features per view (:func:`~medgen3d.metrics.fidelity.view_features`), extracted once."""
+        key = id(pairs.images)
+        if key not in self.features:  # the list is kept beside its features, so its id is not reused meanwhile
+            extracted = view_features(self.extract, pairs.images, self.views, self.min_foreground)
+            self.features[key] = (pairs.images, extracted)
+        return self.features[key][1]
 
 
 def _image_measures(
@@ -146,9 +159,7 @@ def _image_measures(
     s = setting
     k = len(s.structures) + 1
     measures: dict[str, Any] = {
-        "fidelity_frechet": view_frechet_distances(
-            s.extract, pairs.images, fidelity_reference.images, s.views, s.min_foreground
-        ),
+        "fidelity_frechet": frechet_distances(s.view_features(pairs), s.view_features(fidelity_reference)),
         "diversity_ms_ssim": _ms_ssim_spread(pairs.images, s.max_pairs, s.seed),
         "alignment_dice": _mean_rows(alignment_dice(s.segment, pairs.images, pairs.labels, k), s.structures),
     }
@@ -252,7 +263,7 @@ def quality_report(
         sets["unrefined"] = load_pairs(read_dataset(unrefined_dir), ("training", "validation", "test"), scale)
     if len(sets["refined"].images) < 2:
         raise DataError(f"{synthetic.path('dataset.json')}: needs at least 2 synthetic pairs to measure")
-    setting = _Setting(training, segment, extract, structures, views, max_pairs, seed, min_foreground)
+    setting = _Setting(training, segment, extract, structures, views, max_pairs, seed, min_foreground, {})
     report: dict[str, Any] = {
         "real": str(real.root),
         "synthetic": str(synthetic.root),
