@@ -88,6 +88,24 @@ def test_feature_extractor_pools_the_layer_deterministically_and_pads_odd_sizes(
         FeatureExtractor(network, layer="model.9")
 
 
+def test_feature_extractor_stops_the_forward_pass_at_its_layer_with_the_full_pass_features():
+    network = small_unet().eval()
+    extract = FeatureExtractor(network, batch_size=4)
+    slices = torch.rand(6, 1, 16, 24) * 2 - 1  # multiples of 8: no padding, so the reference sees the same input
+    captured = []
+    bottleneck = dict(network.named_modules())[extract.layer]
+    handle = bottleneck.register_forward_hook(lambda m, a, out: captured.append(out.flatten(2).mean(2)))
+    with torch.no_grad():
+        network(slices)  # the whole network, as a reference
+    handle.remove()
+    decoder_calls = []
+    network.model[2].register_forward_hook(lambda m, a, out: decoder_calls.append(out.shape))
+    features = extract(slices)
+    assert torch.allclose(features, captured[0].double(), atol=1e-6)
+    assert decoder_calls == []  # the last up-sampling layer never ran
+    assert not bottleneck._forward_hooks  # the stopping hook is removed
+
+
 def test_view_frechet_distances_are_zero_for_a_set_against_itself_and_positive_against_inverted_intensities():
     extract = FeatureExtractor(small_unet())
     real = head_volumes(4)

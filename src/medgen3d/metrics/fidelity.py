@@ -88,19 +88,37 @@ def bottleneck_name(network: nn.Module) -> str:
     return f"{name}.conv" if isinstance(node, Convolution) else name
 
 
+class _LayerReached(Exception):
+    """Raised by the capturing hook to end the forward pass once the wanted layer has run."""
+
+    def __init__(self, output: torch.Tensor) -> None:
+        super().__init__("feature layer reached")
+        self.output = output
+
+
 @contextmanager
-def _captured(module: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Collect the outputs of ``module`` while the context is open; the hook never outlives it."""
-    outputs: list[torch.Tensor] = []
-    handle = module.register_forward_hook(lambda _module, _args, output: outputs.append(output))
+def _stopping_at(module: nn.Module) -> Iterator[None]:
+    """While open, ``module``'s first output in a forward pass ends that pass with :class:`_LayerReached`.
+
+    Only the layer's output is pooled, so the layers after it (a UNet's whole decoder, at full resolution) would be
+    wasted work. The hook never outlives the context.
+    """
+
+    def stop(_module: nn.Module, _args: object, output: torch.Tensor) -> None:
+        raise _LayerReached(output)
+
+    handle = module.register_forward_hook(stop)
     try:
-        yield outputs
+        yield
     finally:
         handle.remove()
 
 
 class FeatureExtractor:
     """Features of 2D slices: the spatial mean of one layer's output of a trained 2D network.
+
+    The forward pass ends at that layer (the layers after it do not run), and the layer's first output in a pass
+    is the one pooled.
 
     Args:
         network: a 2D network taking ``(B, 1, a, b)``; it is run in eval mode under ``torch.no_grad()`` and its
@@ -143,13 +161,14 @@ class FeatureExtractor:
         self.network.eval()
         features = []
         try:
-            with torch.no_grad(), _captured(self.module) as outputs:
+            with torch.no_grad(), _stopping_at(self.module):
                 for batch in torch.split(slices, self.batch_size):
-                    outputs.clear()
-                    self.network(self._pad(batch.float()).to(device))
-                    if not outputs:
+                    try:
+                        self.network(self._pad(batch.float()).to(device))
+                    except _LayerReached as reached:
+                        features.append(reached.output.flatten(2).mean(2).double().cpu())
+                    else:
                         raise RuntimeError(f"layer {self.layer!r} was not run by the network's forward pass")
-                    features.append(outputs[-1].flatten(2).mean(2).double().cpu())
         finally:
             self.network.train(was_training)
         if not features:
