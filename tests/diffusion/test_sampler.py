@@ -124,3 +124,42 @@ def test_rflow_with_a_perfect_x0_network_lands_on_its_estimate():
     x_0 = one_hot_slices(torch.randint(0, 3, (2, 4, 8, 8)), 3)
     sample = _rflow(1.0, steps=7).sample(_Oracle(x_0), condition, torch.Generator().manual_seed(0))
     assert torch.allclose(sample, condition.impose(x_0), atol=1e-5)
+
+
+class _NoiseOracle:
+    """Predicts the exact noise of ``x_t`` for one clean target (a perfect epsilon network): ``(x_t - sqrt(a) x_0)
+    / sqrt(1 - a)`` with ``a`` the scheduler's cumulative alpha at the step."""
+
+    subsequence_length = 4
+
+    def __init__(self, x_0, scheduler):
+        self.x_0, self.alphas = x_0, scheduler.alphas_cumprod
+
+    def __call__(self, x, timesteps, position):
+        b, m, k, h, w = self.x_0.shape
+        x_t = x[:, : m * k].reshape(b, m, k, h, w)  # the packed input starts with the (imposed) slices
+        a = self.alphas[timesteps].view(-1, 1, 1, 1, 1)
+        return ((x_t - a.sqrt() * self.x_0) / (1 - a).sqrt()).reshape(b, m * k, h, w)
+
+    def blank(self, x, timesteps, position):
+        """A network that learned nothing: noise 0 everywhere."""
+        b, m, k, h, w = self.x_0.shape
+        return torch.zeros(b, m * k, h, w)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("steps", [20, 50])
+def test_ddim_with_a_perfect_noise_network_rebuilds_the_target(steps):
+    # the epsilon target's samples are noise after a CPU budget's training (mask_mcdpm's docs): not the sampler's doing
+    condition = _batch()
+    x_0 = one_hot_slices(torch.randint(0, 3, (2, 4, 8, 8), generator=torch.Generator().manual_seed(1)), 3)
+    scheduler = DDIMScheduler(1000, schedule="linear_beta", prediction_type="epsilon")
+    sample = SubsequenceSampler(scheduler, steps).sample(
+        _NoiseOracle(x_0, scheduler), condition, torch.Generator().manual_seed(0)
+    )
+    assert torch.allclose(sample, condition.impose(x_0), atol=1e-4)
+    # a network that learned nothing (noise 0) leaves the starting noise, rescaled: no structure at all
+    blank = SubsequenceSampler(scheduler, steps).sample(
+        _NoiseOracle(x_0, scheduler).blank, condition, torch.Generator().manual_seed(0)
+    )
+    assert (blank - condition.impose(x_0)).abs().mean() > 0.5
