@@ -52,7 +52,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_benchmark import tiny_preset  # noqa: E402  (one tiny size for every smoke run)
-from mask_variants import structure_measures  # noqa: E402
+from mask_stage import structure_measures  # noqa: E402
 from quality_benchmark import _build, _finished, _machine, distances_to_real  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
