@@ -180,14 +180,21 @@ def record(
 
 
 def _write_results(
-    title: str, stem: str, run_dir: Path, data: Path, workflow, common: dict[str, Any], machine: str | None = None
+    title: str,
+    stem: str,
+    run_dir: Path,
+    data: Path,
+    workflow,
+    common: dict[str, Any],
+    machine: str | None = None,
+    results_dir: Path = RESULTS,
 ) -> dict:
     results = summarise(title, run_dir, workflow, common)
     results["machine"] = machine or results["machine"]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / f"{stem}.md").write_text(markdown(results))
-    montage(data, run_dir / "eval" / "synthetic", RESULTS / f"{stem}.png", title)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (results_dir / f"{stem}.md").write_text(markdown(results))
+    montage(data, run_dir / "eval" / "synthetic", results_dir / f"{stem}.png", title)
     print(markdown(results))
     return results
 
