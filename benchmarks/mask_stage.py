@@ -182,6 +182,13 @@ def score_stage(
     }
 
 
+def _checkpoint_iteration(path: Path) -> int:
+    """The iteration a training checkpoint holds (0 when there is none): where an interrupted training resumes."""
+    if not path.is_file():
+        return 0
+    return int(torch.load(path, map_location="cpu", weights_only=True)["trainer"]["iteration"])
+
+
 def run(
     dataset: str = "brain-mni", settings: tuple[str, ...] = tuple(SETTINGS), iterations: int = 1400, threads: int = 2
 ) -> None:
@@ -193,11 +200,14 @@ def run(
         if (_read(record) or {}).get("iterations") == iterations:
             continue
         overrides = SETTINGS[name]
+        resumed = _checkpoint_iteration(run_dir / "models" / "checkpoint.pt")
         machine, start = _machine(), time.perf_counter()
         _stage(dataset, run_dir).run(["train.json"], max_iterations=iterations, val_interval=iterations, **overrides)
         seconds = time.perf_counter() - start
         scores = score(dataset, run_dir, run_dir / "models" / "model.pt", overrides, run_dir / "eval" / "samples")
         entry = {"iterations": iterations, "training_seconds": round(seconds, 1), "threads": threads}
+        if resumed:  # the seconds are those of the iterations after it; the table marks them
+            entry["resumed_from_iteration"] = resumed
         _write(record, entry | {"machine": machine, "overrides": overrides, "scores": scores})
         print(f"{name}: {entry} {scores['slice_change_rate']}", file=sys.stderr, flush=True)
 
@@ -225,10 +235,14 @@ def curve(
                 torch.save(ema.ema_model.state_dict(), saved[engine.state.iteration])
 
         trainer.add_event_handler(Events.ITERATION_COMPLETED, keep)
+        resumed = _checkpoint_iteration(run_dir / "models" / "checkpoint.pt")
         start, machine = time.perf_counter(), _machine()
         workflow.run()
         workflow.finalize()
-        _write(run_dir / "training.json", {"seconds": round(time.perf_counter() - start, 1), "machine": machine})
+        record = {"seconds": round(time.perf_counter() - start, 1), "machine": machine}
+        if resumed:  # an interrupted run: its seconds count the iterations after this one only
+            record["resumed_from_iteration"] = resumed
+        _write(run_dir / "training.json", record)
     points = []
     for mark in sorted(marks):
         record = run_dir / f"score-{mark}.json"
@@ -332,8 +346,10 @@ def markdown(results: dict[str, Any]) -> str:
             f"{_f(m['continuity_synthetic'])} / {_f(m['z_profile_correlation'])} / {_f(m['seed_agreement_gap'])}"
             for m in s["structures"].values()
         ]
+        resumed = entry.get("resumed_from_iteration")
+        seconds = f"{entry['training_seconds']} (from iteration {resumed})" if resumed else entry["training_seconds"]
         lines.append(
-            f"| `{name}` | {entry['iterations']} | {entry['training_seconds']} | "
+            f"| `{name}` | {entry['iterations']} | {seconds} | "
             f"{_f(s['slice_change_rate']['synthetic'], 3)} | " + " | ".join(cells) + " |"
         )
     machines = sorted({entry["machine"] for entry in rows.values()})

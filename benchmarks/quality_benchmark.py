@@ -203,7 +203,18 @@ def _settings(workflow, common: dict[str, Any]) -> dict[str, Any]:
     """The training length and sampler of each stage, as the stage configs resolve them."""
     stages = workflow.workflow(["train.json"], **common).parser.get_parsed_content("stages")
     keys = {
-        "mask": ["max_iterations", "batch_size", "dice_weight", "ema_decay", "position_mode", "flip_prob"],
+        "mask": [
+            "max_iterations",
+            "batch_size",
+            "image_size",
+            "dice_weight",
+            "dice_weighting",
+            "p_min_known",
+            "condition_corruption",
+            "ema_decay",
+            "position_mode",
+            "flip_prob",
+        ],
         "image": ["max_iterations", "batch_size"],
         "refiner": ["max_iterations", "batch_size"],
         "segmenter": ["max_iterations", "network_name"],
