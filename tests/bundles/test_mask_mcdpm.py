@@ -10,6 +10,7 @@ import pytest
 import torch
 from ignite.engine import Events
 
+from medgen3d.data.dataset import read_dataset
 from medgen3d.data.io import load_nifti, save_nifti
 from medgen3d.data.validate import validate_dataset
 from medgen3d.zoo.export import export_bundles
@@ -50,8 +51,11 @@ def trained(tmp_path_factory):
 
 
 def test_train_config_writes_checkpoints_previews_and_logs(trained):
-    root, _ = trained
+    root, dataset = trained
     assert (root / "models" / "model.pt").is_file() and _iterations(root) == 4
+    # the record names the cases it trained on: the training split, never validation or test
+    training = [case.case_id for case in read_dataset(dataset).training]
+    assert read_training_record(root / "models")["training_cases"] == training and len(training) == 3
     assert (root / "eval" / "previews" / "iteration-000004.png").is_file()
     assert list((root / "eval").glob("events.out.tfevents.*"))
 

@@ -31,6 +31,8 @@ SCHEMA_NAME = "meta_schema_20240725.json"
 LABELS = {"0": "background", "1": "liver", "2": "spleen", "3": "kidney"}
 K = len(LABELS)
 SEG_RECORD = {"name": "tiny-ct", "modality": "CT", "labels": LABELS, "image_size": None}
+# what training writes beside the weights: the record and the ids of its training cases, which are not exported
+TRAINED_RECORD = SEG_RECORD | {"training_cases": ["patient-smith-01", "patient-jones-02"]}
 
 # the archive name carries the bundle version, read from the bundle itself
 VERSION = json.loads((REPO / "bundles" / "segmentation_eval" / "configs" / "metadata.json").read_text())["version"]
@@ -76,7 +78,7 @@ def exported(tmp_path_factory) -> tuple[Path, Path, list[ExportedBundle]]:
     """segmentation_eval trained (as 'segmenter') on a 4-label CT dataset, exported once for the module."""
     root = tmp_path_factory.mktemp("export")
     models = root / "models"
-    write_stage(models, "segmenter", SEG_RECORD, swin_unetr().state_dict())
+    write_stage(models, "segmenter", TRAINED_RECORD, swin_unetr().state_dict())
     out = root / "out"
     return models, out, export_bundles(models, out)
 
@@ -94,7 +96,8 @@ def test_export_copies_the_bundle_with_its_weights_and_record(exported):
     assert (bundle.folder / "models" / "model.pt").read_bytes() == weights
     assert bundle.sha256 == hashlib.sha256(weights).hexdigest()
     record = json.loads((bundle.folder / "models" / "training_data.json").read_text())
-    assert record == SEG_RECORD
+    assert record == SEG_RECORD  # without the training case ids
+    assert not any(b"patient-" in data for data in tree(bundle.folder).values())
     assert sorted(p.name for p in (bundle.folder / "models").iterdir()) == ["model.pt", "training_data.json"]
     assert not (bundle.folder / "eval").exists() and not list(bundle.folder.rglob("__pycache__"))
     # nothing but the bundle and its archive: no temporary folder or file is left behind

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 from medgen3d.data.io import DataError, atomic_path, read_json, write_json
 from medgen3d.zoo.metadata import EXPORT_MARKER, exported_metadata, positive_int
-from medgen3d.zoo.record import RECORD_NAME, read_training_record
+from medgen3d.zoo.record import RECORD_NAME, read_training_record, shareable_record
 
 __all__ = ["BUNDLE_STAGES", "EXPORT_MARKER", "ExportedBundle", "export_bundles", "exported_metadata"]
 
@@ -161,7 +161,7 @@ def _plan(name: str, weights: Path, source: Path, out: Path, package_version: st
     target = out / name
     if target.exists() and not _is_export(target):
         raise DataError(f"{target}: exists and is not an export; choose another --out")
-    record = read_training_record(weights.parent)
+    record = shareable_record(read_training_record(weights.parent))
     record_path = weights.parent / RECORD_NAME
     sizes = {key: _setting(source, key, record, record_path) for key in _SIZE_KEYS.get(name, ())}
     metadata = exported_metadata(read_json(meta_path), record, name, sizes, package_version, record_path)
@@ -261,7 +261,9 @@ def _write(plan: _Plan, out: Path) -> ExportedBundle:
         weights.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(plan.weights, weights)
         sha256 = _sha256(weights)
-        shutil.copyfile(plan.weights.parent / RECORD_NAME, weights.parent / RECORD_NAME)
+        # rewritten without the training case ids, which name the user's files and stay home
+        write_json(weights.parent / RECORD_NAME, shareable_record(read_training_record(plan.weights.parent)))
+        _share(weights.parent / RECORD_NAME, 0o666)
         (staging / "large_files.yml").write_text(_LARGE_FILES.format(path=WEIGHTS, sha256=sha256))
         write_json(staging / "configs" / "metadata.json", plan.metadata)
         _pin_settings(staging / "configs" / "inference.json", read_training_record(plan.weights.parent))

@@ -1,12 +1,14 @@
 """The record of the data a stage was trained on, kept beside its weights.
 
 Training writes ``<ckpt_dir>/training_data.json``: the dataset's name, modality, label set, the network's
-in-plane size and the settings the network was built with (its ``network_settings``: channels, depths, ...).
+in-plane size, the settings the network was built with (its ``network_settings``: channels, depths, ...) and the
+ids of the training cases (so an experiment can check which subjects a generator saw).
 Inference configs take their defaults from it where the data is not at hand (segmentation_eval's
 ``inference.json``, which MONAI Label loads with nothing but MONAI), and ``medgen3d bundle export`` fills an
 exported bundle's metadata and the values of its ``inference.json`` from it, so a bundle that leaves the repository
 says what it was trained on and builds the network its weights fit, whatever preset or override it was trained
-with.
+with. The case ids stay beside the weights: an exported bundle carries the record without them
+(:func:`shareable_record`), since a user's file names may name patients.
 """
 
 from __future__ import annotations
@@ -19,13 +21,22 @@ from typing import Any
 from medgen3d.data.dataset import DatasetSpec
 from medgen3d.data.io import DataError, read_json, write_json
 
-__all__ = ["RECORD_NAME", "default_labels", "training_record", "write_training_record", "read_training_record"]
+__all__ = [
+    "RECORD_NAME",
+    "default_labels",
+    "training_record",
+    "write_training_record",
+    "read_training_record",
+    "shareable_record",
+]
 
 RECORD_NAME = "training_data.json"
+PRIVATE_KEYS = ("training_cases",)  # kept beside the weights, left out of what is exported
 
 
 def training_record(spec: DatasetSpec, image_size: Sequence[int] | None = None, **extra: Any) -> dict[str, Any]:
-    """The record of ``spec``: ``{"name", "modality", "labels": {"0": "background", ...}, "image_size", ...}``.
+    """The record of ``spec``: ``{"name", "modality", "labels": {"0": "background", ...}, "image_size",
+    "training_cases": [case id, ...], ...}``.
 
     Args:
         spec: the training dataset.
@@ -37,8 +48,14 @@ def training_record(spec: DatasetSpec, image_size: Sequence[int] | None = None, 
         "modality": spec.modality,
         "labels": {str(k): v for k, v in sorted(spec.labels.items())},
         "image_size": [int(s) for s in image_size] if image_size else None,
+        "training_cases": [case.case_id for case in spec.training],
         **extra,
     }
+
+
+def shareable_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """``record`` without the ids of the cases it was trained on: what an exported bundle carries."""
+    return {key: value for key, value in record.items() if key not in PRIVATE_KEYS}
 
 
 def write_training_record(
