@@ -212,11 +212,43 @@ def run(
         print(f"{name}: {entry} {scores['slice_change_rate']}", file=sys.stderr, flush=True)
 
 
+def _seed_curve(dataset: str, setting: str, iterations: int, run_dir: Path, parser) -> None:
+    """Start the curve from the finished ``run`` of ``setting`` at ``iterations``: its training checkpoint (the
+    curve resumes from it), its EMA weights as the first point and that point's scores. The learning rate is
+    constant, so this equals training the curve from zero, less the first point's CPU time. ``parser`` holds the
+    curve's training config, against which the setting is checked."""
+    if setting not in SETTINGS:
+        raise SystemExit(f"unknown setting {setting!r}; known: {list(SETTINGS)}")
+    source = RUNS / dataset / _folder(setting)
+    result = _read(source / "result.json") or {}
+    if result.get("iterations") != iterations:
+        raise SystemExit(f"{source}: no finished run of {iterations} iterations to start the curve from")
+    unset = {k: v for k, v in result["overrides"].items() if _value(parser.get_parsed_content(k)) != v}
+    if unset:
+        raise SystemExit(f"{setting!r} differs from the shipped defaults in {unset}; the curve trains the defaults")
+    (run_dir / "models").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source / "models" / "checkpoint.pt", run_dir / "models" / "checkpoint.pt")
+    shutil.copyfile(source / "models" / "model.pt", run_dir / "models" / f"ema-{iterations}.pt")
+    _write(run_dir / f"score-{iterations}.json", result["scores"])
+    seeded = {"setting": setting, "iterations": iterations, "seconds": result["training_seconds"]}
+    _write(run_dir / "seeded.json", seeded)
+
+
+def _value(config: Any) -> Any:
+    """A parsed config value in the form a result file records it (sequences as lists)."""
+    return list(config) if isinstance(config, (tuple, list)) else config
+
+
 def curve(
-    dataset: str = "brain-mni", multiples: tuple[int, ...] = (1, 2, 4), iterations: int = 1400, threads: int = 2
+    dataset: str = "brain-mni",
+    multiples: tuple[int, ...] = (1, 2, 4),
+    iterations: int = 1400,
+    threads: int = 2,
+    start_from: str | None = None,
 ) -> None:
     """Train the shipped defaults to ``max(multiples) * iterations``, keeping the EMA weights at every multiple,
-    then score each; writes ``results/mask_learning_curve_<dataset>.{json,png}``."""
+    then score each; writes ``results/mask_learning_curve_<dataset>.{json,png}``. ``start_from`` names a finished
+    ``run`` setting equal to the defaults that stands for the first multiple (see :func:`_seed_curve`)."""
     from ignite.engine import Events
 
     torch.set_num_threads(threads)
@@ -227,6 +259,8 @@ def curve(
     saved = {m: run_dir / "models" / f"ema-{m}.pt" for m in marks}
     if not all(p.exists() for p in saved.values()):
         workflow = _stage(dataset, run_dir).workflow(["train.json"], max_iterations=total, val_interval=iterations)
+        if start_from is not None and not (run_dir / "models" / "checkpoint.pt").exists():
+            _seed_curve(dataset, start_from, iterations * multiples[0], run_dir, workflow.parser)
         workflow.initialize()
         trainer, ema = workflow.parser.get_parsed_content("train#trainer"), workflow.parser.get_parsed_content("ema")
 
@@ -250,6 +284,8 @@ def curve(
             _write(record, score(dataset, run_dir, saved[mark], {}, run_dir / "eval" / f"samples-{mark}"))
         points.append({"iterations": mark, **_read(record)})
     training = _read(run_dir / "training.json") or {}
+    if (run_dir / "seeded.json").exists():  # the first point's training ran as a ``run`` setting
+        training["first_point_from"] = _read(run_dir / "seeded.json")
     results = {"dataset": dataset, "budget": iterations, "training": training, "points": points}
     _write(RESULTS / f"mask_learning_curve_{dataset}.json", results)
     _curve_plot(results, RESULTS / f"mask_learning_curve_{dataset}.png")
