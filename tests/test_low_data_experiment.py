@@ -96,3 +96,36 @@ def test_same_n_generators_train_on_exactly_the_subjects_and_images_only_keeps_t
     assert [c.case_id for c in masks_only.cases()] == [c.case_id for c in generated.cases()]
     recorded = json.loads((masks_only.root / "dataset.json").read_text())["medgen3d"]
     assert recorded["images"].startswith("per-label lookup")
+
+
+def _rows(strategy: str, test_set: str, means: list[float]) -> list[dict]:
+    return [
+        {"strategy": strategy, "network": "unet3d", "seed": seed, "test_set": test_set, "mean": m,
+         "dice": {"cortex": m + 0.1, "csf": m - 0.1}, "cases": 10, "steps": "200"}
+        for seed, m in enumerate(means)
+    ]
+
+
+def test_the_report_summarises_each_setting_arm_and_test_set_over_seeds(tmp_path, monkeypatch):
+    _, experiment = _benchmarks()
+    monkeypatch.setattr(experiment, "RUN", tmp_path / "runs")
+    monkeypatch.setattr(experiment, "RESULTS", tmp_path / "results")
+    arms = tmp_path / "runs" / "same-n-5" / "arms"
+    arms.mkdir(parents=True)
+    real = _rows("E2-1", "brain-mni", [0.70, 0.80, 0.90]) + _rows("E2-1", experiment.TARGET, [0.5, 0.5, 0.5])
+    (arms / "real.json").write_text(json.dumps(real))
+    (arms / "masks-only.json").write_text(json.dumps(_rows("masks-only", "brain-mni", [0.6, 0.6, 0.6])))
+    experiment.report()
+    results = json.loads((tmp_path / "results" / "low_data_experiment.json").read_text())
+    assert set(results["summary"]) == {"same-n-5"}  # settings without finished arms are left out
+    summary = results["summary"]["same-n-5"]
+    assert set(summary) == {"E2-1", "masks-only"}
+    e21 = summary["E2-1"]["brain-mni"]
+    assert e21["mean"] == pytest.approx(0.80) and e21["std"] == pytest.approx(np.std([0.7, 0.8, 0.9]))
+    assert e21["seeds"] == [0, 1, 2] and e21["structures"]["csf"] == pytest.approx(0.70)
+    assert summary["E2-1"][experiment.TARGET]["std"] == 0.0
+    setting = results["settings"]["same-n-5"]
+    assert (setting["real_training_subjects"], setting["generator_training_subjects"]) == (5, 5)
+    page = (tmp_path / "results" / "low_data_experiment.md").read_text()
+    assert "| E2-1 | real only | 0.800 ± 0.082 | 0.500 ± 0.000 |" in page
+    assert "| masks-only |" in page and (tmp_path / "results" / "low_data_experiment.png").stat().st_size > 0
