@@ -264,31 +264,63 @@ def curve(
         workflow.initialize()
         trainer, ema = workflow.parser.get_parsed_content("train#trainer"), workflow.parser.get_parsed_content("ema")
 
+        reached: dict[str, float] = {}  # iteration -> seconds since this training started
+
         def keep(engine) -> None:
             if engine.state.iteration in marks and not saved[engine.state.iteration].exists():
                 torch.save(ema.ema_model.state_dict(), saved[engine.state.iteration])
+                reached[str(engine.state.iteration)] = round(time.perf_counter() - start, 1)
 
         trainer.add_event_handler(Events.ITERATION_COMPLETED, keep)
         resumed = _checkpoint_iteration(run_dir / "models" / "checkpoint.pt")
         start, machine = time.perf_counter(), _machine()
         workflow.run()
         workflow.finalize()
-        record = {"seconds": round(time.perf_counter() - start, 1), "machine": machine}
+        record = {"seconds": round(time.perf_counter() - start, 1), "machine": machine, "seconds_at": reached}
         if resumed:  # an interrupted run: its seconds count the iterations after this one only
             record["resumed_from_iteration"] = resumed
         _write(run_dir / "training.json", record)
-    points = []
+    points, samples = [], {}
+    seeded = _read(run_dir / "seeded.json") or {}
     for mark in sorted(marks):
         record = run_dir / f"score-{mark}.json"
+        samples[f"{mark} iterations"] = run_dir / "eval" / f"samples-{mark}"
+        if seeded.get("iterations") == mark:  # the first point's samples are those of the run it came from
+            samples[f"{mark} iterations"] = RUNS / dataset / _folder(seeded["setting"]) / "eval" / "samples"
         if not record.exists():
-            _write(record, score(dataset, run_dir, saved[mark], {}, run_dir / "eval" / f"samples-{mark}"))
+            _write(record, score(dataset, run_dir, saved[mark], {}, samples[f"{mark} iterations"]))
         points.append({"iterations": mark, **_read(record)})
     training = _read(run_dir / "training.json") or {}
     if (run_dir / "seeded.json").exists():  # the first point's training ran as a ``run`` setting
         training["first_point_from"] = _read(run_dir / "seeded.json")
     results = {"dataset": dataset, "budget": iterations, "training": training, "points": points}
     _write(RESULTS / f"mask_learning_curve_{dataset}.json", results)
+    (RESULTS / f"mask_learning_curve_{dataset}.md").write_text(_curve_markdown(results))
     _curve_plot(results, RESULTS / f"mask_learning_curve_{dataset}.png")
+    montage(dataset, samples, RESULTS / f"mask_learning_curve_{dataset}_samples.png", "learning curve")
+
+
+def _curve_markdown(results: dict[str, Any]) -> str:
+    """The curve's points as :func:`markdown`'s table; training seconds where the run recorded them (cumulative,
+    the first point's own run included)."""
+    training = results["training"]
+    first = training.get("first_point_from") or {}
+    offset = first.get("seconds", 0.0)
+    seconds = {int(k): offset + v for k, v in (training.get("seconds_at") or {}).items()}
+    if first:
+        seconds[first["iterations"]] = offset
+    if "seconds" in training and results["points"]:
+        seconds.setdefault(results["points"][-1]["iterations"], round(offset + training["seconds"], 1))
+    rows = {
+        f"defaults, {p['iterations']} iterations": {
+            "iterations": p["iterations"],
+            "training_seconds": seconds.get(p["iterations"], "–"),
+            "machine": training.get("machine", "not recorded"),
+            "scores": p,
+        }
+        for p in results["points"]
+    }
+    return markdown({"dataset": results["dataset"], "volumes": VOLUMES, "rows": rows})
 
 
 CURVE_MEASURES = {
@@ -318,6 +350,8 @@ def _curve_plot(results: dict[str, Any], path: Path) -> None:
                 ax.axhline(points[0]["structures"][name][real_key], color=colours[i], ls="--", lw=0.8)
             elif i == 0:
                 ax.axhline(0.0, color="k", ls="--", lw=0.8)
+        if key == "components_synthetic":  # real CSF has thousands, the other structures tens to hundreds
+            ax.set_yscale("log")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("iterations", fontsize=8)
     rate = axes[-1]
@@ -345,7 +379,8 @@ def report(dataset: str = "brain-mni") -> None:
     stem = RESULTS / f"mask_stage_{dataset}"
     _write(stem.with_suffix(".json"), results)
     stem.with_suffix(".md").write_text(markdown(results))
-    montage(dataset, rows, stem.with_suffix(".png"))
+    samples = {name: RUNS / dataset / _folder(name) / "eval" / "samples" for name in rows}
+    montage(dataset, samples, stem.with_suffix(".png"))
     print(markdown(results))
 
 
@@ -393,8 +428,9 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def montage(dataset: str, rows: dict[str, Any], path: Path) -> None:
-    """Mid-coronal and mid-sagittal planes: two real masks, then two samples per setting."""
+def montage(dataset: str, samples: dict[str, Path], path: Path, what: str = "settings") -> None:
+    """Mid-coronal and mid-sagittal planes: two real masks, then two samples of each entry of ``samples`` (title ->
+    the folder a scoring wrote its samples to)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -404,8 +440,8 @@ def montage(dataset: str, rows: dict[str, Any], path: Path) -> None:
     from medgen3d.preview import label_colormap
 
     panels = [("real", v) for v in _masks(_data(dataset), "training")[:2]]
-    for name in rows:
-        files = sorted((RUNS / dataset / _folder(name) / "eval" / "samples" / "labels").glob("*.nii.gz"))[:2]
+    for name, folder in samples.items():
+        files = sorted((folder / "labels").glob("*.nii.gz"))[:2]
         panels += [(name, load_nifti(f).array) for f in files]
     k = int(max(v.max() for _, v in panels)) + 1
     cmap = label_colormap(k)
@@ -417,7 +453,7 @@ def montage(dataset: str, rows: dict[str, Any], path: Path) -> None:
             axes[row, col].set_axis_off()
         # setting names are long: wrapped onto a few lines above each pair of samples
         axes[0, col].set_title(textwrap.fill(title, 22), fontsize=6)
-    fig.suptitle(f"mask_mcdpm settings on {dataset}: coronal (top) and sagittal (bottom) mid planes", fontsize=9)
+    fig.suptitle(f"mask_mcdpm {what} on {dataset}: coronal (top) and sagittal (bottom) mid planes", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
