@@ -109,9 +109,17 @@ def generate_pairs(
 
 
 def _experiment(
-    out: Path, real: Path, synthetic: Path, target: Path, strategies: list[str], seeds: list[int], steps: int
+    out: Path,
+    real: Path,
+    synthetic: Path,
+    target: Path,
+    strategies: list[str],
+    seeds: list[int],
+    steps: int,
+    segmenter: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """The segmentation runs of ``strategies`` (3D UNet) in ``out``; their result rows."""
+    """The segmentation runs of ``strategies`` (3D UNet, :data:`SEGMENTER` unless ``segmenter`` says otherwise) in
+    ``out``, each scored on the held-out split of ``real`` and of ``target``; their result rows."""
     workflow = _workflow(out, [])
     workflow.run(
         ["experiment.json"],
@@ -126,7 +134,7 @@ def _experiment(
         steps=steps,
         fine_tune_fraction=0.5,
         test_sets={"brain-mni": str(real), TARGET: str(target)},
-        experiment_overrides=SEGMENTER,
+        experiment_overrides=SEGMENTER if segmenter is None else segmenter,
     )
     return json.loads((out / "experiment" / "results.json").read_text())
 

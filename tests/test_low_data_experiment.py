@@ -97,6 +97,15 @@ def test_same_n_generators_train_on_exactly_the_subjects_and_images_only_keeps_t
     recorded = json.loads((masks_only.root / "dataset.json").read_text())["medgen3d"]
     assert recorded["images"].startswith("per-label lookup")
 
+    # an arm's segmenters, scored on the real held-out split and on the transfer set
+    target = write_tiny_dataset(tmp_path / "target", splits=(2, 1, 2)).root
+    tiny = {"roi_size": [16, 16, 16], "val_interval": 2}
+    rows = experiment._experiment(tmp_path / "arm", real.root, masks_only.root, target, ["E2-3"], [0], 4, tiny)
+    assert {(r["strategy"], r["test_set"], r["steps"], r["cases"]) for r in rows} == {
+        ("E2-3", "brain-mni", "4", 2),
+        ("E2-3", experiment.TARGET, "4", 2),
+    }
+
 
 def _rows(strategy: str, test_set: str, means: list[float]) -> list[dict]:
     return [
