@@ -16,9 +16,11 @@ interrupted training resumes from its checkpoint. ``report`` writes
 ``benchmarks/results/mask_stage_<dataset>.{json,md}`` and a montage ``.png`` (mid-coronal and mid-sagittal planes of
 two samples per setting beside two real masks).
 ``curve`` trains the shipped defaults once to the largest multiple of ``--iterations``, keeps the EMA weights at each
-multiple, scores each, and writes ``benchmarks/results/mask_learning_curve_<dataset>.{json,png}`` (each measure
-against iterations, the real value as a line). At 80x96 an iteration costs about 1 s on the 2-core CPU, so a
-setting takes about 25 minutes and the 4x curve about 1.7 hours.
+multiple, scores each, and writes ``benchmarks/results/mask_learning_curve_<dataset>.{json,md,png}`` (each measure
+against iterations, the real value as a line) and ``_samples.png`` (two samples per multiple beside two real masks);
+``--start_from`` a finished ``run`` setting equal to the defaults makes that run the first point. On the 2-core CPU
+a brain iteration costs about 0.9 s at 64x80 and 1.3 to 1.6 s at 80x96 (the settings' training seconds): a setting
+takes 20 to 37 minutes, the brain curve from 1x to 4x about an hour more (measured: 59 minutes).
 """
 
 from __future__ import annotations
