@@ -76,7 +76,7 @@ TINY = {
         "discriminator_layers": 2,
     },
     "sdm_refiner": {**TINY_NETWORKS["sdm_refiner"], "max_iterations": 2, "batch_size": 4},
-    "segmentation_eval": {"slice_size": [16, 16], "max_iterations": 18, "learning_rate": 0.002},
+    "segmentation_eval": {"slice_size": [16, 16], "max_iterations": 18, "val_interval": 9, "learning_rate": 0.002},
 }
 # Shares of the budget, in order; what is left after the last goes to the speed figures.
 SHARES = {
@@ -120,57 +120,80 @@ def stage_overrides(tiny: bool, device: str) -> dict[str, dict[str, Any]]:
     out = {}
     for stage, values in chosen.items():
         last = values["max_iterations"]
-        out[stage] = {**values, "val_interval": last, "device": f"$torch.device('{device}')"}
-        if stage != "segmentation_eval":
-            out[stage]["save_interval"] = max(1, last // 4)
+        out[stage] = {**values, "device": f"$torch.device('{device}')"}
+        if stage != "segmentation_eval":  # the segmenter keeps its validation interval: it saves its best model then
+            out[stage] |= {"val_interval": last, "save_interval": max(1, last // 4)}
     out["segmentation_eval"]["slice_views"] = ["axial", "coronal", "sagittal"]
     return out
 
 
-def train_stage(stage, shared: dict[str, Any], deadline: float, keep: dict[int, Path] | None = None) -> dict:
-    """Train one stage bundle's ``train.json`` until its last iteration or ``deadline``; with ``keep``
-    (iteration -> file), save its EMA weights at those iterations and at the end (the last iteration's file)."""
+def train_stage(stage, shared: dict[str, Any], deadline: float, keep: Path | None = None) -> dict:
+    """Train one stage bundle's ``train.json`` until its last iteration or ``deadline``.
+
+    With ``keep`` (a folder), its EMA weights are saved there as ``ema-<iteration>.pt`` at each of
+    :data:`CURVE_FRACTIONS`, of the planned iterations or of the time to the deadline, whichever comes first, and
+    at the end. The record holds the seconds, the iterations reached and planned, and the seconds per iteration
+    spent waiting for data and in the step (after a warm-up), which say whether the device was kept busy."""
+    from gpu_benchmark import IterationTimer
     from ignite.engine import Events
 
     workflow = stage.workflow(["train.json"], **shared)
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
     planned = int(workflow.parser.get_parsed_content("max_iterations"))
+    device = torch.device(workflow.parser.get_parsed_content("device"))
+    start = time.monotonic()
 
     def stop(engine) -> None:
         if time.monotonic() > deadline:
             engine.terminate()
 
     trainer.add_event_handler(Events.ITERATION_COMPLETED, stop)
-    if keep:
+    timer = IterationTimer(device, warmup=5, iterations=planned + 1, seconds=float("inf"), cap=float("inf"))
+    timer.attach(trainer)
+    if keep is not None:
         ema = workflow.parser.get_parsed_content("ema")
+        marks = list(CURVE_FRACTIONS[:-1])
 
         def save(engine) -> None:
-            path = keep.get(engine.state.iteration)
-            if path is not None:
-                torch.save(ema.ema_model.state_dict(), path)
+            done, elapsed = engine.state.iteration, time.monotonic() - start
+            if marks and (done >= marks[0] * planned or elapsed >= marks[0] * (deadline - start)):
+                marks.pop(0)
+                torch.save(ema.ema_model.state_dict(), keep / f"ema-{done}.pt")
 
         trainer.add_event_handler(Events.ITERATION_COMPLETED, save)
-    start = time.monotonic()
     workflow.run()
     workflow.finalize()
     done = int(trainer.state.iteration)
-    if keep and done not in keep:  # cut short: the weights it reached are the curve's last point
-        torch.save(ema.ema_model.state_dict(), keep[max(keep)].with_name(f"ema-{done}.pt"))
-    return {"seconds": round(time.monotonic() - start, 1), "iterations": done, "planned_iterations": planned}
+    if keep is not None:
+        torch.save(ema.ema_model.state_dict(), keep / f"ema-{done}.pt")
+    speed = timer.summary(1) or {}
+    return {
+        "seconds": round(time.monotonic() - start, 1),
+        "iterations": done,
+        "planned_iterations": planned,
+        "data_seconds_per_iteration": speed.get("data_seconds_per_iteration"),
+        "step_seconds_per_iteration": speed.get("step_seconds_per_iteration"),
+    }
 
 
-def training_line(training: dict[str, dict], overrides: dict[str, dict[str, Any]]) -> str:
-    """One sentence: each stage's iterations reached of those planned, its batch and seconds."""
-    parts = []
+def training_table(training: dict[str, dict], overrides: dict[str, dict[str, Any]]) -> str:
+    """A markdown table: each trained network's iterations reached of those planned, batch, seconds, items per
+    second, and the seconds per iteration spent waiting for data and in the step (which says whether the device
+    was kept busy)."""
+    rows = [
+        "| network | iterations (planned) | batch | seconds | items / s | data s / iteration | step s / iteration |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, record in training.items():
-        batch = overrides[STAGE_OF[name.split("/")[0]]].get("batch_size", "the configured")
-        cut = "" if record["iterations"] == record["planned_iterations"] else " (stopped by its deadline)"
-        parts.append(
-            f"{name} {record['iterations']} of {record['planned_iterations']} iterations{cut}, batch {batch}, "
-            f"{record['seconds']:.0f} s"
-        )
-    return "Training: " + "; ".join(parts) + "."
+        batch = overrides[STAGE_OF[name.split("/")[0]]].get("batch_size")
+        done, planned = record["iterations"], record["planned_iterations"]
+        reached = f"{done} ({planned})" + ("" if done == planned else ", stopped by its deadline")
+        rate = f"{done * batch / record['seconds']:.0f}" if batch and record["seconds"] else "–"
+        timed = [record.get(key) for key in ("data_seconds_per_iteration", "step_seconds_per_iteration")]
+        cells = [name, reached, batch or "configured", f"{record['seconds']:.0f}", rate]
+        rows.append("| " + " | ".join(str(c) for c in cells + ["–" if t is None else f"{t:.3f}" for t in timed]) + " |")
+    return "\n".join(rows) + "\n"
 
 
 def build_data(root: Path, tiny: bool) -> Path:
@@ -190,19 +213,18 @@ def train_all(stages, data: Path, overrides: dict, deadlines: Deadlines, run_dir
     real = read_dataset(data)
     labels = {str(k): v for k, v in real.labels.items()}
     shared = {"dataset_dir": str(real.root), "labels": labels, "modality": real.modality, "seed": 0}
-    mask_iterations = overrides["mask_mcdpm"]["max_iterations"]
-    marks = sorted({max(1, round(mask_iterations * f)) for f in CURVE_FRACTIONS})
     (run_dir / "curve").mkdir()
-    keep = {mark: run_dir / "curve" / f"ema-{mark}.pt" for mark in marks}
     training: dict[str, Any] = {}
     for phase in ("mask", "image", "refiner", "segmenter"):
         views = ["axial", "coronal", "sagittal"] if phase == "refiner" else [None]
-        for view in views:
+        for index, view in enumerate(views):
             name = phase if view is None else f"{phase}/{view}"
             log(f"training {name}")
             extra = {"view": view} if view else {}
-            kept = keep if phase == "mask" else None
-            training[name] = train_stage(getattr(stages, phase), shared | extra, deadlines.end(phase), kept)
+            kept = run_dir / "curve" if phase == "mask" else None
+            # each view gets an equal part of the time its phase has left
+            deadline = time.monotonic() + (deadlines.end(phase) - time.monotonic()) / (len(views) - index)
+            training[name] = train_stage(getattr(stages, phase), shared | extra, deadline, kept)
             log(f"{name}: {training[name]}")
         seconds = sum(record["seconds"] for n, record in training.items() if n.split("/")[0] == phase)
         _record(run_dir, phase, seconds, label)
@@ -230,6 +252,7 @@ def main(
     cases: int | None = None,
     out: str = str(RESULTS),
     work: str = str(ROOT / "benchmarks" / "runs" / "gpu_quality"),
+    table_from: str = "",
 ) -> None:
     """Train, generate, report and time within ``budget_s``; results into ``out`` (see the module docstring).
 
@@ -240,7 +263,13 @@ def main(
         cases: synthetic pairs (default 20; tiny 3).
         out: the results folder.
         work: the run's folder (data, checkpoints, synthetic pairs); emptied first, as each run starts afresh.
+        table_from: only write the training table of a run cut short before its report, from the
+            ``gpu_quality_training.json`` it left, as a ``.md`` beside that file (the GPU's overrides).
     """
+    if table_from:
+        record = json.loads(Path(table_from).read_text())
+        Path(table_from).with_suffix(".md").write_text(training_table(record["training"], stage_overrides(False, "")))
+        return
     from medgen3d.pipeline.stages import StageBundle
 
     cases = int(cases or (3 if tiny else 20))
@@ -263,6 +292,7 @@ def main(
     training = train_all(stages, data, overrides, deadlines, run_dir, label)
     # kept until the report replaces it, so that a run cut short in generation still says what it trained
     _write(results_dir / "gpu_quality_training.json", {"device": machine, "training": training})
+    (results_dir / "gpu_quality_training.md").write_text(training_table(training, overrides))
 
     for task, extra in (("generate", {"num_cases": cases}), ("evaluate", {})):
         log(task)
@@ -273,8 +303,9 @@ def main(
     results = _write_results(title, "gpu_quality", run_dir, data, workflow, common, label, results_dir)
     _write(results_dir / "gpu_quality.json", results | {"training": training, "device": machine})
     with (results_dir / "gpu_quality.md").open("a") as page:
-        page.write("\n" + training_line(training, overrides) + "\n")
+        page.write("\nTraining on the GPU:\n\n" + training_table(training, overrides))
     (results_dir / "gpu_quality_training.json").unlink()
+    (results_dir / "gpu_quality_training.md").unlink()
 
     budget = overrides["mask_mcdpm"]["max_iterations"]
     curve = learning_curve(stages, data, run_dir, deadlines.end("curve"), f"brain-mni on {label}", budget)

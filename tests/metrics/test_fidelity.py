@@ -45,6 +45,30 @@ def test_frechet_distance_is_zero_for_identical_sets_and_the_squared_shift_for_s
         frechet_distance(features, features[:, :3])
 
 
+def test_frechet_distance_matches_the_closed_form_for_scaled_features_and_monais_fid():
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(400, 3)) @ np.array([[1.0, 0.5, 0.0], [0.0, 2.0, -0.7], [0.3, 0.0, 0.5]])  # correlated
+    shift = np.array([0.2, 0.0, -1.0])
+    b = 3.0 * (a - a.mean(0)) + a.mean(0) + shift
+    # C_b = 9 C_a, so tr sqrt(C_a^1/2 C_b C_a^1/2) = 3 tr C_a and the distance is |shift|^2 + (1 - 3)^2 tr C_a
+    expected = (shift**2).sum() + 4 * np.trace(np.cov(a.T))
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    import inspect
+
+    if "disp" not in inspect.signature(scipy_linalg.sqrtm).parameters:
+        pytest.skip("MONAI 1.6's FIDMetric needs scipy.linalg.sqrtm(disp=...), which this scipy removed")
+    import warnings
+
+    from monai.metrics import FIDMetric
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        monai_fid = float(FIDMetric()(torch.as_tensor(a), torch.as_tensor(b)))
+    assert frechet_distance(a, b) == pytest.approx(monai_fid, rel=1e-6)
+
+
 def test_view_slices_have_the_view_layout_and_drop_background_slices():
     volume = -torch.ones(6, 5, 4)
     volume[1:3, :, 2] = 0.5  # foreground only in axial slice 2, sagittal slices 1-2, every coronal slice

@@ -11,7 +11,6 @@ Volumes are ``(H, W, D)`` tensors scaled to [-1, 1] (background at -1); slices a
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.metrics import FIDMetric
 from monai.networks.blocks import Convolution
 from monai.networks.layers import SkipConnection
 from monai.networks.nets import UNet
@@ -214,14 +212,19 @@ class TorchScriptFeatures:
 
 
 def frechet_distance(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets (MONAI ``FIDMetric``).
+    """Fréchet distance between Gaussians fitted to two feature sets (the FID formula).
+
+    ``|mu_a - mu_b|^2 + tr(C_a) + tr(C_b) - 2 tr((C_a^1/2 C_b C_a^1/2)^1/2)``, with unbiased covariances. The
+    square roots are taken of symmetric matrices by ``torch.linalg.eigh`` rather than through MONAI's
+    ``FIDMetric``, which calls ``scipy.linalg.sqrtm`` with an argument that scipy 1.18 removed; the two agree
+    (tested) where both run.
 
     Args:
         a: ``(N, F)`` features, ``N >= 2``.
         b: ``(M, F)`` features, ``M >= 2``.
 
     Returns:
-        The distance, >= 0 (tiny negative values from the matrix square root are clipped).
+        The distance, >= 0 (rounding can leave a tiny negative value; it is clipped).
     """
     a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
     for name, x in (("a", a), ("b", b)):
@@ -229,11 +232,18 @@ def frechet_distance(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor)
             raise ValueError(f"{name} must be (N, F) with N >= 2 to have a covariance, got shape {tuple(x.shape)}")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"feature sizes differ: a has {a.shape[1]}, b has {b.shape[1]}")
-    with warnings.catch_warnings():
-        # MONAI 1.6 passes scipy's deprecated ``disp`` argument to sqrtm on every call; the result is unaffected.
-        warnings.filterwarnings("ignore", message="The `disp` argument is deprecated", category=DeprecationWarning)
-        distance = float(FIDMetric()(a, b))
-    return max(distance, 0.0)
+    cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
+    root_a = _psd_sqrt(cov_a)
+    # C_a^1/2 C_b C_a^1/2 is symmetric positive semi-definite and has the eigenvalues of C_a C_b
+    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp(min=0).sqrt().sum()
+    distance = (a.mean(0) - b.mean(0)).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross
+    return max(float(distance), 0.0)
+
+
+def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
+    """The square root of a symmetric positive semi-definite ``(F, F)`` matrix (negative rounding clipped)."""
+    values, vectors = torch.linalg.eigh((matrix + matrix.T) / 2)
+    return (vectors * values.clamp(min=0).sqrt()) @ vectors.T
 
 
 def view_features(
