@@ -57,10 +57,12 @@ from mask_stage import _curve_plot, score_stage  # noqa: E402
 from quality_benchmark import BUNDLES, RESULTS, _record, _write_results  # noqa: E402
 
 # The GPU's training of each stage: the CPU defaults' items seen (iterations x batch) times the factor noted.
+# The generators load data in 8 worker processes: in the training process the data wait was a quarter (mask) to a
+# half (refiner) of each GPU iteration (results/gpu_quality_training_2026-12-04b.md).
 GPU = {
-    "mask_mcdpm": {"max_iterations": 7000, "batch_size": 32},  # 20x (1400 x 8)
-    "image_vid2vid": {"max_iterations": 2000, "batch_size": 16},  # 20x (400 x 4)
-    "sdm_refiner": {"max_iterations": 750, "batch_size": 32},  # 20x (150 x 8), each view
+    "mask_mcdpm": {"max_iterations": 7000, "batch_size": 32, "num_workers": 8},  # 20x (1400 x 8)
+    "image_vid2vid": {"max_iterations": 2000, "batch_size": 16, "num_workers": 8},  # 20x (400 x 4)
+    "sdm_refiner": {"max_iterations": 750, "batch_size": 32, "num_workers": 8},  # 20x (150 x 8), each view
     "segmentation_eval": {"max_iterations": 4800},  # 4x the quality benchmark's judge
 }
 # A smoke run: the tiny networks and a few iterations (seconds per stage on a CPU).

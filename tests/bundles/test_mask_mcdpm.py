@@ -193,3 +193,19 @@ def test_an_exported_rflow_bundle_samples_along_its_recorded_schedule(trained_rf
 def test_training_caches_what_is_deterministic(tmp_path):
     dataset = write_tiny_dataset(tmp_path / "data").root
     check_cached_preprocessing(_workflow(["train.json"], tmp_path / "bundle", dataset, **TRAIN))
+
+
+def test_training_with_worker_processes_reproduces_its_weights(tmp_path):
+    """num_workers > 0 (the GPU presets') loads in worker processes kept between epochs; the same seed still
+    gives the same weights."""
+    dataset = write_tiny_dataset(tmp_path / "data").root
+    weights = []
+    for run in ("a", "b"):
+        short = {**TRAIN, "max_iterations": 2, "val_interval": 2, "num_workers": 2}
+        wf = _workflow(["train.json"], tmp_path / run, dataset, **short)
+        loader = wf.parser.get_parsed_content("train#dataloader")
+        assert loader.num_workers == 2 and loader.persistent_workers
+        wf.run()
+        wf.finalize()
+        weights.append(torch.load(tmp_path / run / "models" / "model.pt", weights_only=True))
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
