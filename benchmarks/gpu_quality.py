@@ -3,8 +3,9 @@
     python benchmarks/gpu_quality.py                                        # CUDA, 540 s, brain-mni small
     python benchmarks/gpu_quality.py --device cpu --tiny --out /tmp/gpu    # the smoke run (tests): tiny sizes
 
-The CPU benchmarks train each stage for minutes; one H200-class GPU trains the mask model on 20 times the
-subsequences in the same time. In order, each phase under a deadline (the budget's shares in :data:`SHARES`, time
+The CPU benchmarks train each stage for minutes; :data:`GPU` plans 20 times their items for one H200-class GPU,
+more than the first lent H200 reached within the shares (``results/gpu_quality_training_2026-12-04a.md``).
+In order, each phase under a deadline (the budget's shares in :data:`SHARES`, time
 an earlier phase leaves unused passing on; a trainer past its deadline ends after the iteration under way, keeps
 what it learned and records where it stopped):
 
