@@ -44,7 +44,7 @@ import fire
 import numpy as np
 import torch
 from ablation_sets import images_only_set, masks_only_set
-from quality_benchmark import BUNDLES, RESULTS, RUNS, _machine
+from quality_benchmark import BUNDLES, RESULTS, RUNS, OtherLoad, _machine
 
 RUN = Path(__file__).resolve().parent / "runs" / "low_data"
 QUALITY = RUNS / "brain-mni"
@@ -63,14 +63,15 @@ SEGMENTER = {"roi_size": [64, 64, 64], "samples_per_volume": 2, "val_interval": 
 
 def _timed(times_file: Path, name: str, step) -> Any:
     """Run ``step``; the first run of it that finishes records its seconds with the machine's load seen as it
-    started and as it ended (a rerun that finds the work done, in seconds, keeps that record)."""
+    started and on average while it ran (a rerun that finds the work done, in seconds, keeps that record)."""
     times = json.loads(times_file.read_text()) if times_file.is_file() else {}
     machine, start = _machine(), time.monotonic()
+    during = OtherLoad()
     result = step()
     if name in times:
         return result
     seconds = round(time.monotonic() - start, 1)
-    times[name] = {"seconds": seconds, "machine": f"at the start {machine}; at the end {_machine().split(', ')[-1]}"}
+    times[name] = {"seconds": seconds, "machine": f"at the start {machine}; while it ran {during.describe()}"}
     times_file.parent.mkdir(parents=True, exist_ok=True)
     times_file.write_text(json.dumps(times, indent=2) + "\n")
     return result

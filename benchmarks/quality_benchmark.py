@@ -63,10 +63,37 @@ def _busy_cores(seconds: float = 2.0) -> float:
     return (busy_end - busy_start) / max(total_end - total_start, 1.0) * os.cpu_count()
 
 
+def _load(others: float) -> str:
+    return "idle" if others < 0.5 else f"shared ({others:.1f} cores busy with other work)"
+
+
 def _machine() -> str:
-    others = _busy_cores()
-    state = "idle" if others < 0.5 else f"shared ({others:.1f} cores busy with other work)"
-    return f"{platform.machine()}, {os.cpu_count()} cores, {state}"
+    return f"{platform.machine()}, {os.cpu_count()} cores, {_load(_busy_cores())}"
+
+
+class OtherLoad:
+    """The cores other processes keep busy on average over a span of this process's work, from its creation to
+    each :meth:`cores` call: the machine's busy CPU seconds (``/proc/stat``) less this process's own (threads and
+    waited-for children included), over the wall time. Readings at a phase's ends alone miss a job that ran
+    only in its middle."""
+
+    def __init__(self) -> None:
+        self._start = self._read()
+
+    @staticmethod
+    def _read() -> tuple[float, float, float]:
+        fields = [float(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+        own = os.times()
+        return busy, own.user + own.system + own.children_user + own.children_system, time.monotonic()
+
+    def cores(self) -> float:
+        (busy, own, now), (busy_0, own_0, start) = self._read(), self._start
+        return max(0.0, ((busy - busy_0) - (own - own_0)) / max(now - start, 1e-6))
+
+    def describe(self) -> str:
+        """``idle``, or ``shared (<cores> cores busy with other work)`` on average since creation."""
+        return _load(self.cores())
 
 
 def _build(dataset: str, out: Path) -> Path:

@@ -1,0 +1,51 @@
+"""benchmarks/quality_benchmark.OtherLoad: the cores other processes keep busy during a span, this process apart."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+pytestmark = pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="needs Linux's /proc/stat")
+
+
+def _machine_busy_seconds() -> float:
+    fields = [float(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def test_another_process_spinning_counts_as_about_a_core():
+    from quality_benchmark import OtherLoad
+
+    meter = OtherLoad()
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(2.0)
+        busy = meter.cores()
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert busy >= 0.5, busy
+    assert meter.describe().startswith("shared (")
+
+
+def test_this_processes_own_work_is_left_out():
+    from quality_benchmark import OtherLoad
+
+    meter, machine_0, start, cpu_0 = OtherLoad(), _machine_busy_seconds(), time.monotonic(), time.process_time()
+    end = start + 1.5
+    while time.monotonic() < end:  # a core of our own for 1.5 s, or what the machine's other work leaves us
+        pass
+    others = meter.cores()
+    wall = time.monotonic() - start
+    machine, own = (_machine_busy_seconds() - machine_0) / wall, (time.process_time() - cpu_0) / wall
+    assert own >= 0.3, own
+    # the machine's busy cores less other work is our own (clock ticks: 10 ms granularity)
+    assert machine - others == pytest.approx(own, abs=0.15), (machine, others, own)
