@@ -49,17 +49,19 @@ STAGE_BUNDLES = {
 }
 
 
+def _cpu_ticks() -> tuple[float, float]:
+    """The machine's busy and total CPU clock ticks since boot, all cores (busy: all but idle and iowait)."""
+    fields = [float(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    return sum(fields) - fields[3] - fields[4], sum(fields)
+
+
 def _busy_cores(seconds: float = 2.0) -> float:
     """How many cores other processes keep busy, measured over ``seconds`` while this one waits (the load average
     would count this process's own previous stage)."""
 
-    def busy() -> tuple[float, float]:
-        fields = [float(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-        return sum(fields) - fields[3] - fields[4], sum(fields)  # all but idle and iowait
-
-    busy_start, total_start = busy()
+    busy_start, total_start = _cpu_ticks()
     time.sleep(seconds)
-    busy_end, total_end = busy()
+    busy_end, total_end = _cpu_ticks()
     return (busy_end - busy_start) / max(total_end - total_start, 1.0) * os.cpu_count()
 
 
@@ -82,8 +84,7 @@ class OtherLoad:
 
     @staticmethod
     def _read() -> tuple[float, float, float]:
-        fields = [float(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-        busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+        busy = _cpu_ticks()[0] / os.sysconf("SC_CLK_TCK")
         own = os.times()
         return busy, own.user + own.system + own.children_user + own.children_system, time.monotonic()
 

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import inspect
+import warnings
+
 import numpy as np
 import pytest
 import torch
+from monai.metrics import FIDMetric
 from monai.networks.nets import UNet
 
 from medgen3d.metrics.fidelity import (
@@ -55,14 +59,8 @@ def test_frechet_distance_matches_the_closed_form_for_scaled_features_and_monais
     assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
 
     scipy_linalg = pytest.importorskip("scipy.linalg")
-    import inspect
-
     if "disp" not in inspect.signature(scipy_linalg.sqrtm).parameters:
         pytest.skip("MONAI 1.6's FIDMetric needs scipy.linalg.sqrtm(disp=...), which this scipy removed")
-    import warnings
-
-    from monai.metrics import FIDMetric
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         monai_fid = float(FIDMetric()(torch.as_tensor(a), torch.as_tensor(b)))

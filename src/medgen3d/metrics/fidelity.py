@@ -232,6 +232,7 @@ def frechet_distance(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor)
             raise ValueError(f"{name} must be (N, F) with N >= 2 to have a covariance, got shape {tuple(x.shape)}")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"feature sizes differ: a has {a.shape[1]}, b has {b.shape[1]}")
+    # reshape: with one feature torch.cov returns a scalar
     cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
     root_a = _psd_sqrt(cov_a)
     # C_a^1/2 C_b C_a^1/2 is symmetric positive semi-definite and has the eigenvalues of C_a C_b
