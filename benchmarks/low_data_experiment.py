@@ -130,15 +130,16 @@ def _experiment(
     out: Path,
     real: Path,
     synthetic: Path,
-    target: Path,
+    target: Path | None,
     strategies: list[str],
     seeds: list[int],
     steps: int,
     segmenter: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The segmentation runs of ``strategies`` (3D UNet, :data:`SEGMENTER` unless ``segmenter`` says otherwise) in
-    ``out``, each scored on the held-out split of ``real`` and of ``target``; their result rows."""
+    ``out``, each scored on the held-out split of ``real`` and of ``target`` (unless None); their result rows."""
     workflow = _workflow(out, [])
+    test_sets = {"brain-mni": str(real)} | ({TARGET: str(target)} if target is not None else {})
     workflow.run(
         ["experiment.json"],
         bundle_root=str(out),
@@ -151,7 +152,7 @@ def _experiment(
         seeds=seeds,
         steps=steps,
         fine_tune_fraction=0.5,
-        test_sets={"brain-mni": str(real), TARGET: str(target)},
+        test_sets=test_sets,
         experiment_overrides=SEGMENTER if segmenter is None else segmenter,
     )
     return json.loads((out / "experiment" / "results.json").read_text())
@@ -342,6 +343,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
             x = [n for n, _ in points]
             means, stds = [p["mean"] for _, p in points], [p["std"] for _, p in points]
             left.errorbar(x, means, stds, marker="o", capsize=3, label=arm)
+    left.set_xticks([n for n, _ in same_n])  # whole subjects only
     left.set_xlabel("real training subjects (generators trained on the same)")
     left.set_ylabel("mean Dice, brain-mni test")
     left.legend(fontsize=8)

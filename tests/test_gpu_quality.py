@@ -18,7 +18,7 @@ def _finite(value) -> bool:
 
 
 @pytest.mark.slow
-def test_the_gpu_quality_smoke_run_trains_reports_draws_the_curve_and_times_on_a_cpu(tmp_path):
+def test_the_gpu_quality_smoke_run_trains_reports_draws_the_curve_runs_the_arms_and_times_on_a_cpu(tmp_path):
     out = tmp_path / "out"
     command = [
         sys.executable,
@@ -51,6 +51,15 @@ def test_the_gpu_quality_smoke_run_trains_reports_draws_the_curve_and_times_on_a
     for key in ("alignment_dice", "feature_fd"):
         assert all(_finite(quality[key][row]) for row in ("reference", "lookup", "refined", "unrefined")), key
     assert quality["settings"]["mask"]["max_iterations"] == 8
+
+    # the headline arms on the run's own pairs: the segmenter on 2 real subjects, generators on all 4
+    arms = quality["arms"]
+    assert (arms["real_training_subjects"], arms["generator_training_subjects"], arms["steps"]) == (2, 4, 4)
+    assert set(arms["summary"]) == {"E2-1", "E2-3", "E2-5"}
+    for arm, scores in arms["summary"].items():
+        assert list(scores) == ["brain-mni"] and 0.0 <= scores["brain-mni"]["mean"] <= 1.0, arm
+        assert set(scores["brain-mni"]["structures"]) == set(quality["structures"]), arm
+    assert "| E2-5 |" in (out / "gpu_quality.md").read_text()
 
     curve = json.loads((out / "gpu_mask_curve.json").read_text())
     assert [p["iterations"] for p in curve["points"]] == [2, 4, 8]
