@@ -68,6 +68,14 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "loss_weights#hallucinated_l1": 10.0,
         "learning_rate": 1e-3,
     },
+    # pix2pixHD and vid2vid end with the rate decaying to 0: the last steps settle instead of jumping by 1e-3
+    "+SPADE, learning rate 1e-3 decaying to 0": {
+        "spade": True,
+        "p_own_history": 0.5,
+        "loss_weights#hallucinated_l1": 10.0,
+        "learning_rate": 1e-3,
+        "final_lr_fraction": 0.0,
+    },
 }
 DEFAULT = "+SPADE, learning rate 1e-3"  # the row the bundle's defaults reproduce
 DRIFT_STARTS = (0.3, 0.5, 0.7)  # where along each held-out volume the real slices end
