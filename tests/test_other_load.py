@@ -46,6 +46,6 @@ def test_this_processes_own_work_is_left_out():
     others = meter.cores()
     wall = time.monotonic() - start
     machine, own = (_machine_busy_seconds() - machine_0) / wall, (time.process_time() - cpu_0) / wall
-    assert own >= 0.3, own
+    assert own >= 0.05, own  # some work of our own, however busy the machine (a loaded 2-core CI: a tenth)
     # the machine's busy cores less other work is our own (clock ticks: 10 ms granularity)
     assert machine - others == pytest.approx(own, abs=0.15), (machine, others, own)
