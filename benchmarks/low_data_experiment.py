@@ -306,7 +306,7 @@ def markdown(results: dict[str, Any]) -> str:
     }
     for name, setting in results["settings"].items():
         summary = results["summary"][name]
-        minutes = "; ".join(f"{k} {v['seconds'] / 60:.1f} min ({v['machine']})" for k, v in setting["timings"].items())
+        minutes = "; ".join(_phase_time(k, v) for k, v in setting["timings"].items())
         lines += [
             f"### {name}: segmenter on {setting['real_training_subjects']} real subjects, generators trained on "
             f"{setting['generator_training_subjects']}",
@@ -324,6 +324,14 @@ def markdown(results: dict[str, Any]) -> str:
                 )
         lines.append("")
     return "\n".join(lines)
+
+
+def _phase_time(name: str, timing: dict[str, Any]) -> str:
+    """One phase's CPU time for the results page; a phase that found its work done elsewhere (the quality
+    benchmark's generators, another setting's real arms) took under a second and says so."""
+    if timing["seconds"] < 1.0:
+        return f"{name} reused (done by an earlier run)"
+    return f"{name} {timing['seconds'] / 60:.1f} min ({timing['machine']})"
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
