@@ -40,7 +40,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality_benchmark import BUNDLES, RESULTS, _machine  # noqa: E402  (the sibling benchmark's paths and load)
+from quality_benchmark import (  # noqa: E402  (the sibling benchmark's paths, load and results)
+    BUNDLES,
+    EARLIER,
+    EARLIER_NOTE,
+    RESULTS,
+    _machine,
+    with_earlier_rows,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 QUALITY = ROOT / "benchmarks" / "runs" / "quality"
@@ -296,9 +303,13 @@ def report(dataset: str = "brain-mni") -> None:
         if "overrides" in entry:
             rows[name]["overrides"] = entry["overrides"]
             iterations = entry["iterations"]
+    stem = RESULTS / f"image_stage_{dataset}"
+    same = {} if iterations is None else {"iterations": iterations}
+    rows = with_earlier_rows(stem.with_suffix(".json"), ("real", "lookup", *SETTINGS), rows, same)
+    if iterations is None and stem.with_suffix(".json").exists():  # only kept generator rows: their iterations
+        iterations = json.loads(stem.with_suffix(".json").read_text())["iterations"]
     results = {"dataset": dataset, "iterations": iterations, "default": DEFAULT, "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"image_stage_{dataset}"
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(results))
     montage(dataset, rows, stem.with_suffix(".png"))
@@ -326,6 +337,7 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for name, row in rows.items():
         label = {"real": "real image", "lookup": "per-label lookup"}.get(name, f"`{name}`")
+        label += f" {EARLIER}" if row.get("earlier_run") else ""
         lines.append(
             f"| {label} | {_f(row['mean_abs_difference'])} | {_f(row['alignment_dice'])} | {_f(row['feature_fd'])} | "
             + " | ".join(_f(row["contrast_to_noise"][p], 2) for p in pairs)
@@ -353,6 +365,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [f"| {n} | " + " | ".join(f"{e:.3f}" for e in errs) + " |" for n, errs in drifting.items()]
     machines = {row["machine"] for row in rows.values() if "machine" in row}
     lines += ["", "Training machine: " + "; ".join(sorted(machines)) + "." if machines else ""]
+    if any(row.get("earlier_run") for row in rows.values()):
+        lines += ["", EARLIER_NOTE + " The montage shows the rows run on this machine."]
     return "\n".join(lines) + "\n"
 
 

@@ -38,7 +38,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from image_stage import _folder, _read, _write  # noqa: E402  (the sibling benchmarks' helpers)
-from quality_benchmark import BUNDLES, RESULTS, _build, _machine  # noqa: E402
+from quality_benchmark import (  # noqa: E402  (the sibling benchmark's paths, build and load)
+    BUNDLES,
+    EARLIER,
+    EARLIER_NOTE,
+    RESULTS,
+    _build,
+    _machine,
+    with_earlier_rows,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 QUALITY = ROOT / "benchmarks" / "runs" / "quality"
@@ -386,11 +394,13 @@ def report(dataset: str = "brain-mni") -> None:
             rows[name] = entry
     if not rows:
         raise SystemExit(f"no finished setting under {RUNS / dataset}; run `mask_stage.py run` first")
-    results = {"dataset": dataset, "volumes": VOLUMES, "rows": rows}
     stem = RESULTS / f"mask_stage_{dataset}"
+    here = set(rows)
+    rows = with_earlier_rows(stem.with_suffix(".json"), tuple(SETTINGS), rows, {"volumes": VOLUMES})
+    results = {"dataset": dataset, "volumes": VOLUMES, "rows": rows}
     _write(stem.with_suffix(".json"), results)
     stem.with_suffix(".md").write_text(markdown(results))
-    samples = {name: RUNS / dataset / _folder(name) / "eval" / "samples" for name in rows}
+    samples = {name: RUNS / dataset / _folder(name) / "eval" / "samples" for name in rows if name in here}
     montage(dataset, samples, stem.with_suffix(".png"))
     print(markdown(results))
 
@@ -430,12 +440,15 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         resumed = entry.get("resumed_from_iteration")
         seconds = f"{entry['training_seconds']} (from iteration {resumed})" if resumed else entry["training_seconds"]
+        earlier = f" {EARLIER}" if entry.get("earlier_run") else ""
         lines.append(
-            f"| `{name}` | {entry['iterations']} | {seconds} | "
+            f"| `{name}`{earlier} | {entry['iterations']} | {seconds} | "
             f"{_f(s['slice_change_rate']['synthetic'], 3)} | " + " | ".join(cells) + " |"
         )
     machines = sorted({entry["machine"] for entry in rows.values()})
     lines += ["", "Training machine: " + "; ".join(machines) + "."]
+    if any(entry.get("earlier_run") for entry in rows.values()):
+        lines += ["", EARLIER_NOTE + " The montage shows the settings run on this machine."]
     return "\n".join(lines) + "\n"
 
 

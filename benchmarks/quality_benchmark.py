@@ -263,6 +263,35 @@ def _settings(workflow, common: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+EARLIER = "†"  # marks a row kept from the committed results file (see :func:`with_earlier_rows`)
+EARLIER_NOTE = (
+    f"{EARLIER} kept from the committed results file: its run is not on this machine (an earlier session ran it "
+    "with this script; run it again to refresh it)."
+)
+
+
+def with_earlier_rows(
+    path: Path, names: tuple[str, ...], rows: dict[str, Any], same: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``rows`` (the settings whose runs are on this machine) completed with the rows of ``path``, the committed
+    results JSON, that have no run here, each marked ``"earlier_run": true``, in the order of ``names``. Nothing
+    is kept when the committed file's top-level values differ from ``same`` (say another iteration count).
+
+    A benchmark's run folders are not committed, so a fresh checkout that adds one setting would otherwise write a
+    results file holding that setting alone."""
+    committed = json.loads(path.read_text()) if path.exists() else {}
+    if any(committed.get(key) != value for key, value in (same or {}).items()):
+        committed = {}
+    committed = committed.get("rows", {})
+    merged = {}
+    for name in names:
+        if name in rows:
+            merged[name] = rows[name]
+        elif name in committed:
+            merged[name] = committed[name] | {"earlier_run": True}
+    return merged
+
+
 def _machines(timings: dict[str, Any]) -> str | None:
     """The machine's load as every timed step saw it: one label when all agree, else each step's own."""
     seen = {step: t["machine"] for step, t in timings.items() if t.get("machine")}
