@@ -448,7 +448,7 @@ def markdown(results: dict[str, Any]) -> str:
     machines = sorted({entry["machine"] for entry in rows.values()})
     lines += ["", "Training machine: " + "; ".join(machines) + "."]
     if any(entry.get("earlier_run") for entry in rows.values()):
-        lines += ["", EARLIER_NOTE + " The montage shows the settings run on this machine."]
+        lines += ["", EARLIER_NOTE]
     return "\n".join(lines) + "\n"
 
 

@@ -75,25 +75,26 @@ def test_train_config_writes_checkpoints_previews_and_named_losses(trained):
     assert list((root / "eval").glob("events.out.tfevents.*"))
 
 
-def test_the_default_learning_rate_stays_and_a_final_fraction_decays_both_networks_to_it(trained, tmp_path):
+def test_the_learning_rates_decay_to_0_by_default_and_a_final_fraction_of_1_holds_them(trained, tmp_path):
     root, dataset = trained
     state = torch.load(root / "models" / "checkpoint.pt", weights_only=True)
-    # the schedules travel with the checkpoint, one step per iteration; by default the rate never moves
+    # the schedules travel with the checkpoint, one step per iteration; by default the rate ends at 0
     for key, optimizer in (("lr_schedule", "optimizer"), ("d_lr_schedule", "d_optimizer")):
         assert state[key]["last_epoch"] == state["trainer"]["iteration"] == 4, key
-        assert [g["lr"] for g in state[optimizer]["param_groups"]] == [1e-3], key
+        assert np.allclose([g["lr"] for g in state[optimizer]["param_groups"]], [0.0], rtol=0, atol=1e-12), key
 
-    rates = []
-    wf = _workflow(["train.json"], tmp_path / "decay", dataset, **{**TRAIN, "final_lr_fraction": 0.0})
-    trainer = wf.parser.get_parsed_content("train#trainer")
-    optimizers = [wf.parser.get_parsed_content(k) for k in ("optimizer", "d_optimizer")]
-    trainer.add_event_handler(
-        Events.ITERATION_STARTED, lambda engine: rates.append([o.param_groups[0]["lr"] for o in optimizers])
-    )
-    wf.run()
     # cosine from the rate to 0 over max_iterations (4): 1, (1 + cos(pi/4)) / 2, 1/2, (1 - cos(pi/4)) / 2
-    expected = [1e-3 * (1 + np.cos(np.pi * i / 4)) / 2 for i in range(4)]
-    assert np.allclose(rates, np.array([expected, expected]).T, rtol=1e-6, atol=0)
+    cosine = [1e-3 * (1 + np.cos(np.pi * i / 4)) / 2 for i in range(4)]
+    for name, overrides, expected in (("default", {}, cosine), ("constant", {"final_lr_fraction": 1.0}, [1e-3] * 4)):
+        rates = []
+        wf = _workflow(["train.json"], tmp_path / name, dataset, **{**TRAIN, **overrides})
+        trainer = wf.parser.get_parsed_content("train#trainer")
+        optimizers = [wf.parser.get_parsed_content(k) for k in ("optimizer", "d_optimizer")]
+        trainer.add_event_handler(
+            Events.ITERATION_STARTED, lambda engine: rates.append([o.param_groups[0]["lr"] for o in optimizers])
+        )
+        wf.run()
+        assert np.allclose(rates, np.array([expected, expected]).T, rtol=1e-6, atol=0), overrides
 
 
 def test_training_resumes_from_its_checkpoint(trained):
