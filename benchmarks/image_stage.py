@@ -19,7 +19,7 @@ generator continues on its own, and the error inside the foreground is recorded 
 The dataset and the segmenter are the quality benchmark's, so run its segmenter first:
 
     .venv/bin/python benchmarks/quality_benchmark.py run --dataset brain-mni --train_only segmenter
-    .venv/bin/python benchmarks/image_stage.py run --dataset brain-mni [--settings a,b] [--iterations 400]
+    .venv/bin/python benchmarks/image_stage.py run --dataset brain-mni [--settings '["a","b"]'] [--iterations 400]
     .venv/bin/python benchmarks/image_stage.py report --dataset brain-mni
 
 ``run`` keeps each setting's result in ``benchmarks/runs/image_stage/<dataset>/`` and skips what is finished;
@@ -100,12 +100,15 @@ def _check(dataset: str) -> dict[str, Any]:
     return DATASETS[dataset]
 
 
-def _names(settings: str | tuple[str, ...]) -> tuple[str, ...]:
-    """``--settings a`` arrives as a string, ``--settings a,b`` as a tuple."""
+def _names(settings: str | tuple[str, ...], known: dict[str, Any] | None = None) -> tuple[str, ...]:
+    """``--settings a`` arrives as a string, ``--settings a,b`` as a tuple; names that hold commas need the list
+    form, ``--settings '["a, b","c"]'`` (fire reads ``"a, b","c"`` as one string)."""
+    known = SETTINGS if known is None else known
     names = (settings,) if isinstance(settings, str) else tuple(settings)
-    unknown = [n for n in names if n not in SETTINGS]
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise SystemExit(f"unknown settings {unknown}; known: {list(SETTINGS)}")
+        hint = "several names with commas: --settings '[\"a, b\",\"c\"]'"
+        raise SystemExit(f"unknown settings {unknown}; known: {list(known)}; {hint}")
     return names
 
 

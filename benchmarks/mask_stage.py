@@ -7,7 +7,7 @@ continuity, z-profile correlation), the slice-change rate (foreground voxels who
 the next) and the seed agreement gap on windows of the real held-out masks (two samples of a window agree with
 each other minus with the real continuation; 0 when converged, see :mod:`medgen3d.metrics.convergence`).
 
-    .venv/bin/python benchmarks/mask_stage.py run [--settings a,b] [--iterations 1400]
+    .venv/bin/python benchmarks/mask_stage.py run [--settings '["a","b"]'] [--iterations 1400]
     .venv/bin/python benchmarks/mask_stage.py report
     .venv/bin/python benchmarks/mask_stage.py curve --dataset brain-mni [--multiples 1,2,4] [--iterations 1400]
 
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from image_stage import _folder, _read, _write  # noqa: E402  (the sibling benchmarks' helpers)
+from image_stage import _folder, _names, _read, _write  # noqa: E402  (the sibling benchmarks' helpers)
 from quality_benchmark import (  # noqa: E402  (the sibling benchmark's paths, build and load)
     BUNDLES,
     EARLIER,
@@ -79,15 +79,6 @@ SETTINGS: dict[str, dict[str, Any]] = {
 # machine shared with another job), and half the batch about half as much. ``run`` records the seconds each took.
 ITERATION_FACTORS = {"64x80, fixes, half width (16/32/32)": 2.5, "64x80, fixes, batch 4": 2.0}
 NETWORK_KEYS = ("image_size", "prediction_type", "position_mode", "channels")  # what inference.json must also know
-
-
-def _names(settings: str | tuple[str, ...]) -> tuple[str, ...]:
-    """``--settings a`` arrives as a string, ``--settings a,b`` as a tuple."""
-    names = (settings,) if isinstance(settings, str) else tuple(settings)
-    unknown = [n for n in names if n not in SETTINGS]
-    if unknown:
-        raise SystemExit(f"unknown settings {unknown}; known: {list(SETTINGS)}")
-    return names
 
 
 def _data(dataset: str) -> Path:
@@ -212,7 +203,7 @@ def run(
 ) -> None:
     """Train each setting for ``iterations`` (times its :data:`ITERATION_FACTORS`; same seed), sample, score."""
     torch.set_num_threads(threads)
-    for name in _names(settings):
+    for name in _names(settings, SETTINGS):
         run_dir = RUNS / dataset / _folder(name)
         record = run_dir / "result.json"
         steps = round(iterations * ITERATION_FACTORS.get(name, 1.0))
