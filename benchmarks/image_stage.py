@@ -100,10 +100,10 @@ def _check(dataset: str) -> dict[str, Any]:
     return DATASETS[dataset]
 
 
-def _names(settings: str | tuple[str, ...], known: dict[str, Any] | None = None) -> tuple[str, ...]:
-    """``--settings a`` arrives as a string, ``--settings a,b`` as a tuple; names that hold commas need the list
-    form, ``--settings '["a, b","c"]'`` (fire reads ``"a, b","c"`` as one string)."""
-    known = SETTINGS if known is None else known
+def _names(settings: str | tuple[str, ...], known: dict[str, Any]) -> tuple[str, ...]:
+    """The names of ``known`` that ``--settings`` asks for: ``--settings a`` arrives as a string, ``--settings a,b``
+    as a tuple; names that hold commas need the list form, ``--settings '["a, b","c"]'`` (fire reads ``"a, b","c"``
+    as one string)."""
     names = (settings,) if isinstance(settings, str) else tuple(settings)
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -266,7 +266,7 @@ def run(
             # the quality report's lookup row, so the benchmark and the report measure the same baseline
             images = lookup_pairs(judge.training, judge.real, judge.num_classes)[0].images
         _write(record, {"scores": judge.score(images, contrasts, real_row=name == "real")})
-    for name in _names(settings):
+    for name in _names(settings, SETTINGS):
         run_dir = base / _folder(name)
         record = run_dir / "result.json"
         if (_read(record) or {}).get("iterations") == iterations:
@@ -311,10 +311,9 @@ def report(dataset: str = "brain-mni") -> None:
             rows[name]["overrides"] = entry["overrides"]
             iterations = entry["iterations"]
     stem = RESULTS / f"image_stage_{dataset}"
-    same = {} if iterations is None else {"iterations": iterations}
-    rows = with_earlier_rows(stem.with_suffix(".json"), ("real", "lookup", *SETTINGS), rows, same)
-    if iterations is None and stem.with_suffix(".json").exists():  # only kept generator rows: their iterations
-        iterations = json.loads(stem.with_suffix(".json").read_text())["iterations"]
+    if iterations is None:  # no generator row ran here: the committed rows' iteration count
+        iterations = (_read(stem.with_suffix(".json")) or {}).get("iterations")
+    rows = with_earlier_rows(stem.with_suffix(".json"), ("real", "lookup", *SETTINGS), rows, {"iterations": iterations})
     results = {"dataset": dataset, "iterations": iterations, "default": DEFAULT, "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")

@@ -386,12 +386,12 @@ def report(dataset: str = "brain-mni") -> None:
     if not rows:
         raise SystemExit(f"no finished setting under {RUNS / dataset}; run `mask_stage.py run` first")
     stem = RESULTS / f"mask_stage_{dataset}"
-    here = set(rows)
     rows = with_earlier_rows(stem.with_suffix(".json"), tuple(SETTINGS), rows, {"volumes": VOLUMES})
     results = {"dataset": dataset, "volumes": VOLUMES, "rows": rows}
     _write(stem.with_suffix(".json"), results)
     stem.with_suffix(".md").write_text(markdown(results))
-    samples = {name: RUNS / dataset / _folder(name) / "eval" / "samples" for name in rows if name in here}
+    here = [name for name, entry in rows.items() if not entry.get("earlier_run")]  # the montage needs their samples
+    samples = {name: RUNS / dataset / _folder(name) / "eval" / "samples" for name in here}
     montage(dataset, samples, stem.with_suffix(".png"))
     print(markdown(results))
 
