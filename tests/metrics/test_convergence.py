@@ -7,7 +7,7 @@ from monai.networks.schedulers import DDIMScheduler
 
 from medgen3d.diffusion.conditions import one_hot_slices
 from medgen3d.diffusion.sampler import SubsequenceSampler
-from medgen3d.metrics.anatomy import slice_change_rate
+from medgen3d.metrics.anatomy import outline_pieces, slice_change_rate
 from medgen3d.metrics.convergence import (
     SeedAgreement,
     pooled_dice,
@@ -26,6 +26,18 @@ def test_slice_change_rate_is_0_for_identical_slices_and_hand_computed_otherwise
     volume[3, 3, 2] = 1  # slice 1 -> 2 gains a voxel: 5 foreground, 2 changed
     assert slice_change_rate(volume) == pytest.approx((1 + 2) / (4 + 5))
     assert np.isnan(slice_change_rate(np.zeros((4, 4, 3), dtype=np.int64)))
+
+
+def test_outline_pieces_counts_the_foreground_islands_of_each_slice_whatever_their_labels():
+    volume = np.zeros((6, 6, 4), dtype=np.int64)
+    volume[1:5, 1:5, :3] = 1
+    volume[2, 2, :3] = 2  # labels inside one piece do not split it
+    assert outline_pieces(volume) == 1.0  # the empty last slice is not counted
+    volume[0, 5, 1] = 3  # an island in slice 1
+    volume[5, 0, 1] = 1  # and another: 3 pieces there
+    volume[0, 0, 2] = 1  # a diagonal neighbour is not 4-connected: 2 pieces in slice 2
+    assert outline_pieces(volume) == pytest.approx((1 + 3 + 2) / 3)
+    assert np.isnan(outline_pieces(np.zeros((4, 4, 2), dtype=np.int64)))
 
 
 def test_seed_gap_is_0_when_both_samples_equal_the_truth_and_positive_for_a_collapsed_model():

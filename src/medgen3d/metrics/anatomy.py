@@ -18,6 +18,7 @@ __all__ = [
     "connected_components",
     "slice_continuity",
     "slice_change_rate",
+    "outline_pieces",
     "AnatomySummary",
     "summarise",
     "fraction_distance",
@@ -79,6 +80,24 @@ def slice_change_rate(volume: np.ndarray) -> float:
     foreground = (a > 0) | (b > 0)
     counted = foreground.sum()
     return float(((a != b) & foreground).sum() / counted) if counted else float("nan")
+
+
+def outline_pieces(volume: np.ndarray) -> float:
+    """The mean number of separate pieces of foreground in a slice, over the slices that have foreground.
+
+    A body or brain is one piece in most slices (real brain masks: about 1.4, where the temporal lobes and the
+    cerebellum part near the base); a mask model can raise its component counts and slice-change rate by breaking
+    the outline into islands, which this measure shows. Pieces are 4-connected in the slice plane.
+
+    Args:
+        volume: ``(H, W, D)`` labels, 0 the background.
+
+    Returns:
+        At least 1; NaN for a volume with no foreground.
+    """
+    foreground = np.asarray(volume) > 0
+    counts = [ndimage.label(foreground[..., z])[1] for z in range(foreground.shape[-1]) if foreground[..., z].any()]
+    return float(np.mean(counts)) if counts else float("nan")
 
 
 class AnatomySummary(NamedTuple):
