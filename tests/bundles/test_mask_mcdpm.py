@@ -96,6 +96,10 @@ def test_inference_config_writes_a_valid_mask_dataset_in_the_data_geometry(train
         np.testing.assert_allclose(load_nifti(path).affine, reference.affine)
     if overlay:
         assert wf.parser.get_parsed_content("sampler").timesteps.tolist() == list(range(19, -1, -1))
+    else:  # DDIM's stochasticity reaches the sampler's steps
+        assert wf.parser.get_parsed_content("sampler").step_kwargs == {"eta": 0.0}
+        stochastic = _workflow(["inference.json"], root, dataset, **infer, eta=1.0)
+        assert stochastic.parser.get_parsed_content("sampler").step_kwargs == {"eta": 1.0}
 
 
 def test_completion_config(trained, tmp_path):
@@ -163,6 +167,11 @@ def test_rflow_trains_records_its_schedule_and_samples_masks_in_few_steps(traine
     assert sampler.timesteps.tolist() == [20, 15, 10, 5]  # T = 20, 4 steps
     volume = load_nifti(next((out / "labels").glob("*.nii.gz"))).array
     assert set(np.unique(volume).tolist()) <= {0, 1, 2, 3}
+    # training draws the flow's steps uniformly unless told otherwise
+    for method in ("uniform", "logit-normal"):
+        chosen = {} if method == "uniform" else {"rflow_sample_method": method}
+        train = _workflow(["train.json"], tmp_path / "t", dataset, **TRAIN, noise_schedule="rflow", **chosen)
+        assert train.parser.get_parsed_content("noise_scheduler").sample_method == method
 
 
 def test_a_network_is_refused_a_sampler_of_the_other_noise_schedule(trained, trained_rflow, tmp_path):
