@@ -57,9 +57,17 @@ WINDOWS_PER_VOLUME = 4  # windows of each held-out mask for the seed agreement g
 
 # Each setting adds one change to the one before it (the last two excepted, see their comments); the first is the
 # shipped setting before this benchmark.
-BEFORE = {"image_size": [64, 80], "dice_weighting": "uniform", "p_min_known": 0.0, "condition_corruption": 0.0}
+BEFORE = {
+    "image_size": [64, 80],
+    "noise_schedule": "ddpm",  # the default, named so that the rows keep their meaning should it change
+    "dice_weighting": "uniform",
+    "p_min_known": 0.0,
+    "condition_corruption": 0.0,
+}
 NATIVE = BEFORE | {"image_size": None}  # None: the data's own slice size (80 x 96)
 FIXES = {"dice_weighting": "low_noise", "p_min_known": 0.75, "condition_corruption": 0.1}
+RFLOW = {"noise_schedule": "rflow", "rflow_sample_method": "uniform"}  # rectified flow, steps drawn uniformly
+LOGIT_NORMAL = {"rflow_sample_method": "logit-normal"}
 SETTINGS: dict[str, dict[str, Any]] = {
     "64x80 (before)": BEFORE,
     "80x96": NATIVE,
@@ -73,12 +81,28 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # (the learning curve still bends at 4x), so more, cheaper steps may buy more than width or batch
     "64x80, fixes, half width (16/32/32)": BEFORE | FIXES | {"channels": [16, 32, 32]},
     "64x80, fixes, batch 4": BEFORE | FIXES | {"batch_size": 4},
+    # velocity makes the x0 estimate x_t itself at low noise (sqrt(a) x_t - sqrt(1 - a) v), so an under-trained
+    # network cannot smooth away what little noise is left: more DDIM steps made the x0 model's masks smoother
+    "64x80, fixes, v-prediction": BEFORE | FIXES | {"prediction_type": "v_prediction"},
+    # rectified flow spends half its training and its sampling steps where the signal outweighs the noise, DDPM's
+    # linear betas about a quarter; before the fixes it drew 4x the components of DDIM-20 (mask_mcdpm.md)
+    "64x80, fixes, rectified flow": BEFORE | FIXES | RFLOW,
+    # the flow's steps drawn logit-normal (mid-path, where a mask's layout is decided, drawn most); the flow at the
+    # data's own slice size (1.4x the cost of an iteration with bf16)
+    "64x80, fixes, rectified flow, logit-normal steps": BEFORE | FIXES | RFLOW | LOGIT_NORMAL,
+    "80x96, fixes, rectified flow": NATIVE | FIXES | RFLOW,
 }
 # Settings whose iterations are this multiple of ``--iterations``, for about the same CPU time as the defaults: a
 # training step of the half-width network cost 1.56 s against 4.20 s (batch 8, 64x80, one thread, 2.7x; the
 # machine shared with another job), and half the batch about half as much. ``run`` records the seconds each took.
 ITERATION_FACTORS = {"64x80, fixes, half width (16/32/32)": 2.5, "64x80, fixes, batch 4": 2.0}
-NETWORK_KEYS = ("image_size", "prediction_type", "position_mode", "channels")  # what inference.json must also know
+NETWORK_KEYS = (
+    "image_size",
+    "prediction_type",
+    "noise_schedule",
+    "position_mode",
+    "channels",
+)  # what inference.json must also know
 
 
 def _data(dataset: str) -> Path:
@@ -140,16 +164,22 @@ def score(dataset: str, run: Path, checkpoint: Path, overrides: dict[str, Any], 
 
 
 def score_stage(
-    stage, data: Path, checkpoint: Path, overrides: dict[str, Any], out: Path, windows: int = WINDOWS_PER_VOLUME
+    stage,
+    data: Path,
+    checkpoint: Path,
+    overrides: dict[str, Any],
+    out: Path,
+    windows: int = WINDOWS_PER_VOLUME,
+    sampling_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """:func:`score` for any mask stage (a ``StageBundle``) and real dataset ``data``: :data:`VOLUMES` samples
-    against the training masks, ``windows`` seed-gap windows per held-out (test) mask."""
+    against the training masks, ``windows`` seed-gap windows per held-out (test) mask; ``sampling_overrides``
+    (:data:`SAMPLING_KEYS`) change the sampler for both."""
     from medgen3d.data.io import load_nifti
     from medgen3d.engines.checkpoint import load_weights
-    from medgen3d.metrics.anatomy import slice_change_rate
     from medgen3d.metrics.convergence import SeedAgreement
 
-    network_overrides = {k: v for k, v in overrides.items() if k in NETWORK_KEYS}
+    network_overrides = {k: v for k, v in overrides.items() if k in NETWORK_KEYS} | (sampling_overrides or {})
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     workflow = stage.run(
@@ -183,12 +213,34 @@ def score_stage(
         "volumes": len(synthetic),
         "sampling_seconds": round(seconds, 1),
         "slice_size": list(parser.get_parsed_content("slice_size")),
-        "slice_change_rate": {
-            "synthetic": float(np.nanmean([slice_change_rate(v) for v in synthetic])),
-            "real": float(np.nanmean([slice_change_rate(v) for v in real])),
-        },
+        **volume_measures(synthetic, real),
         "structures": structures,
     }
+
+
+def volume_measures(synthetic: list[np.ndarray], real: list[np.ndarray]) -> dict[str, dict[str, float]]:
+    """The whole-volume measures, synthetic and real: the slice-change rate and the outline pieces per slice."""
+    from medgen3d.metrics.anatomy import outline_pieces, slice_change_rate
+
+    return {
+        key: {
+            "synthetic": float(np.nanmean([f(v) for v in synthetic])),
+            "real": float(np.nanmean([f(v) for v in real])),
+        }
+        for key, f in (("slice_change_rate", slice_change_rate), ("outline_pieces", outline_pieces))
+    }
+
+
+def _with_outline(dataset: str, entry: dict[str, Any], samples: Path) -> dict[str, Any]:
+    """``entry`` with the outline measure, computed from its samples on disk when its scoring predates it."""
+    from medgen3d.data.io import load_nifti
+
+    files = sorted((samples / "labels").glob("*.nii.gz"))
+    if "outline_pieces" in entry["scores"] or not files:
+        return entry
+    synthetic = [load_nifti(f).array.astype(np.int64) for f in files]
+    outline = volume_measures(synthetic, _masks(_data(dataset), "training"))["outline_pieces"]
+    return entry | {"scores": entry["scores"] | {"outline_pieces": outline}}
 
 
 def _checkpoint_iteration(path: Path) -> int:
@@ -224,9 +276,10 @@ def run(
 
 def _seed_curve(dataset: str, setting: str, iterations: int, run_dir: Path, parser) -> None:
     """Start the curve from the finished ``run`` of ``setting`` at ``iterations``: its training checkpoint (the
-    curve resumes from it), its EMA weights as the first point and that point's scores. The learning rate is
-    constant, so this equals training the curve from zero, less the first point's CPU time. ``parser`` holds the
-    curve's training config, against which the setting is checked."""
+    curve resumes from it), its EMA weights as the first point and that point's scores. The later points continue
+    that training: the cosine learning-rate schedule, which had decayed over the first point's iterations, resumes
+    on the curve's longer horizon (at 1x of 4x, about 0.9 of the peak rate), so they are a run continued, not fresh
+    runs of 2x and 4x. ``parser`` holds the curve's training config, against which the setting is checked."""
     if setting not in SETTINGS:
         raise SystemExit(f"unknown setting {setting!r}; known: {list(SETTINGS)}")
     source = RUNS / dataset / _folder(setting)
@@ -380,9 +433,11 @@ def report(dataset: str = "brain-mni") -> None:
     """Write ``benchmarks/results/mask_stage_<dataset>.{json,md,png}`` from the finished settings."""
     rows = {}
     for name in SETTINGS:
-        entry = _read(RUNS / dataset / _folder(name) / "result.json")
+        path = RUNS / dataset / _folder(name) / "result.json"
+        entry = _read(path)
         if entry is not None:
-            rows[name] = entry
+            rows[name] = _with_outline(dataset, entry, path.parent / "eval" / "samples")
+            _write(path, rows[name])
     if not rows:
         raise SystemExit(f"no finished setting under {RUNS / dataset}; run `mask_stage.py run` first")
     stem = RESULTS / f"mask_stage_{dataset}"
@@ -400,6 +455,12 @@ def _f(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _outline(rows: dict[str, Any], kind: str) -> str:
+    """The real masks' outline pieces, from the first row that has the measure."""
+    known = [e["scores"]["outline_pieces"][kind] for e in rows.values() if "outline_pieces" in e["scores"]]
+    return _f(known[0]) if known else "n/a"
+
+
 def markdown(results: dict[str, Any]) -> str:
     rows = results["rows"]
     first = next(iter(rows.values()))["scores"]
@@ -407,14 +468,18 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"Mask stage on {results['dataset']} small: {results['volumes']} volumes per setting against the real "
         "training masks; seed agreement gap on windows of the real held-out masks. Each structure cell: present in "
-        "(fraction of volumes) / volume fraction / components / slice continuity / z-profile r / seed gap.",
+        "(fraction of volumes) / volume fraction / components / slice continuity / z-profile r / seed gap. Outline "
+        "pieces: separate pieces of foreground per slice (n/a: scored before the measure, samples not on this "
+        "machine).",
         "",
-        "| setting | iterations | training s | slice-change rate | " + " | ".join(names) + " |",
-        "|---|---|---|---|" + "---|" * len(names),
+        "| setting | iterations | training s | slice-change rate | outline pieces per slice | "
+        + " | ".join(names)
+        + " |",
+        "|---|---|---|---|---|" + "---|" * len(names),
     ]
     real = first["structures"]
     lines.append(
-        f"| real | – | – | {_f(first['slice_change_rate']['real'], 3)} | "
+        f"| real | – | – | {_f(first['slice_change_rate']['real'], 3)} | {_outline(rows, 'real')} | "
         + " | ".join(
             f"{_f(real[n]['presence_rate_real'])} / {_f(real[n]['fraction_real'], 3)} / "
             f"{real[n]['components_real']:.0f} / {_f(real[n]['continuity_real'])} / – / 0"
@@ -434,7 +499,9 @@ def markdown(results: dict[str, Any]) -> str:
         earlier = f" {EARLIER}" if entry.get("earlier_run") else ""
         lines.append(
             f"| `{name}`{earlier} | {entry['iterations']} | {seconds} | "
-            f"{_f(s['slice_change_rate']['synthetic'], 3)} | " + " | ".join(cells) + " |"
+            f"{_f(s['slice_change_rate']['synthetic'], 3)} | {_f(s.get('outline_pieces', {}).get('synthetic'))} | "
+            + " | ".join(cells)
+            + " |"
         )
     machines = sorted({entry["machine"] for entry in rows.values()})
     lines += ["", "Training machine: " + "; ".join(machines) + "."]
@@ -474,5 +541,65 @@ def montage(dataset: str, samples: dict[str, Path], path: Path, what: str = "set
     plt.close(fig)
 
 
+SAMPLING_KEYS = ("num_inference_steps", "eta")  # inference.json's sampler settings a sweep may vary
+
+
+def steps(
+    dataset: str = "brain-mni",
+    setting: str = "64x80, low-noise Dice, n=2 mostly, jittered condition",
+    counts: tuple[int, ...] = (5, 10, 20),
+    eta: float = 0.0,
+    threads: int = 2,
+) -> None:
+    """Sample one finished ``run`` setting's model with each number of sampler steps in ``counts`` (DDIM with
+    ``eta`` for a ``ddpm`` network, Euler steps for rectified flow) and score it as ``run`` does; writes
+    ``benchmarks/results/mask_sampling_steps_<dataset>.{json,md,png}``, keeping the rows of earlier sweeps (other
+    settings, another ``eta``)."""
+    torch.set_num_threads(threads)
+    if setting not in SETTINGS:
+        raise SystemExit(f"unknown setting {setting!r}; known: {list(SETTINGS)}")
+    run_dir = RUNS / dataset / _folder(setting)
+    trained = _read(run_dir / "result.json")
+    if trained is None:
+        raise SystemExit(f"{run_dir}: not finished; run `mask_stage.py run --settings '[\"{setting}\"]'` first")
+    counts = (counts,) if isinstance(counts, int) else tuple(counts)
+    stem = RESULTS / f"mask_sampling_steps_{dataset}"
+    rows = (_read(stem.with_suffix(".json")) or {}).get("rows", {})
+    for count in counts:
+        flow = SETTINGS[setting].get("noise_schedule") == "rflow"
+        sampler = f"flow-{count}" if flow else f"DDIM-{count}" + (f", eta {eta:g}" if eta else "")
+        name = f"{setting}: {sampler}"
+        sampling = {"num_inference_steps": int(count), "eta": float(eta)}
+        scores = score_stage(
+            _stage(dataset, run_dir),
+            _data(dataset),
+            run_dir / "models" / "model.pt",
+            SETTINGS[setting],
+            run_dir / "eval" / _folder(f"steps {sampler}") / "samples",
+            sampling_overrides=sampling,
+        )
+        rows[name] = {
+            "iterations": trained["iterations"],
+            "training_seconds": trained["training_seconds"],
+            "machine": _machine(),
+            "setting": setting,
+            "sampler": sampler,
+            "sampling": sampling,
+            "scores": scores,
+        }
+        print(f"{name}: {scores['slice_change_rate']}", file=sys.stderr, flush=True)
+    results = {"dataset": dataset, "volumes": VOLUMES, "rows": rows}
+    _write(stem.with_suffix(".json"), results)
+    head = "Each trained setting of the mask stage sampled with several numbers of steps (row: setting: sampler).\n\n"
+    text = head + markdown(results).replace("| setting | iterations |", "| setting: sampler | iterations |", 1)
+    stem.with_suffix(".md").write_text(text)
+    samples = {
+        n: RUNS / dataset / _folder(r["setting"]) / "eval" / _folder(f"steps {r['sampler']}") / "samples"
+        for n, r in rows.items()
+    }
+    montage(dataset, samples, stem.with_suffix(".png"), "sampling steps")
+    print(text)
+
+
 if __name__ == "__main__":
-    fire.Fire({"run": run, "report": report, "curve": curve})
+    fire.Fire({"run": run, "report": report, "curve": curve, "steps": steps})
