@@ -158,9 +158,16 @@ def structure_measures(synthetic: list[np.ndarray], real: list[np.ndarray], name
     }
 
 
+# The sampler every row is scored with: DDIM-20 for DDPM networks (mask_mcdpm's default until 0.8.0, when every row
+# of the table was scored) and the flow's 10 steps, so that a rerun row compares with the others; ``steps`` sweeps it
+SCORING_STEPS = {"ddpm": 20, "rflow": 10}
+
+
 def score(dataset: str, run: Path, checkpoint: Path, overrides: dict[str, Any], out: Path) -> dict[str, Any]:
     """Sample :data:`VOLUMES` masks from ``checkpoint`` and measure them; the seed gap on the held-out masks."""
-    return score_stage(_stage(dataset, run), _data(dataset), checkpoint, overrides, out)
+    steps = SCORING_STEPS[overrides.get("noise_schedule", "ddpm")]
+    sampling = {"num_inference_steps": steps}
+    return score_stage(_stage(dataset, run), _data(dataset), checkpoint, overrides, out, sampling_overrides=sampling)
 
 
 def score_stage(
