@@ -10,6 +10,7 @@ each other minus with the real continuation; 0 when converged, see :mod:`medgen3
     .venv/bin/python benchmarks/mask_stage.py run [--settings '["a","b"]'] [--iterations 1400]
     .venv/bin/python benchmarks/mask_stage.py report
     .venv/bin/python benchmarks/mask_stage.py curve --dataset brain-mni [--multiples 1,2,4] [--iterations 1400]
+    .venv/bin/python benchmarks/mask_stage.py steps [--setting NAME] [--counts 5,10,20,40] [--eta 1]
 
 ``run`` keeps each setting under ``benchmarks/runs/mask_stage/<dataset>/<setting>/`` and skips finished ones; an
 interrupted training resumes from its checkpoint. ``report`` writes
@@ -18,9 +19,12 @@ two samples per setting beside two real masks).
 ``curve`` trains the shipped defaults once to the largest multiple of ``--iterations``, keeps the EMA weights at each
 multiple, scores each, and writes ``benchmarks/results/mask_learning_curve_<dataset>.{json,md,png}`` (each measure
 against iterations, the real value as a line) and ``_samples.png`` (two samples per multiple beside two real masks);
-``--start_from`` a finished ``run`` setting equal to the defaults makes that run the first point. On the 2-core CPU
-a brain iteration costs about 0.9 s at 64x80 and 1.3 to 1.6 s at 80x96 (the settings' training seconds): a setting
-takes 20 to 37 minutes, the brain curve from 1x to 4x about an hour more (measured: 59 minutes).
+``--start_from`` a finished ``run`` setting equal to the defaults makes that run the first point. ``steps`` samples
+a finished setting's model with several sampler step counts (no training) and writes
+``benchmarks/results/mask_sampling_steps_<dataset>.{json,md,png}``. On the 2-core CPU with bf16 instructions a
+brain iteration costs about 0.33 s at 64x80 and 0.42 s at 80x96 (0.9 and 1.3 to 1.6 s in float32; the settings'
+training seconds): a setting takes 7 to 13 minutes (20 to 37 in float32), a sweep of ``steps`` about 1.5 minutes per
+sampler.
 """
 
 from __future__ import annotations
