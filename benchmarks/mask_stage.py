@@ -100,13 +100,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
 # training step of the half-width network cost 1.56 s against 4.20 s (batch 8, 64x80, one thread, 2.7x; the
 # machine shared with another job), and half the batch about half as much. ``run`` records the seconds each took.
 ITERATION_FACTORS = {"64x80, fixes, half width (16/32/32)": 2.5, "64x80, fixes, batch 4": 2.0}
-NETWORK_KEYS = (
-    "image_size",
-    "prediction_type",
-    "noise_schedule",
-    "position_mode",
-    "channels",
-)  # what inference.json must also know
+# what inference.json must also know of a setting, and the sampler settings a scoring may change
+NETWORK_KEYS = ("image_size", "prediction_type", "noise_schedule", "position_mode", "channels")
+SAMPLING_KEYS = ("num_inference_steps", "eta")
 
 
 def _data(dataset: str) -> Path:
@@ -190,7 +186,10 @@ def score_stage(
     from medgen3d.engines.checkpoint import load_weights
     from medgen3d.metrics.convergence import SeedAgreement
 
-    network_overrides = {k: v for k, v in overrides.items() if k in NETWORK_KEYS} | (sampling_overrides or {})
+    sampling_overrides = sampling_overrides or {}
+    if not set(sampling_overrides) <= set(SAMPLING_KEYS):
+        raise ValueError(f"sampling_overrides may set {SAMPLING_KEYS}, got {sorted(sampling_overrides)}")
+    network_overrides = {k: v for k, v in overrides.items() if k in NETWORK_KEYS} | sampling_overrides
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     workflow = stage.run(
@@ -448,7 +447,8 @@ def report(dataset: str = "brain-mni") -> None:
         entry = _read(path)
         if entry is not None:
             rows[name] = _with_outline(dataset, entry, path.parent / "eval" / "samples")
-            _write(path, rows[name])
+            if rows[name] is not entry:  # keep the measure computed from the samples with the run's record
+                _write(path, rows[name])
     if not rows:
         raise SystemExit(f"no finished setting under {RUNS / dataset}; run `mask_stage.py run` first")
     stem = RESULTS / f"mask_stage_{dataset}"
@@ -466,9 +466,9 @@ def _f(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def _outline(rows: dict[str, Any], kind: str) -> str:
+def _real_outline(rows: dict[str, Any]) -> str:
     """The real masks' outline pieces, from the first row that has the measure."""
-    known = [e["scores"]["outline_pieces"][kind] for e in rows.values() if "outline_pieces" in e["scores"]]
+    known = [e["scores"]["outline_pieces"]["real"] for e in rows.values() if "outline_pieces" in e["scores"]]
     return _f(known[0]) if known else "n/a"
 
 
@@ -490,7 +490,7 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     real = first["structures"]
     lines.append(
-        f"| real | – | – | {_f(first['slice_change_rate']['real'], 3)} | {_outline(rows, 'real')} | "
+        f"| real | – | – | {_f(first['slice_change_rate']['real'], 3)} | {_real_outline(rows)} | "
         + " | ".join(
             f"{_f(real[n]['presence_rate_real'])} / {_f(real[n]['fraction_real'], 3)} / "
             f"{real[n]['components_real']:.0f} / {_f(real[n]['continuity_real'])} / – / 0"
@@ -552,9 +552,6 @@ def montage(dataset: str, samples: dict[str, Path], path: Path, what: str = "set
     plt.close(fig)
 
 
-SAMPLING_KEYS = ("num_inference_steps", "eta")  # inference.json's sampler settings a sweep may vary
-
-
 def steps(
     dataset: str = "brain-mni",
     setting: str = "64x80, low-noise Dice, n=2 mostly, jittered condition",
@@ -576,8 +573,8 @@ def steps(
     counts = (counts,) if isinstance(counts, int) else tuple(counts)
     stem = RESULTS / f"mask_sampling_steps_{dataset}"
     rows = (_read(stem.with_suffix(".json")) or {}).get("rows", {})
+    flow = SETTINGS[setting].get("noise_schedule") == "rflow"
     for count in counts:
-        flow = SETTINGS[setting].get("noise_schedule") == "rflow"
         sampler = f"flow-{count}" if flow else f"DDIM-{count}" + (f", eta {eta:g}" if eta else "")
         name = f"{setting}: {sampler}"
         sampling = {"num_inference_steps": int(count), "eta": float(eta)}
