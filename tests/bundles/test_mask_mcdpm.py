@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
+from monai.networks.schedulers import DDPMScheduler
 
 from medgen3d.data.dataset import read_dataset
-from medgen3d.data.io import load_nifti, save_nifti
+from medgen3d.data.io import SettingError, load_nifti, save_nifti
 from medgen3d.data.validate import validate_dataset
 from medgen3d.zoo.export import export_bundles
 from medgen3d.zoo.record import read_training_record
+from medgen3d.zoo.schedules import check_trained_schedule
 from tests.bundles.helpers import (
     DEFAULT_LABELS,
     TINY_NETWORKS,
@@ -188,6 +190,40 @@ def test_a_network_is_refused_a_sampler_of_the_other_noise_schedule(trained, tra
     with pytest.raises(Exception) as err:
         _workflow(["train.json"], tmp_path / "c", dataset, **TRAIN, noise_schedule="flow").run()
     assert "noise_schedule: must be one of ['ddpm', 'rflow'], got 'flow'" in error_chain(err.value)
+
+
+def test_the_betas_train_and_sample_alike_and_are_kept_in_the_record(trained, tmp_path):
+    root, dataset = trained
+    assert read_training_record(root / "models")["settings"]["beta_schedule"] == "linear_beta"
+    train = _workflow(["train.json"], tmp_path / "t", dataset, **TRAIN, beta_schedule="cosine")
+    cosine = DDPMScheduler(20, schedule="cosine").alphas_cumprod
+    for key in ("noise_scheduler", "preview_sampler"):
+        scheduler = train.parser.get_parsed_content(key)
+        scheduler = getattr(scheduler, "scheduler", scheduler)
+        assert torch.allclose(scheduler.alphas_cumprod, cosine)
+    # the brain preset trains and samples with scaled-linear betas and DDIM-5 (mask_mcdpm's docs: Training choices)
+    brain = _workflow(["train.json", "brain.json"], tmp_path / "b", dataset, **TRAIN)
+    scaled = DDPMScheduler(20, schedule="scaled_linear_beta").alphas_cumprod
+    assert torch.allclose(brain.parser.get_parsed_content("noise_scheduler").alphas_cumprod, scaled)
+    brain.run()
+    brain.finalize()
+    assert read_training_record(tmp_path / "b" / "models")["settings"]["beta_schedule"] == "scaled_linear_beta"
+    brain = _workflow(["inference.json", "brain.json"], tmp_path / "b", dataset, image_size=[16, 16])
+    assert torch.allclose(brain.parser.get_parsed_content("inference_scheduler").alphas_cumprod, scaled)
+    assert brain.parser.get_parsed_content("num_inference_steps") == 5
+    with pytest.raises(Exception) as err:  # weights trained with linear betas, sampled with cosine ones
+        _workflow(["inference.json"], root, dataset, synthetic_dir=str(tmp_path / "x"), **INFER, beta_schedule="cosine")
+    assert "trained with beta_schedule 'linear_beta'" in error_chain(err.value)
+    assert "run with --beta_schedule linear_beta" in error_chain(err.value)
+    record = root / "models" / "training_data.json"
+    older = json.loads(record.read_text())
+    del older["settings"]["beta_schedule"]  # a record from before the choice: linear betas
+    (tmp_path / "m").mkdir()
+    shutil.copy(root / "models" / "model.pt", tmp_path / "m" / "model.pt")
+    (tmp_path / "m" / "training_data.json").write_text(json.dumps(older))
+    check_trained_schedule(tmp_path / "m", DDPMScheduler(20, prediction_type="sample"), "linear_beta")
+    with pytest.raises(SettingError, match="beta_schedule 'linear_beta'"):
+        check_trained_schedule(tmp_path / "m", DDPMScheduler(20, prediction_type="sample"), "cosine")
 
 
 def test_an_exported_rflow_bundle_samples_along_its_recorded_schedule(trained_rflow, tmp_path):

@@ -2,12 +2,15 @@
 
 mask_mcdpm trains and samples with either schedule of :data:`NOISE_SCHEDULES`, by its top-level ``noise_schedule``:
 
-- ``"ddpm"``: MONAI's DDPM path (trained with ``DDPMScheduler``, sampled with DDIM or the full DDPM chain);
+- ``"ddpm"``: MONAI's DDPM path (trained with ``DDPMScheduler``, sampled with DDIM or the full DDPM chain), its
+  betas named by ``beta_schedule`` (MONAI's names: ``scaled_linear_beta`` by default, which trains and samples
+  more where signal and noise are alike than the paper's ``linear_beta``; ``cosine`` more still);
 - ``"rflow"``: rectified flow (:class:`~medgen3d.diffusion.schedulers.RectifiedFlowScheduler`), a few steps.
 
 The configs hold one scheduler definition per name and pick one with :func:`choose_scheduler`. The two paths noise
 differently, so a network sampled along the other path gives noise: training keeps its ``noise_schedule`` in the
-record beside the weights, and :func:`check_trained_schedule` refuses a sampler whose scheduler differs.
+record beside the weights (its ``beta_schedule`` too), and :func:`check_trained_schedule` refuses a sampler whose
+scheduler differs.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from medgen3d.zoo.record import RECORD_NAME, read_training_record
 __all__ = ["NOISE_SCHEDULES", "noise_schedule_of", "choose_scheduler", "check_trained_schedule"]
 
 NOISE_SCHEDULES = ("ddpm", "rflow")
+# the betas (MONAI's name) of a DDPM network whose record predates the choice: before mask_mcdpm 0.9.0, linear ones
+_UNRECORDED_BETAS = "linear_beta"
 
 
 def noise_schedule_of(scheduler: Scheduler) -> str:
@@ -41,16 +46,20 @@ def choose_scheduler(schedulers: Mapping[str, Scheduler | None], noise_schedule:
     return scheduler
 
 
-def check_trained_schedule(ckpt_dir: str | os.PathLike, scheduler: Scheduler) -> None:
+def check_trained_schedule(ckpt_dir: str | os.PathLike, scheduler: Scheduler, beta_schedule: str) -> None:
     """Refuse to sample the weights in ``ckpt_dir`` with ``scheduler`` when their training record says they were
-    trained along another noise path or for another prediction type (:class:`SettingError`, one line naming the
-    record and the setting to change). A record written before the choice existed is a DDPM one; without a record
-    there is nothing to check."""
+    trained along another noise path, for another prediction type or, on the DDPM path, with other betas
+    (``beta_schedule``, MONAI's schedule name) (:class:`SettingError`, one line naming the record and the setting to
+    change). A record written before a choice existed holds what there was then: DDPM with linear betas. Without a
+    record there is nothing to check."""
     path = Path(ckpt_dir) / RECORD_NAME
     if not path.is_file():
         return
-    settings = {"noise_schedule": "ddpm", **(read_training_record(ckpt_dir).get("settings") or {})}
+    defaults = {"noise_schedule": "ddpm", "beta_schedule": _UNRECORDED_BETAS}
+    settings = defaults | (read_training_record(ckpt_dir).get("settings") or {})
     used = {"noise_schedule": noise_schedule_of(scheduler), "prediction_type": str(scheduler.prediction_type)}
+    if used["noise_schedule"] == "ddpm":  # the flow's path has no betas
+        used["beta_schedule"] = beta_schedule
     for key, value in used.items():
         trained = settings.get(key)
         if trained is not None and trained != value:
