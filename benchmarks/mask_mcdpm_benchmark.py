@@ -62,12 +62,14 @@ RESULTS = ROOT / "benchmarks" / "results"
 OVERLAYS = ["brain.json"]  # what the quality benchmark trains the brain's mask model with
 REFERENCE = "DDIM-50"
 
-# each model: the bundle settings that differ from its defaults (sampling reads them too)
+# each model: the bundle settings that differ from its defaults (sampling reads them too); the DDPM models were
+# recorded with linear betas, the default before mask_mcdpm 0.9.0
+LINEAR = {"beta_schedule": "linear_beta"}
 MODELS: dict[str, dict[str, Any]] = {
-    "x0": {"noise_schedule": "ddpm", "prediction_type": "sample"},
+    "x0": {"noise_schedule": "ddpm", **LINEAR, "prediction_type": "sample"},
     # noise prediction without the structure Dice, which reads an x0 estimate noise prediction makes unstable (the
     # bundle refuses the pair); the recorded epsilon row predates this and had the Dice on
-    "epsilon": {"noise_schedule": "ddpm", "prediction_type": "epsilon", "dice_weight": 0.0},
+    "epsilon": {"noise_schedule": "ddpm", **LINEAR, "prediction_type": "epsilon", "dice_weight": 0.0},
     "rflow": {"noise_schedule": "rflow"},
 }
 

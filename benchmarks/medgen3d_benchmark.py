@@ -61,7 +61,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "defaults": {},
     "rflow-10, refiner DDIM-2": {"mask_mcdpm": {"noise_schedule": "rflow"}, "sdm_refiner": {"denoising_steps": 2}},
     "before: DDIM-50, DDPM chain": {
-        "mask_mcdpm": {"noise_schedule": "ddpm", "num_inference_steps": 50},
+        "mask_mcdpm": {"noise_schedule": "ddpm", "beta_schedule": "linear_beta", "num_inference_steps": 50},
         "sdm_refiner": {"denoising_steps": None},
     },
 }

@@ -18,6 +18,7 @@ rerun after an interruption continues (the seconds of a stage are those of the r
     .venv/bin/python benchmarks/quality_benchmark.py run --dataset thorax-phantom
     .venv/bin/python benchmarks/quality_benchmark.py run --train_only mask,image,refiner   # the generators only
     .venv/bin/python benchmarks/quality_benchmark.py run --regenerate   # stages kept, every case generated again
+    .venv/bin/python benchmarks/quality_benchmark.py compare --dataset brain-mni   # the change file again
     .venv/bin/python benchmarks/quality_benchmark.py record      # the files of a finished `make demo`
 """
 
@@ -255,8 +256,11 @@ def _settings(workflow, common: dict[str, Any]) -> dict[str, Any]:
         parser = getattr(stages, stage).workflow(["train.json"], dataset_dir=common["dataset_dir"]).parser
         out[stage] = {name: parser.get_parsed_content(name) for name in names if name in parser}
     parser = stages.mask.workflow(["inference.json"], dataset_dir=common["dataset_dir"]).parser
-    kind = "RFlow" if parser.get_parsed_content("noise_schedule") == "rflow" else "DDIM"
-    out["mask"]["sampler"] = f"{kind}-{parser.get_parsed_content('num_inference_steps')}"
+    steps = parser.get_parsed_content("num_inference_steps")
+    if parser.get_parsed_content("noise_schedule") == "rflow":
+        out["mask"]["sampler"] = f"RFlow-{steps}"
+    else:  # the betas too: they set where DDIM's steps fall (a result before they were named had linear ones)
+        out["mask"]["sampler"] = f"DDIM-{steps}, {parser.get_parsed_content('beta_schedule')}"
     parser = stages.refiner.workflow(["inference.json"], dataset_dir=common["dataset_dir"]).parser
     names = ("noise_steps", "denoising_steps", "denoising_eta")
     out["refiner"].update({name: parser.get_parsed_content(name) for name in names})
@@ -376,6 +380,18 @@ def _generating_settings(results: dict[str, Any]) -> str:
     return f"masks {settings.get('mask', {}).get('sampler', 'not recorded')}; refiner " + ", ".join(
         f"{k} {refiner[k] if k in refiner else 'not recorded'}" for k in REFINER_SETTINGS
     )
+
+
+def compare(dataset: str = "brain-mni") -> None:
+    """Write ``quality_<dataset>_change.md`` again from ``quality_<dataset>_before.json`` and the current results: after
+    a rerun without ``--regenerate`` (the same cases evaluated again) has rewritten the results."""
+    paths = [RESULTS / f"quality_{dataset}{suffix}.json" for suffix in ("_before", "")]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise SystemExit(f"nothing to compare: {missing} missing (run with --regenerate first)")
+    text = change(*(json.loads(p.read_text()) for p in paths))
+    (RESULTS / f"quality_{dataset}_change.md").write_text(text)
+    print(text)
 
 
 def change(before: dict[str, Any], after: dict[str, Any], tolerance: float = 0.1) -> str:
@@ -509,4 +525,4 @@ def montage(real_dir: Path, synthetic_dir: Path, path: Path, title: str, count: 
 
 
 if __name__ == "__main__":
-    fire.Fire({"run": run, "record": record})
+    fire.Fire({"run": run, "compare": compare, "record": record})
