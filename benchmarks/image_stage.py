@@ -6,7 +6,9 @@ identical anatomy with the real image of that anatomy:
 - ``real``: the real images themselves (the ceiling; their feature distance is real held-out against real training);
 - ``lookup``: each voxel its label's mean real training intensity (:mod:`medgen3d.metrics.lookup`), the simplest
   image a mask can have; a generator it beats has not learnt label -> intensity;
-- one row per generator setting of :data:`SETTINGS`, each trained for the same iterations from the same seed.
+- one row per generator setting of :data:`SETTINGS`, each trained for the same iterations from the same seed;
+- :data:`PIPELINE`: the quality benchmark's trained generator, and its images after the quality benchmark's refiner
+  (what the workflow gives a user; the refiner's images carry its texture, which the contrast-to-noise sees).
 
 Measures (network scale, [-1, 1]; generated images as the generator wrote them, never re-normalised):
 mean absolute difference to the real image; alignment Dice (the quality benchmark's real-trained segmenter on the
@@ -20,11 +22,13 @@ The dataset and the segmenter are the quality benchmark's, so run its segmenter 
 
     .venv/bin/python benchmarks/quality_benchmark.py run --dataset brain-mni --train_only segmenter
     .venv/bin/python benchmarks/image_stage.py run --dataset brain-mni [--settings '["a","b"]'] [--iterations 400]
+    .venv/bin/python benchmarks/image_stage.py pipeline --dataset brain-mni   # after a full quality benchmark run
     .venv/bin/python benchmarks/image_stage.py report --dataset brain-mni
 
 ``run`` keeps each setting's result in ``benchmarks/runs/image_stage/<dataset>/`` and skips what is finished;
 ``report`` writes ``benchmarks/results/image_stage_<dataset>.{json,md}`` and a montage ``.png`` (one held-out case:
-its mask, its real image, the lookup and every setting, in three planes).
+its mask, its real image, the lookup and every setting, in three planes), and ``_pipeline.png`` the same for the
+:data:`PIPELINE` rows.
 """
 
 from __future__ import annotations
@@ -89,6 +93,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
     },
 }
 DEFAULT = "+SPADE, learning rate 1e-3 decaying to 0"  # the row the bundle's defaults reproduce
+# what a user of the workflow gets on these masks: the quality benchmark's own generator (the defaults, trained at its
+# budget), as it writes its images and after its refiner (the defaults: t_r = 10, DDIM-5 with fresh noise)
+PIPELINE = ("quality benchmark's generator", "quality benchmark's generator, refined")
 DRIFT_STARTS = (0.3, 0.5, 0.7)  # where along each held-out volume the real slices end
 DRIFT_SLICES = 12  # slices generated after them
 DRIFT_AT = 10  # drift_ratio: error this many slices after the last real one, over the first's
@@ -107,7 +114,7 @@ def _names(settings: str | tuple[str, ...], known: dict[str, Any]) -> tuple[str,
     names = (settings,) if isinstance(settings, str) else tuple(settings)
     unknown = [n for n in names if n not in known]
     if unknown:
-        hint = "several names with commas: --settings '[\"a, b\",\"c\"]'"
+        hint = 'several names with commas: --settings \'["a, b","c"]\''
         raise SystemExit(f"unknown settings {unknown}; known: {list(known)}; {hint}")
     return names
 
@@ -287,6 +294,76 @@ def run(
         print(f"{name}: {entry | scores}", file=sys.stderr, flush=True)
 
 
+def pipeline(dataset: str = "brain-mni", threads: int = 2) -> None:
+    """Score the :data:`PIPELINE` rows: the quality benchmark's trained generator and refiner on the held-out masks,
+    each case refined with the noise of seed ``i`` as :mod:`image_variants` refines. Run it again after the quality
+    benchmark retrains either stage."""
+    from medgen3d.diffusion.refiner import refine_volume
+    from medgen3d.engines.checkpoint import load_weights
+    from medgen3d.pipeline.stages import StageBundle
+
+    torch.set_num_threads(threads)
+    contrasts = _check(dataset)["contrasts"]
+    judge = Judge(dataset)
+    quality = QUALITY / dataset
+    models = {bundle: quality / "models" / bundle for bundle in ("image_vid2vid", "sdm_refiner")}
+    missing = [str(p) for p in models.values() if not (p / "model.pt").exists() and not (p / "axial").is_dir()]
+    if missing:
+        raise SystemExit(
+            f"run `quality_benchmark.py run --dataset {dataset} --train_only image,refiner` first; {missing}"
+        )
+
+    def stage(bundle: str) -> StageBundle:
+        overrides = {"dataset_dir": str(judge.data)}
+        return StageBundle(
+            BUNDLES / bundle,
+            models[bundle],
+            RUNS / dataset / "pipeline" / bundle,
+            overlays=DATASETS[dataset]["overlays"],
+            overrides=overrides,
+        )
+
+    parser = stage("image_vid2vid").workflow(["inference.json"]).parser
+    generator = load_weights(parser.get_parsed_content("network"), models["image_vid2vid"] / "model.pt").eval()
+    size = tuple(parser.get_parsed_content("slice_size"))
+    machine, start = _machine(), time.perf_counter()
+    images = generated_images(generator, size, judge)
+    generating = time.perf_counter() - start
+    parser = stage("sdm_refiner").workflow(["inference.json"]).parser
+    networks, refiner = parser.get_parsed_content("view_networks"), parser.get_parsed_content("refiner")
+    views, batch_size = parser.get_parsed_content("views"), parser.get_parsed_content("batch_size")
+    start = time.perf_counter()
+    refined = [
+        refine_volume(
+            networks,
+            refiner,
+            image,
+            torch.from_numpy(label),
+            judge.num_classes,
+            views,
+            batch_size,
+            torch.Generator().manual_seed(i),
+        )
+        for i, (image, label) in enumerate(zip(images, judge.real.labels))
+    ]
+    refining = time.perf_counter() - start
+    timings = json.loads((quality / "timings.json").read_text())
+    for name, rendered, seconds, trained in (
+        (PIPELINE[0], images, generating, ("image",)),
+        (PIPELINE[1], refined, refining, ("image", "refiner")),
+    ):
+        folder = RUNS / dataset / _folder(name)
+        entry = {
+            "training_seconds": round(sum(timings[k]["seconds"] for k in trained), 1),
+            "machine": machine,
+            "seconds_per_volume": round(seconds / len(rendered), 2),
+            "scores": judge.score(rendered, contrasts),
+        }
+        _write(folder / "result.json", entry)
+        torch.save(rendered[0].clone(), folder / "first-case.pt")  # for the montage
+        print(f"{name}: {entry}", file=sys.stderr, flush=True)
+
+
 def _read(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -302,7 +379,7 @@ def report(dataset: str = "brain-mni") -> None:
     base = RUNS / dataset
     rows: dict[str, Any] = {}
     iterations = None
-    for name in ("real", "lookup", *SETTINGS):
+    for name in ("real", "lookup", *SETTINGS, *PIPELINE):
         entry = _read(base / _folder(name) / "result.json")
         if entry is None:
             continue
@@ -313,15 +390,18 @@ def report(dataset: str = "brain-mni") -> None:
     stem = RESULTS / f"image_stage_{dataset}"
     if iterations is None:  # no generator row ran here: the committed rows' iteration count
         iterations = (_read(stem.with_suffix(".json")) or {}).get("iterations")
-    rows = with_earlier_rows(stem.with_suffix(".json"), ("real", "lookup", *SETTINGS), rows, {"iterations": iterations})
+    names = ("real", "lookup", *SETTINGS, *PIPELINE)
+    rows = with_earlier_rows(stem.with_suffix(".json"), names, rows, {"iterations": iterations})
     results = {"dataset": dataset, "iterations": iterations, "default": DEFAULT, "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(results))
     if any((base / _folder(name) / "first-case.pt").exists() for name in SETTINGS):
-        montage(dataset, rows, stem.with_suffix(".png"))
+        montage(dataset, {n: r for n, r in rows.items() if n not in PIPELINE}, stem.with_suffix(".png"))
     else:  # every generator row is kept from the committed file: so is its montage, which shows them all
         print(f"no generator row ran on this machine: {stem.with_suffix('.png')} kept", file=sys.stderr)
+    if all((base / _folder(name) / "first-case.pt").exists() for name in PIPELINE):
+        montage(dataset, {n: r for n, r in rows.items() if n in PIPELINE}, RESULTS / f"{stem.name}_pipeline.png")
     print(markdown(results))
 
 
@@ -336,8 +416,9 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"Image stage on {results['dataset']} small: every row renders the 10 real held-out masks; generator rows "
         f"trained {results['iterations']} iterations from the same seed (the default: `{results['default']}`). "
-        "Difference and intensities on the networks' [-1, 1] scale, images as written; contrast-to-noise ∞ where "
-        "an image has no spread inside a structure (the lookup).",
+        "The quality benchmark's rows: its own generator and refiner (the defaults at its budget; training s: the "
+        "stages' seconds there). Difference and intensities on the networks' [-1, 1] scale, images as written; "
+        "contrast-to-noise ∞ where an image has no spread inside a structure (the lookup).",
         "",
         "| image of the real held-out mask | mean abs. difference to real | alignment Dice | feature FD | "
         + " | ".join(f"CNR {p}" for p in pairs)
@@ -424,4 +505,4 @@ def montage(dataset: str, rows: dict[str, Any], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    fire.Fire({"run": run, "report": report})
+    fire.Fire({"run": run, "pipeline": pipeline, "report": report})
