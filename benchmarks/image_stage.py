@@ -298,7 +298,8 @@ def pipeline(dataset: str = "brain-mni", threads: int = 2) -> None:
     """Score the :data:`PIPELINE` rows: the quality benchmark's trained generator and refiner on the held-out masks,
     each case refined with the noise of seed ``i`` as :mod:`image_variants` refines. Run it again after the quality
     benchmark retrains either stage."""
-    from medgen3d.diffusion.refiner import refine_volume
+    from image_variants import _refine  # the sibling benchmark's refinement of a judge's held-out masks
+
     from medgen3d.engines.checkpoint import load_weights
     from medgen3d.pipeline.stages import StageBundle
 
@@ -329,23 +330,10 @@ def pipeline(dataset: str = "brain-mni", threads: int = 2) -> None:
     machine, start = _machine(), time.perf_counter()
     images = generated_images(generator, size, judge)
     generating = time.perf_counter() - start
-    parser = stage("sdm_refiner").workflow(["inference.json"]).parser
-    networks, refiner = parser.get_parsed_content("view_networks"), parser.get_parsed_content("refiner")
-    views, batch_size = parser.get_parsed_content("views"), parser.get_parsed_content("batch_size")
+    refiner = stage("sdm_refiner")
+    noise_steps = refiner.workflow(["inference.json"]).parser.get_parsed_content("noise_steps")
     start = time.perf_counter()
-    refined = [
-        refine_volume(
-            networks,
-            refiner,
-            image,
-            torch.from_numpy(label),
-            judge.num_classes,
-            views,
-            batch_size,
-            torch.Generator().manual_seed(i),
-        )
-        for i, (image, label) in enumerate(zip(images, judge.real.labels))
-    ]
+    refined = _refine(refiner, models["sdm_refiner"], images, judge, noise_steps)
     refining = time.perf_counter() - start
     timings = json.loads((quality / "timings.json").read_text())
     for name, rendered, seconds, trained in (
