@@ -3,8 +3,8 @@
 mask_mcdpm trains and samples with either schedule of :data:`NOISE_SCHEDULES`, by its top-level ``noise_schedule``:
 
 - ``"ddpm"``: MONAI's DDPM path (trained with ``DDPMScheduler``, sampled with DDIM or the full DDPM chain), its
-  betas named by ``beta_schedule`` (MONAI's names: ``scaled_linear_beta`` by default, which trains and samples
-  more where signal and noise are alike than the paper's ``linear_beta``; ``cosine`` more still);
+  betas named by ``beta_schedule`` (MONAI's names: the paper's ``linear_beta`` by default; ``scaled_linear_beta``,
+  the brain preset's, trains and samples more where signal and noise are alike; ``cosine`` more still);
 - ``"rflow"``: rectified flow (:class:`~medgen3d.diffusion.schedulers.RectifiedFlowScheduler`), a few steps.
 
 The configs hold one scheduler definition per name and pick one with :func:`choose_scheduler`. The two paths noise
