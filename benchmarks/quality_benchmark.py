@@ -243,6 +243,8 @@ def _settings(workflow, common: dict[str, Any]) -> dict[str, Any]:
             "dice_weighting",
             "p_min_known",
             "condition_corruption",
+            "learning_rate",
+            "final_lr_fraction",
             "ema_decay",
             "position_mode",
             "flip_prob",
@@ -264,6 +266,8 @@ def _settings(workflow, common: dict[str, Any]) -> dict[str, Any]:
     parser = stages.refiner.workflow(["inference.json"], dataset_dir=common["dataset_dir"]).parser
     names = ("noise_steps", "denoising_steps", "denoising_eta")
     out["refiner"].update({name: parser.get_parsed_content(name) for name in names})
+    for stage, bundle in STAGE_BUNDLES.items():  # which version of each stage's code the run measured
+        out[stage]["version"] = json.loads((BUNDLES / bundle / "configs" / "metadata.json").read_text())["version"]
     return out
 
 
@@ -376,9 +380,16 @@ IMAGE_MEASURES = {  # results key -> (title, whether lower is closer to real)
 
 def _generating_settings(results: dict[str, Any]) -> str:
     settings = results["settings"]
-    refiner = settings.get("refiner", {})
-    return f"masks {settings.get('mask', {}).get('sampler', 'not recorded')}; refiner " + ", ".join(
-        f"{k} {refiner[k] if k in refiner else 'not recorded'}" for k in REFINER_SETTINGS
+    mask, refiner = settings.get("mask", {}), settings.get("refiner", {})
+    rate = ""  # recorded since mask_mcdpm 0.10.0, whose brain preset changed it
+    if "learning_rate" in mask and "final_lr_fraction" in mask:
+        start, end = mask["learning_rate"], mask["learning_rate"] * mask["final_lr_fraction"]
+        rate = f", trained at learning rate {start:g} to {end:g}"
+    versions = [f"{STAGE_BUNDLES[k]} {settings[k]['version']}" for k in STAGES if "version" in settings.get(k, {})]
+    return (
+        f"masks {mask.get('sampler', 'not recorded')}{rate}; refiner "
+        + ", ".join(f"{k} {refiner[k] if k in refiner else 'not recorded'}" for k in REFINER_SETTINGS)
+        + (f" (stage versions: {', '.join(versions)})" if versions else "")
     )
 
 

@@ -201,10 +201,13 @@ def test_the_betas_train_and_sample_alike_and_are_kept_in_the_record(trained, tm
         scheduler = train.parser.get_parsed_content(key)
         scheduler = getattr(scheduler, "scheduler", scheduler)
         assert torch.allclose(scheduler.alphas_cumprod, cosine)
-    # the brain preset trains and samples with scaled-linear betas and DDIM-5 (mask_mcdpm's docs: Training choices)
+    # the brain preset trains and samples with scaled-linear betas and DDIM-5, and trains at a learning rate of 1e-3
+    # decaying to 0 (mask_mcdpm's docs: Training choices)
     brain = _workflow(["train.json", "brain.json"], tmp_path / "b", dataset, **TRAIN)
     scaled = DDPMScheduler(20, schedule="scaled_linear_beta").alphas_cumprod
     assert torch.allclose(brain.parser.get_parsed_content("noise_scheduler").alphas_cumprod, scaled)
+    schedule = brain.parser.get_parsed_content("lr_schedule")
+    assert schedule.base_lrs == [1e-3] and schedule.end_lr == 0.0
     brain.run()
     brain.finalize()
     assert read_training_record(tmp_path / "b" / "models")["settings"]["beta_schedule"] == "scaled_linear_beta"
