@@ -232,10 +232,17 @@ def refiner(
 
 
 def _refine(
-    stage, models: Path, images: list[torch.Tensor], judge: Judge, noise_steps: int, **overrides: Any
+    stage,
+    models: Path,
+    images: list[torch.Tensor],
+    judge: Judge,
+    noise_steps: int,
+    labels: list[np.ndarray] | None = None,
+    **overrides: Any,
 ) -> list[torch.Tensor]:
-    """Refine ``images`` (the first held-out masks' generated images) with the three views in ``models``; case ``i``
-    draws its noise from seed ``i``. ``overrides``: further values of sdm_refiner's inference.json."""
+    """Refine ``images`` with the three views in ``models``; case ``i`` draws its noise from seed ``i``. ``labels``:
+    their masks, by default the first held-out masks (``images`` their generated images). ``overrides``: further
+    values of sdm_refiner's inference.json."""
     from medgen3d.diffusion.refiner import refine_volume
 
     parser = stage.workflow(["inference.json"], ckpt_dir=str(models), noise_steps=noise_steps, **overrides).parser
@@ -252,7 +259,7 @@ def _refine(
             batch_size,
             torch.Generator().manual_seed(i),
         )
-        for i, (image, label) in enumerate(zip(images, judge.real.labels))
+        for i, (image, label) in enumerate(zip(images, judge.real.labels if labels is None else labels))
     ]
 
 

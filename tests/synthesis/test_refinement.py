@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -71,6 +72,31 @@ def test_a_perfect_denoiser_returns_the_image_as_zero_steps_do_outliers_included
     spec = refine_dataset(views, perfect, tiny_dataset, tmp_path / "real")
     out = load_nifti(spec.path(spec.training[0].image)).array
     assert np.abs(out - bright).max() > 1.0 and out[4:6, 4:6, 3].min() > 4.0 * image.array.max()
+
+
+def test_a_generated_set_is_refined_in_the_scale_it_was_written_with(tiny_dataset, tmp_path, monkeypatch):
+    # the tiny images span 0..300; a generator that wrote them with the scale 0..600 made them all dark ([-1, 0]), and
+    # the views must see them so, not stretched to [-1, 1] by their own percentiles as a real image is
+    generated = dataclasses.replace(tiny_dataset, extra={"medgen3d": {"intensity_scale": [0.0, 600.0]}})
+    refiner = SemanticRefiner(DDPMScheduler(1000), noise_steps=2)
+    seen: list[torch.Tensor] = []
+
+    def record(network, x, seg, generator):
+        seen.append(x.clone())
+        return x
+
+    monkeypatch.setattr(refiner, "refine_slices", record)
+    views = dict.fromkeys(VIEWS, _network())
+    spec = refine_dataset(views, refiner, generated, tmp_path / "generated")
+    assert max(float(x.max()) for x in seen) <= 1e-3 and min(float(x.min()) for x in seen) >= -1.0
+    assert spec.extra["medgen3d"]["intensity_scale"] == [0.0, 600.0]  # the refined set keeps the scale it is on
+    for a, b in zip(tiny_dataset.cases(), spec.cases()):  # what the views gave back is written back unchanged
+        np.testing.assert_allclose(
+            load_nifti(tiny_dataset.path(a.image)).array, load_nifti(spec.path(b.image)).array, rtol=1e-5, atol=1e-3
+        )
+    seen.clear()
+    refine_dataset(views, refiner, tiny_dataset, tmp_path / "real")  # no recorded scale: each image's own
+    assert max(float(x.max()) for x in seen) > 0.9
 
 
 def test_mismatched_pair_and_missing_view_checkpoint_are_named(tiny_dataset, tmp_path):

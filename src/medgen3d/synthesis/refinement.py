@@ -1,8 +1,9 @@
 """Refinement of every image/mask pair of a dataset with the three-view semantic diffusion refiner.
 
-Works on any paired dataset (the image generator's output, or real data). Each image is scaled linearly by its
-modality (CT window, or its own MR percentiles, to [-1, 1]), refined, and written back on the same scale, in the
-input's geometry, beside a copy of its mask. Nothing is clipped: intensities beyond the scale (bone above the CT
+Works on any paired dataset (the image generator's output, or real data). Each image is scaled linearly to [-1, 1]
+(a generated image with the scale its generator wrote it with, which its ``dataset.json`` records; a real one by its
+modality: the CT window, or its own MR percentiles), refined, and written back on the same scale, in the input's
+geometry, beside a copy of its mask. Nothing is clipped: intensities beyond the scale (bone above the CT
 window, the brightest MR voxels) keep their excess through refinement (see
 :func:`~medgen3d.diffusion.refiner.refine_volume`). Each case draws its noise from its own seed; finished cases
 are skipped.
@@ -25,7 +26,7 @@ import torch
 
 from medgen3d.data.builder import case_seeds
 from medgen3d.data.dataset import Case, DatasetSpec
-from medgen3d.data.intensity import volume_scale
+from medgen3d.data.intensity import IntensityScale, volume_scale
 from medgen3d.data.io import DataError, save_nifti
 from medgen3d.diffusion.refiner import SegmentationDenoiser, SemanticRefiner, refine_volume
 from medgen3d.engines.checkpoint import read_weights, save_atomically, weights_mismatch
@@ -105,10 +106,19 @@ def refine_dataset(
     return runner.finish([case.case_id for case in cases], lambda: paired_dataset(pairs, name, {"refined": settings}))
 
 
+def working_scale(pairs: DatasetSpec, image: np.ndarray) -> IntensityScale:
+    """The scale an image of ``pairs`` is refined in: the one its generator wrote it with, where ``dataset.json``
+    records it (``medgen3d.intensity_scale``), so the views see the image as generated; otherwise (real data) the
+    image's own, as the views were trained. Re-scaling a generated MR image by its own percentiles would stretch its
+    contrast before the views see it."""
+    recorded = pairs.extra.get("medgen3d", {}).get("intensity_scale")
+    return IntensityScale(*recorded) if recorded is not None else volume_scale(image, pairs.modality)
+
+
 def _refine(networks, refiner, image, label, pairs, views, batch_size, seed) -> np.ndarray:
     if refiner.noise_steps == 0:
         return image  # nothing noised, nothing changed: the input exactly
-    scale = volume_scale(image, pairs.modality)
+    scale = working_scale(pairs, image)
     x = scale.to_network(torch.from_numpy(image), clip=False)  # refine_volume passes the out-of-range part through
     refined = refine_volume(
         networks,
