@@ -58,7 +58,6 @@ ROOT = Path(__file__).resolve().parents[1]
 QUALITY = ROOT / "benchmarks" / "runs" / "quality"
 RUNS = ROOT / "benchmarks" / "runs" / "refiner_curve"
 SOURCES = ("generated pairs", "real masks")
-
 TARGET = -0.10  # the mark: refined feature FD at least 10% below unrefined
 
 
