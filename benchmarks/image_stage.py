@@ -294,14 +294,35 @@ def run(
         print(f"{name}: {entry | scores}", file=sys.stderr, flush=True)
 
 
+def quality_stage(dataset: str, bundle: str, judge: Judge, out: Path):
+    """``bundle`` with the quality benchmark's trained models of it and its dataset; ``out``: where it writes."""
+    from medgen3d.pipeline.stages import StageBundle
+
+    return StageBundle(
+        BUNDLES / bundle,
+        QUALITY / dataset / "models" / bundle,
+        out,
+        overlays=DATASETS[dataset]["overlays"],
+        overrides={"dataset_dir": str(judge.data)},
+    )
+
+
+def quality_generator(dataset: str, judge: Judge, out: Path):
+    """The quality benchmark's trained image generator (eval mode) and its in-plane size."""
+    from medgen3d.engines.checkpoint import load_weights
+
+    parser = quality_stage(dataset, "image_vid2vid", judge, out).workflow(["inference.json"]).parser
+    weights = QUALITY / dataset / "models" / "image_vid2vid" / "model.pt"
+    return load_weights(parser.get_parsed_content("network"), weights).eval(), tuple(
+        parser.get_parsed_content("slice_size")
+    )
+
+
 def pipeline(dataset: str = "brain-mni", threads: int = 2) -> None:
     """Score the :data:`PIPELINE` rows: the quality benchmark's trained generator and refiner on the held-out masks,
     each case refined with the noise of seed ``i`` as :mod:`image_variants` refines. Run it again after the quality
     benchmark retrains either stage."""
     from image_variants import _refine  # the sibling benchmark's refinement of a judge's held-out masks
-
-    from medgen3d.engines.checkpoint import load_weights
-    from medgen3d.pipeline.stages import StageBundle
 
     torch.set_num_threads(threads)
     contrasts = _check(dataset)["contrasts"]
@@ -314,19 +335,10 @@ def pipeline(dataset: str = "brain-mni", threads: int = 2) -> None:
             f"run `quality_benchmark.py run --dataset {dataset} --train_only image,refiner` first; {missing}"
         )
 
-    def stage(bundle: str) -> StageBundle:
-        overrides = {"dataset_dir": str(judge.data)}
-        return StageBundle(
-            BUNDLES / bundle,
-            models[bundle],
-            RUNS / dataset / "pipeline" / bundle,
-            overlays=DATASETS[dataset]["overlays"],
-            overrides=overrides,
-        )
+    def stage(bundle: str):
+        return quality_stage(dataset, bundle, judge, RUNS / dataset / "pipeline" / bundle)
 
-    parser = stage("image_vid2vid").workflow(["inference.json"]).parser
-    generator = load_weights(parser.get_parsed_content("network"), models["image_vid2vid"] / "model.pt").eval()
-    size = tuple(parser.get_parsed_content("slice_size"))
+    generator, size = quality_generator(dataset, judge, RUNS / dataset / "pipeline" / "image_vid2vid")
     machine, start = _machine(), time.perf_counter()
     images = generated_images(generator, size, judge)
     generating = time.perf_counter() - start

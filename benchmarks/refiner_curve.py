@@ -50,8 +50,10 @@ from image_stage import (  # noqa: E402  (the sibling benchmarks' judge, generat
     _read,
     _write,
     generated_images,
+    quality_generator,
 )
 from image_variants import _refine  # noqa: E402
+from mask_stage import _checkpoint_iteration  # noqa: E402
 from quality_benchmark import BUNDLES, RESULTS, _machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,36 +104,23 @@ def _sources(dataset: str, judge: Judge) -> dict[str, tuple[list[torch.Tensor], 
     """Per source: the images to refine ``(H, W, D)`` on the networks' scale, and their masks."""
     from medgen3d.data.dataset import read_dataset
     from medgen3d.data.intensity import reference_scale
-    from medgen3d.engines.checkpoint import load_weights
     from medgen3d.metrics.report import load_pairs
-    from medgen3d.pipeline.stages import StageBundle
 
-    quality = QUALITY / dataset
     # read back with the real data's reference scale, as the quality report reads them: as written
     unrefined = read_dataset(_unrefined(dataset))
     pairs = load_pairs(unrefined, ("training", "validation", "test"), reference_scale(read_dataset(judge.data)))
-    models = quality / "models" / "image_vid2vid"
-    stage = StageBundle(
-        BUNDLES / "image_vid2vid",
-        models,
-        RUNS / dataset / "eval" / "image_vid2vid",
-        overlays=DATASETS[dataset]["overlays"],
-        overrides={"dataset_dir": str(judge.data)},
-    )
-    parser = stage.workflow(["inference.json"]).parser
-    generator = load_weights(parser.get_parsed_content("network"), models / "model.pt").eval()
-    rendered = generated_images(generator, tuple(parser.get_parsed_content("slice_size")), judge)
+    generator, size = quality_generator(dataset, judge, RUNS / dataset / "eval" / "image_vid2vid")
+    rendered = generated_images(generator, size, judge)
     return {SOURCES[0]: (pairs.images, pairs.labels), SOURCES[1]: (rendered, judge.real.labels)}
 
 
-def _refined_pairs(stage, models: Path, judge: Judge, budget: int, level: int) -> list[torch.Tensor]:
+def _refined_pairs(dataset: str, stage, models: Path, judge: Judge, budget: int, level: int) -> list[torch.Tensor]:
     """The quality benchmark's unrefined synthetic pairs refined by the stage's ``inference.json`` (the workflow's
     refinement: its seeds, precision and scale), read back with the real data's reference scale; ``(H, W, D)``."""
     from medgen3d.data.dataset import read_dataset
     from medgen3d.data.intensity import reference_scale
     from medgen3d.metrics.report import load_pairs
 
-    dataset = judge.data.parent.name
     out = RUNS / dataset / "eval" / f"refined-{budget:06d}-t{level}"
     # finished cases are kept, so an interrupted refinement resumes
     stage.run(
@@ -167,12 +156,6 @@ def _measure(
     }
 
 
-def _iteration(checkpoint: Path) -> int:
-    if not checkpoint.is_file():
-        return 0
-    return int(torch.load(checkpoint, map_location="cpu", weights_only=True)["trainer"]["iteration"])
-
-
 def run(
     dataset: str = "brain-mni",
     budgets: int | str | tuple[int, ...] = "150,450,1350",
@@ -191,7 +174,7 @@ def run(
         real = {"real masks": judge.score(judge.real.images, contrasts, real_row=True)}
         _write(base / "unrefined.json", {"scores": scores, "real": real})
     quality_models = QUALITY / dataset / "models" / "sdm_refiner"
-    quality_iterations = _iteration(quality_models / VIEWS[0] / "checkpoint.pt")
+    quality_iterations = _checkpoint_iteration(quality_models / VIEWS[0] / "checkpoint.pt")
     if steps[0] < quality_iterations:
         raise SystemExit(f"--budgets: each at least the quality benchmark's {quality_iterations} iterations per view")
     stage = _stage(dataset, judge)
@@ -202,7 +185,7 @@ def run(
         if done is not None and all(str(t) in done["scores"] for t in levels):
             seconds_before = done["training_seconds"]
             continue
-        trained = _iteration(base / "models" / VIEWS[0] / "checkpoint.pt")
+        trained = _checkpoint_iteration(base / "models" / VIEWS[0] / "checkpoint.pt")
         if trained > budget and not (base / f"models-{budget:06d}").is_dir():
             raise SystemExit(f"{base / 'models'}: trained to {trained} iterations, beyond {budget}; remove it")
         machine = _machine()
@@ -213,7 +196,7 @@ def run(
             timing = json.loads((QUALITY / dataset / "timings.json").read_text())["refiner"]
             seconds, machine = timing["seconds"], timing["machine"] + " (the quality benchmark's run)"
         else:
-            if _iteration(base / "models" / VIEWS[0] / "checkpoint.pt") == 0:
+            if _checkpoint_iteration(base / "models" / VIEWS[0] / "checkpoint.pt") == 0:
                 shutil.copytree(quality_models, base / "models", dirs_exist_ok=True)
                 seconds_before = json.loads((QUALITY / dataset / "timings.json").read_text())["refiner"]["seconds"]
             start = time.perf_counter()
@@ -230,7 +213,7 @@ def run(
                 images, labels = sources[name]
                 start = time.perf_counter()
                 if name == SOURCES[0]:
-                    refined = _refined_pairs(stage, snapshot, judge, budget, level)
+                    refined = _refined_pairs(dataset, stage, snapshot, judge, budget, level)
                 else:
                     refined = _refine(stage, snapshot, images, judge, level, labels=labels)
                 scores = _measure(judge, name, refined, labels, contrasts)
