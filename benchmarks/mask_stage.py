@@ -5,12 +5,13 @@ seed, samples 8 volumes with the bundle's own sampler, and is scored against the
 quality report's anatomy measures per structure (presence rate, volume fraction, connected components, slice
 continuity, z-profile correlation), the slice-change rate (foreground voxels whose label changes from one slice to
 the next) and the seed agreement gap on windows of the real held-out masks (two samples of a window agree with
-each other minus with the real continuation; 0 when converged, see :mod:`medgen3d.metrics.convergence`).
+each other minus with the real continuation; 0 when converged, see :mod:`medgen3d.metrics.convergence`) and, on
+the same windows, the change per step from the last given slice through the new ones, generated and real.
 
     .venv/bin/python benchmarks/mask_stage.py run [--settings '["a","b"]'] [--iterations 1400]
     .venv/bin/python benchmarks/mask_stage.py report
     .venv/bin/python benchmarks/mask_stage.py curve --dataset brain-mni [--multiples 1,2,4] [--iterations 1400]
-    .venv/bin/python benchmarks/mask_stage.py steps [--setting NAME] [--counts 5,10,20,40] [--eta 1]
+    .venv/bin/python benchmarks/mask_stage.py steps [--setting NAME] [--counts 5,10,20] [--eta 1] [--new_per_window 1]
 
 ``run`` keeps each setting under ``benchmarks/runs/mask_stage/<dataset>/<setting>/`` and skips finished ones; an
 interrupted training resumes from its checkpoint. ``report`` writes
@@ -20,7 +21,8 @@ two samples per setting beside two real masks).
 multiple, scores each, and writes ``benchmarks/results/mask_learning_curve_<dataset>.{json,md,png}`` (each measure
 against iterations, the real value as a line) and ``_samples.png`` (two samples per multiple beside two real masks);
 ``--start_from`` a finished ``run`` setting equal to the defaults makes that run the first point. ``steps`` samples
-a finished setting's model with several sampler step counts (no training) and writes
+a finished setting's model with several sampler step counts, optionally keeping fewer new slices per window (no
+training), and writes
 ``benchmarks/results/mask_sampling_steps_<dataset>.{json,md,png}``. On the 2-core CPU with bf16 instructions a
 brain iteration costs about 0.33 s at 64x80 and 0.42 s at 80x96 (0.9 and 1.3 to 1.6 s in float32; the settings'
 training seconds): a setting takes 7 to 13 minutes (20 to 37 in float32), a sweep of ``steps`` about 1.5 minutes per
@@ -111,6 +113,25 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "64x80, fixes, scaled-linear betas, learning rate 1e-3 decaying to 0": BEFORE
     | FIXES
     | {"beta_schedule": "scaled_linear_beta", "learning_rate": 0.001, "final_lr_fraction": 0.0},
+    # a window's slices are channels of one 2D UNet, every new slice read out of the same 32 full-size features:
+    # from real given slices the 0.10.0 network changes 0.153, 0.115, 0.100, 0.086 of the labels per step through
+    # a window's four new slices (real 0.177), so its later slices repeat each other; windows of 4 make 2 at a time
+    "64x80, fixes, scaled-linear betas, learning rate 1e-3 decaying to 0, windows of 4": BEFORE
+    | FIXES
+    | {"beta_schedule": "scaled_linear_beta", "learning_rate": 0.001, "final_lr_fraction": 0.0}
+    | {"subsequence_length": 4},
+    # 0.11.0's brain preset (sampled keeping one new slice per window) with CSF's voxels counting twice in the
+    # regression: CSF keeps about half its real volume at every point of the learning curve, an arg-max of thin
+    # bands the network is unsure of
+    "64x80, fixes, scaled-linear betas, learning rate 1e-3 decaying to 0, windows of 4, CSF weighted 2": BEFORE
+    | FIXES
+    | {"beta_schedule": "scaled_linear_beta", "learning_rate": 0.001, "final_lr_fraction": 0.0}
+    | {"subsequence_length": 4, "class_weights": [1.0, 1.0, 1.0, 1.0, 2.0]},
+    # the same weight on 0.10.0's brain preset: on windows of 4 it brought CSF to its real volume (0.028 against 0.017)
+    "64x80, fixes, scaled-linear betas, learning rate 1e-3 decaying to 0, CSF weighted 2": BEFORE
+    | FIXES
+    | {"beta_schedule": "scaled_linear_beta", "learning_rate": 0.001, "final_lr_fraction": 0.0}
+    | {"class_weights": [1.0, 1.0, 1.0, 1.0, 2.0]},
     # the same at the data's own slice size, for about the same CPU time (ITERATION_FACTORS): at 64x80 the CSF, the
     # thinnest structure, keeps about half its real volume, and the flow at 80x96 drew more of it
     "80x96, fixes, scaled-linear betas, learning rate 1e-3 decaying to 0": NATIVE
@@ -131,8 +152,16 @@ ITERATION_FACTORS = {
     "80x96, fixes, scaled-linear betas, learning rate 1e-3 decaying to 0": 0.8,
 }
 # what inference.json must also know of a setting, and the sampler settings a scoring may change
-NETWORK_KEYS = ("image_size", "prediction_type", "noise_schedule", "beta_schedule", "position_mode", "channels")
-SAMPLING_KEYS = ("num_inference_steps", "eta")
+NETWORK_KEYS = (
+    "image_size",
+    "prediction_type",
+    "noise_schedule",
+    "beta_schedule",
+    "position_mode",
+    "channels",
+    "subsequence_length",
+)
+SAMPLING_KEYS = ("num_inference_steps", "eta", "new_slices_per_window")
 
 
 def _data(dataset: str) -> Path:
@@ -196,7 +225,7 @@ SCORING_STEPS = {"ddpm": 20, "rflow": 10}
 def score(dataset: str, run: Path, checkpoint: Path, overrides: dict[str, Any], out: Path) -> dict[str, Any]:
     """Sample :data:`VOLUMES` masks from ``checkpoint`` and measure them; the seed gap on the held-out masks."""
     steps = SCORING_STEPS[overrides.get("noise_schedule", "ddpm")]
-    sampling = {"num_inference_steps": steps}
+    sampling = {"num_inference_steps": steps} | {k: v for k, v in overrides.items() if k in SAMPLING_KEYS}
     return score_stage(_stage(dataset, run), _data(dataset), checkpoint, overrides, out, sampling_overrides=sampling)
 
 
@@ -214,7 +243,7 @@ def score_stage(
     (:data:`SAMPLING_KEYS`) change the sampler for both."""
     from medgen3d.data.io import load_nifti
     from medgen3d.engines.checkpoint import load_weights
-    from medgen3d.metrics.convergence import SeedAgreement
+    from medgen3d.metrics.convergence import SeedAgreement, step_change_rates
 
     sampling_overrides = sampling_overrides or {}
     if not set(sampling_overrides) <= set(SAMPLING_KEYS):
@@ -238,22 +267,28 @@ def score_stage(
     labels = parser.get_parsed_content("labels")
     names = [labels[k] for k in sorted(labels, key=int) if int(k) != 0]
     network = load_weights(parser.get_parsed_content("network"), checkpoint).eval()
-    gaps = SeedAgreement(
+    agreement = SeedAgreement(
         network,
         parser.get_parsed_content("sampler"),
         parser.get_parsed_content("slice_size"),
         parser.get_parsed_content("num_condition_slices"),
         len(labels),
         windows,
-    )(_masks(data, "test"))
+    )
+    held_out = agreement.windows(_masks(data, "test"))
     structures = structure_measures(synthetic, real, names)
-    for name, gap in zip(names, gaps):
+    for name, gap in zip(names, agreement.gaps(held_out)):
         structures[name]["seed_agreement_gap"] = None if np.isnan(gap) else float(gap)
+    steps = {
+        kind: [None if np.isnan(r) else round(float(r), 4) for r in step_change_rates(held_out.last_given, new)]
+        for kind, new in (("synthetic", held_out.first), ("real", held_out.truth))
+    }
     return {
         "volumes": len(synthetic),
         "sampling_seconds": round(seconds, 1),
         "slice_size": list(parser.get_parsed_content("slice_size")),
         **volume_measures(synthetic, real),
+        "window_step_change": steps,
         "structures": structures,
     }
 
@@ -409,7 +444,7 @@ def _curve_markdown(results: dict[str, Any]) -> str:
     training = results["training"]
     first = training.get("first_point_from") or {}
     offset = first.get("seconds", 0.0)
-    seconds = {int(k): offset + v for k, v in (training.get("seconds_at") or {}).items()}
+    seconds = {int(k): round(offset + v, 1) for k, v in (training.get("seconds_at") or {}).items()}
     if first:
         seconds[first["iterations"]] = offset
     if "seconds" in training and results["points"]:
@@ -502,6 +537,17 @@ def _real_outline(rows: dict[str, Any]) -> str:
     return _f(known[0]) if known else "n/a"
 
 
+def _steps(rates: list[float | None] | None) -> str:
+    """A window's change per step (:func:`~medgen3d.metrics.convergence.step_change_rates`), ``n/a`` before it."""
+    return ", ".join(_f(r, 3) for r in rates) if rates else "n/a"
+
+
+def _real_steps(rows: dict[str, Any]) -> str:
+    """The real continuations' change per step, from the row with the longest windows that has the measure."""
+    known = [e["scores"]["window_step_change"]["real"] for e in rows.values() if "window_step_change" in e["scores"]]
+    return _steps(max(known, key=len)) if known else "n/a"
+
+
 def markdown(results: dict[str, Any]) -> str:
     rows = results["rows"]
     first = next(iter(rows.values()))["scores"]
@@ -511,16 +557,18 @@ def markdown(results: dict[str, Any]) -> str:
         "training masks; seed agreement gap on windows of the real held-out masks. Each structure cell: present in "
         "(fraction of volumes) / volume fraction / components / slice continuity / z-profile r / seed gap. Outline "
         "pieces: separate pieces of foreground per slice (n/a: scored before the measure, samples not on this "
-        "machine).",
+        "machine). Change per window step: the slice-change rate from the last given slice to the first new one, then "
+        "from each new slice to the next, over windows of the held-out masks started from real slices (n/a: scored "
+        "before the measure).",
         "",
-        "| setting | iterations | training s | slice-change rate | outline pieces per slice | "
+        "| setting | iterations | training s | slice-change rate | outline pieces per slice | change per window step | "
         + " | ".join(names)
         + " |",
-        "|---|---|---|---|---|" + "---|" * len(names),
+        "|---|---|---|---|---|---|" + "---|" * len(names),
     ]
     real = first["structures"]
     lines.append(
-        f"| real | – | – | {_f(first['slice_change_rate']['real'], 3)} | {_real_outline(rows)} | "
+        f"| real | – | – | {_f(first['slice_change_rate']['real'], 3)} | {_real_outline(rows)} | {_real_steps(rows)} | "
         + " | ".join(
             f"{_f(real[n]['presence_rate_real'])} / {_f(real[n]['fraction_real'], 3)} / "
             f"{real[n]['components_real']:.0f} / {_f(real[n]['continuity_real'])} / – / 0"
@@ -541,8 +589,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(
             f"| `{name}`{earlier} | {entry['iterations']} | {seconds} | "
             f"{_f(s['slice_change_rate']['synthetic'], 3)} | {_f(s.get('outline_pieces', {}).get('synthetic'))} | "
-            + " | ".join(cells)
-            + " |"
+            f"{_steps(s.get('window_step_change', {}).get('synthetic'))} | " + " | ".join(cells) + " |"
         )
     machines = sorted({entry["machine"] for entry in rows.values()})
     lines += ["", "Training machine: " + "; ".join(machines) + "."]
@@ -588,9 +635,11 @@ def steps(
     counts: tuple[int, ...] = (5, 10, 20),
     eta: float = 0.0,
     threads: int = 2,
+    new_per_window: int | None = None,
 ) -> None:
     """Sample one finished ``run`` setting's model with each number of sampler steps in ``counts`` (DDIM with
-    ``eta`` for a ``ddpm`` network, Euler steps for rectified flow) and score it as ``run`` does; writes
+    ``eta`` for a ``ddpm`` network, Euler steps for rectified flow), each expansion window keeping
+    ``new_per_window`` of its new slices (``None``: all), and score it as ``run`` does; writes
     ``benchmarks/results/mask_sampling_steps_<dataset>.{json,md,png}``, keeping the rows of earlier sweeps (other
     settings, another ``eta``)."""
     torch.set_num_threads(threads)
@@ -606,8 +655,11 @@ def steps(
     flow = SETTINGS[setting].get("noise_schedule") == "rflow"
     for count in counts:
         sampler = f"flow-{count}" if flow else f"DDIM-{count}" + (f", eta {eta:g}" if eta else "")
-        name = f"{setting}: {sampler}"
         sampling = {"num_inference_steps": int(count), "eta": float(eta)}
+        if new_per_window is not None:
+            sampler += f", {new_per_window} new slice{'s' if new_per_window > 1 else ''} per window"
+            sampling["new_slices_per_window"] = int(new_per_window)
+        name = f"{setting}: {sampler}"
         scores = score_stage(
             _stage(dataset, run_dir),
             _data(dataset),

@@ -11,6 +11,16 @@ from medgen3d.diffusion.sampler import SubsequenceSampler
 from tests.conftest import random_mcdpm
 
 
+def _written_slices(w, m):
+    """The slices of window ``w`` it writes: its new ones, or the ``num_kept`` of them next to its given ones."""
+    if w.mode == "unconditional":
+        return list(range(m))
+    new = list(range(w.num_known, m)) if w.mode == "forward" else list(range(m - w.num_known))
+    if w.num_kept is None:
+        return new
+    return new[: w.num_kept] if w.mode == "forward" else new[len(new) - w.num_kept :]
+
+
 def _coverage(depth, windows, m, known=None):
     writes = torch.zeros(depth, dtype=torch.long)
     if known is not None:
@@ -25,18 +35,63 @@ def _coverage(depth, windows, m, known=None):
         assert (writes[w.start : w.start + m][window_known] == 1).all()
         assert 0 <= w.start and w.start + m <= depth
         assert w.mode == "unconditional" or 1 <= w.num_known <= m - 1
-        writes[w.start : w.start + m][~window_known] += 1
+        writes[w.start + torch.tensor(_written_slices(w, m))] += 1
     return writes
 
 
-@pytest.mark.parametrize("m, n", [(6, 2), (6, 1), (6, 5), (3, 1), (4, 3)])
-def test_expansion_writes_every_slice_exactly_once_from_any_start(m, n):
+@pytest.mark.parametrize(
+    "m, n, kept",
+    [(6, 2, None), (6, 1, None), (6, 5, None), (3, 1, None), (4, 3, None)]
+    + [(6, 2, 1), (6, 2, 3), (4, 2, 1), (3, 1, 1)],
+)
+def test_expansion_writes_every_slice_exactly_once_from_any_start(m, n, kept):
     for depth in range(m, 40):
         for start in range(depth - m + 1):
-            windows = generation_plan(depth, start, m, n)
+            windows = generation_plan(depth, start, m, n, kept)
             assert _coverage(depth, windows, m).tolist() == [1] * depth, (depth, start)
-            # away from the ends every window keeps exactly n known slices
-            assert all(w.num_known == n for w in windows[1:] if 0 < w.start < depth - m)
+            # away from the ends every window keeps exactly n known slices, and writes ``kept`` new ones
+            inner = [w for w in windows[1:] if 0 < w.start < depth - m]
+            assert all(w.num_known == n and w.num_kept == (kept or m - n) for w in inner)
+    # keeping one new slice per window takes a window per slice
+    assert len(generation_plan(30, 10, 4, 2, 1)) == 1 + 30 - 4
+    with pytest.raises(ValueError, match=r"new_per_window must be in \[1, 2\]"):
+        generation_plan(30, 10, 4, 2, 3)
+
+
+class _SliceIndex(torch.nn.Module):
+    """An x_0 model whose every window holds label ``j + 1`` on its slice ``j``: a volume then shows, slice by slice,
+    where in its window each slice was written."""
+
+    def __init__(self, m: int, num_classes: int) -> None:
+        super().__init__()
+        self.subsequence_length, self.num_classes = m, num_classes
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        b, m, (h, w) = x.shape[0], self.subsequence_length, x.shape[-2:]
+        labels = torch.arange(1, m + 1).view(1, m, 1, 1).expand(b, m, h, w)
+        return (
+            torch.nn.functional.one_hot(labels, self.num_classes)
+            .permute(0, 1, 4, 2, 3)
+            .float()
+            .mul(2)
+            .sub(1)
+            .reshape(b, -1, h, w)
+        )
+
+
+@pytest.mark.parametrize("kept", [None, 1, 2])
+def test_each_window_writes_the_new_slices_next_to_its_given_ones(kept):
+    m, depth = 4, 15
+    plan = generation_plan(depth, 6, m, 2, kept)
+    [volume] = generate_volumes(_SliceIndex(m, m + 1), _sampler(), [plan], [depth], m + 1, (2, 2))
+    expected = torch.zeros(depth, dtype=torch.long)
+    for w in plan:
+        for j in _written_slices(w, m):
+            expected[w.start + j] = j + 1
+    assert torch.equal(volume[:, 0, 0], expected)
+    if kept == 1:  # forward windows write their slice 2, next to the 2 given; backward ones their slice 1
+        assert volume[12, 0, 0] == 3 and volume[3, 0, 0] == 2
 
 
 def test_completion_plan_grows_a_partial_volume_without_touching_it():

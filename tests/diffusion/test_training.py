@@ -11,6 +11,7 @@ from medgen3d.diffusion.sampler import SubsequenceSampler
 from medgen3d.diffusion.schedulers import RectifiedFlowScheduler
 from medgen3d.diffusion.training import (
     draw_timesteps,
+    label_weights,
     masked_slice_mse,
     mcdpm_loss,
     predicted_x0,
@@ -31,6 +32,25 @@ def test_loss_counts_only_the_generated_slices():
     assert masked_slice_mse(prediction, target, indicator) == 0.0
     prediction[0, 2] = 1.0  # one generated slice off by one everywhere: 1 / (number of generated slices)
     assert masked_slice_mse(prediction, target, indicator).item() == pytest.approx(1 / 5)
+
+
+def test_label_weights_weigh_each_voxel_by_its_true_label():
+    labels = torch.tensor([[0, 1], [2, 1]])  # one 2 x 2 slice
+    x_0 = torch.nn.functional.one_hot(labels, 3).permute(2, 0, 1)[None, None].float() * 2 - 1  # (1, 1, 3, 2, 2)
+    weights = label_weights(x_0, [1.0, 2.0, 5.0])
+    assert weights.shape == (1, 1, 1, 2, 2) and weights[0, 0, 0].tolist() == [[1.0, 2.0], [5.0, 2.0]]
+    with pytest.raises(ValueError, match=r"one weight per label \(3\), got 2"):
+        label_weights(x_0, [1.0, 2.0])
+    # in the loss: an error on the label-2 voxel alone counts 5 of the 10 weight units of the slice's 4 voxels
+    target = x_0.expand(1, 2, 3, 2, 2).clone()
+    prediction = target.clone()
+    prediction[0, 1, :, 1, 0] += 1.0  # every channel of voxel (1, 0) of the generated slice off by one
+    indicator = torch.tensor([[1.0, 0.0]])
+    plain = masked_slice_mse(prediction, target, indicator)
+    weighted = masked_slice_mse(prediction, target, indicator, label_weights(target, [1.0, 2.0, 5.0]))
+    assert plain.item() == pytest.approx(1 / 4) and weighted.item() == pytest.approx(5 / 10)
+    ones = masked_slice_mse(prediction, target, indicator, torch.ones(1, 2, 1, 2, 2))
+    assert ones.item() == pytest.approx(plain.item())
 
 
 def test_regression_target_follows_the_prediction_type():

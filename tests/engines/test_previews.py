@@ -46,3 +46,14 @@ def test_the_structure_term_is_refused_with_noise_prediction():
     with pytest.raises(SettingError, match="dice_weighting: must be one of"):
         sample = DDPMScheduler(100, prediction_type="sample")
         MCDPMTrainer(*arguments, sample, 4, probabilities, (2, 3), 1.0, dice_weighting="high")
+    for weights in ([1.0, 2.0], [1.0, 1.0, 0.0, 1.0]):
+        with pytest.raises(SettingError, match=r"class_weights: must be 4 positive weights, one per label"):
+            MCDPMTrainer(
+                *arguments,
+                DDPMScheduler(100, prediction_type="sample"),
+                4,
+                probabilities,
+                (2, 3),
+                1.0,
+                class_weights=weights,
+            )

@@ -13,6 +13,7 @@ from medgen3d.metrics.convergence import (
     pooled_dice,
     sample_window_pairs,
     seed_agreement_gap,
+    step_change_rates,
     window_starts,
 )
 from tests.conftest import random_mcdpm
@@ -53,6 +54,18 @@ def test_seed_gap_is_0_when_both_samples_equal_the_truth_and_positive_for_a_coll
         pooled_dice(truth, truth[:1], 3)
 
 
+def test_step_change_rates_pool_each_step_over_the_windows():
+    given = np.zeros((2, 2, 2), dtype=np.int64)
+    given[:, 0, 0] = 1  # one foreground voxel in each window's given slice
+    new = np.stack([given, given], axis=1).copy()  # (2, 2, 2, 2): two new slices, first a copy
+    new[0, 1, 0, 0] = 2  # window 0's second new slice relabels its voxel
+    new[1, 1, 1, 1] = 1  # window 1's grows a second voxel: step 1 changes 2 of the 3 foreground voxels
+    assert np.allclose(step_change_rates(given, new), [0.0, 2 / 3])
+    assert np.isnan(step_change_rates(np.zeros((1, 2, 2)), np.zeros((1, 1, 2, 2))))[0]
+    with pytest.raises(ValueError, match="expected"):
+        step_change_rates(given, new[0])
+
+
 def test_window_starts_spread_over_the_depth():
     assert window_starts(20, 6, 3) == [2, 7, 12] and window_starts(80, 6, 1) == [37]  # centres of equal parts
     assert window_starts(6, 6, 4) == [0] and window_starts(5, 6, 2) == []
@@ -86,6 +99,10 @@ def test_a_model_that_returns_the_truth_has_no_seed_gap():
     assert samples.first.shape == (3, 2, 8, 8) and np.array_equal(samples.first, samples.truth)
     assert np.array_equal(samples.second, samples.truth)
     assert np.array_equal(samples.truth[1], volume[6 + 2 : 6 + 4].numpy())  # window starts 2, 6, 10
+    assert np.array_equal(samples.last_given, volume[[2 + 1, 6 + 1, 10 + 1]].numpy())
+    # the truth's own steps through each window: given -> new 0 -> new 1
+    steps = step_change_rates(samples.last_given, samples.first)
+    assert np.allclose(steps, step_change_rates(samples.last_given, samples.truth))
     gaps = SeedAgreement(_Truth(volume, 3), _sampler(), (8, 8), 2, 3, windows_per_volume=3)(
         [volume.permute(1, 2, 0).numpy()]
     )

@@ -30,6 +30,8 @@ def test_mask_synthesis_refuses_counts_depths_and_sizes_when_built(tiny_dataset,
         ({"batch_size": -2}, "batch_size: must be at least 1, got -2"),
         ({"depth": 3}, "depth: 3 is shallower than one subsequence (4 slices)"),
         ({"num_condition": 4}, "num_condition: must be below the subsequence length 4, got 4"),
+        ({"new_per_window": 3}, "new_per_window: must be 1..2 (null: every new slice of a window), got 3"),
+        ({"new_per_window": 0}, "new_per_window: must be 1..2 (null: every new slice of a window), got 0"),
         ({"rank": 2, "world_size": 2}, "rank: must be in [0, 1], got 2"),
         (
             {"image_size": [17, 16]},
@@ -46,6 +48,8 @@ def test_mask_synthesis_refuses_counts_depths_and_sizes_when_built(tiny_dataset,
         MaskCompletion(network, None, "", [0, 2], tmp_path / "x.nii.gz", {})
     with pytest.raises(SettingError, match=r"known_slices: must be \[first, end\)"):
         MaskCompletion(network, None, "p.nii.gz", [3, 3], tmp_path / "x.nii.gz", {})
+    with pytest.raises(SettingError, match=r"new_per_window: must be 1\.\.3 .*got 4"):
+        MaskCompletion(network, None, "p.nii.gz", [0, 2], tmp_path / "x.nii.gz", {}, num_condition=1, new_per_window=4)
 
 
 def test_image_synthesis_refuses_a_size_the_generator_cannot_take(tiny_dataset, tmp_path):

@@ -55,6 +55,16 @@ def test_same_seed_same_volumes_and_resume_regenerates_only_missing_cases(networ
     assert np.array_equal(load_nifti(second).array, kept)
 
 
+def test_one_new_slice_per_window_is_recorded_and_reproducible(network, tiny_dataset, tmp_path):
+    one = _synthesise(network, tiny_dataset, tmp_path / "one", new_per_window=1)
+    again = _synthesise(network, tiny_dataset, tmp_path / "again", new_per_window=1)
+    every = _synthesise(network, tiny_dataset, tmp_path / "every")
+    volumes = [[load_nifti(s.path(c.label)).array for c in s.training] for s in (one, again, every)]
+    assert all(np.array_equal(a, b) for a, b in zip(volumes[0], volumes[1]))
+    # the same first window (same seed, unconditional, all of it kept), then other windows: other volumes
+    assert not all(np.array_equal(a, b) for a, b in zip(volumes[0], volumes[2]))
+
+
 def test_sharded_ranks_split_the_cases_and_rank_zero_writes_the_dataset(network, tiny_dataset, tmp_path):
     out = tmp_path / "sharded"
     assert _synthesise(network, tiny_dataset, out, shard=Shard(1, 2)) is None

@@ -20,6 +20,7 @@ smoothest continuation (the diagnosis measured 0.95 slice-to-slice continuity of
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -35,6 +36,7 @@ __all__ = [
     "regression_target",
     "predicted_x0",
     "masked_slice_mse",
+    "label_weights",
     "structure_weight",
     "structure_dice_loss",
     "mcdpm_loss",
@@ -102,10 +104,35 @@ def predicted_x0(scheduler: Scheduler, x_t: torch.Tensor, prediction: torch.Tens
     raise ValueError(f"unsupported prediction_type {kind!r}")
 
 
-def masked_slice_mse(prediction: torch.Tensor, target: torch.Tensor, indicator: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the generated slices only (``indicator == 0``); inputs ``(B, m, K, H, W)``."""
-    weight = (1.0 - indicator.to(prediction.dtype))[:, :, None, None, None].expand_as(prediction)
+def masked_slice_mse(
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    indicator: torch.Tensor,
+    voxel_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean squared error over the generated slices only (``indicator == 0``); inputs ``(B, m, K, H, W)``.
+
+    ``voxel_weight`` ``(B, m, 1, H, W)``, optional: how much each voxel counts (see :func:`label_weights`); the mean
+    is then weighted, so weights that are all 1 give the plain mean.
+    """
+    weight = (1.0 - indicator.to(prediction.dtype))[:, :, None, None, None]
+    if voxel_weight is not None:
+        weight = weight * voxel_weight.to(prediction.dtype)
+    weight = weight.expand_as(prediction)
     return ((prediction - target) ** 2 * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def label_weights(x_0: torch.Tensor, class_weights: Sequence[float]) -> torch.Tensor:
+    """Each voxel's weight by its true label: ``(B, m, K, H, W)`` one-hot slices -> ``(B, m, 1, H, W)``.
+
+    Weighting a label's voxels more in the regression moves the optimal estimate of an uncertain voxel towards that
+    label, which is what an arg-max decoding of thin structures needs: where the network is unsure whether a thin
+    band of CSF passes, its unweighted mean estimate gives the band less than half and the arg-max erases it.
+    """
+    if len(class_weights) != x_0.shape[2]:
+        raise ValueError(f"class_weights needs one weight per label ({x_0.shape[2]}), got {len(class_weights)}")
+    table = torch.as_tensor(class_weights, dtype=torch.float32, device=x_0.device)
+    return table[x_0.argmax(dim=2)][:, :, None]
 
 
 DICE_WEIGHTINGS = ("uniform", "low_noise")
@@ -170,6 +197,7 @@ def mcdpm_loss(
     x_0: torch.Tensor,
     condition: SubsequenceCondition,
     dice_weighting: str = "uniform",
+    class_weights: Sequence[float] | None = None,
 ) -> MCDPMLoss:
     """One MC-DPM training loss on a batch of clean subsequences.
 
@@ -181,6 +209,8 @@ def mcdpm_loss(
         condition: the conditional slices ``X^C`` (normally ``x_0`` under random indicators, see
             :func:`~medgen3d.diffusion.conditions.draw_condition`) and the positions ``z / D``.
         dice_weighting: how the structure Dice of an item depends on its noise level (:func:`structure_weight`).
+        class_weights: ``K`` weights of the regression term's voxels by their true label (:func:`label_weights`);
+            ``None``: every voxel counts the same (the paper's loss).
 
     Returns:
         The regression term and the structure Dice term (combine with :meth:`MCDPMLoss.total`).
@@ -191,7 +221,9 @@ def mcdpm_loss(
     x_t = scheduler.add_noise(x_0, noise, t)
     # 2. regress only the generated slices X^P; score their implied clean slices structure by structure
     prediction = network_prediction(network, x_t, t, condition)
-    regression = masked_slice_mse(prediction, regression_target(scheduler, x_0, noise, t), condition.indicator)
+    voxels = None if class_weights is None else label_weights(x_0, class_weights)
+    target = regression_target(scheduler, x_0, noise, t)
+    regression = masked_slice_mse(prediction, target, condition.indicator, voxels)
     weight = structure_weight(scheduler, t, dice_weighting)
     dice = structure_dice_loss(predicted_x0(scheduler, x_t, prediction, t), x_0, condition.indicator, weight)
     return MCDPMLoss(regression, dice)

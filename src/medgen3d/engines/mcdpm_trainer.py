@@ -45,6 +45,8 @@ class MCDPMTrainer(StepTrainer):
             every interior generation window uses (see :func:`~medgen3d.diffusion.conditions.draw_indicators`).
         condition_corruption: rate at which the given slices' boundary pixels take a neighbour's label
             (:func:`~medgen3d.diffusion.conditions.corrupt_condition`); 0: given slices exactly real.
+        class_weights: ``K`` positive weights of the regression's voxels by their true label
+            (:func:`~medgen3d.diffusion.training.label_weights`); ``None``: all 1.
         max_grad_norm: gradient clipping norm (``None``: no clipping).
         train_handlers: ignite handlers.
         amp, precision: mixed precision (see :class:`StepTrainer`).
@@ -65,6 +67,7 @@ class MCDPMTrainer(StepTrainer):
         dice_weighting: str = "uniform",
         p_min_known: float = 0.0,
         condition_corruption: float = 0.0,
+        class_weights: Sequence[float] | None = None,
         max_grad_norm: float | None = 1.0,
         train_handlers: Sequence | None = None,
         amp: bool = False,
@@ -87,6 +90,12 @@ class MCDPMTrainer(StepTrainer):
             raise SettingError(f"p_min_known: must be in [0, 1], got {p_min_known}")
         if not 0.0 <= condition_corruption <= 1.0:
             raise SettingError(f"condition_corruption: must be in [0, 1], got {condition_corruption}")
+        if class_weights is not None and (len(class_weights) != num_classes or min(class_weights) <= 0):
+            raise SettingError(
+                f"class_weights: must be {num_classes} positive weights, one per label (null: all 1), "
+                f"got {list(class_weights)}"
+            )
+        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
         self.dice_weighting = dice_weighting
         self.p_min_known = float(p_min_known)
         self.condition_corruption = float(condition_corruption)
@@ -105,7 +114,9 @@ class MCDPMTrainer(StepTrainer):
         condition = corrupt_condition(condition, self.condition_corruption)
         # 3. the masked MC-DPM loss and the structure term, 4. backward and step
         with engine.autocast():
-            terms = mcdpm_loss(engine.network, self.noise_scheduler, x_0, condition, self.dice_weighting)
+            terms = mcdpm_loss(
+                engine.network, self.noise_scheduler, x_0, condition, self.dice_weighting, self.class_weights
+            )
             loss = terms.total(self.dice_weight)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         self._backward_and_step(engine, loss)

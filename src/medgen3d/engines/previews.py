@@ -81,6 +81,7 @@ class MaskSamplePreview:
         interval: iterations between previews.
         reference: real label files (``(H, W, D)`` NIfTI) to measure convergence against; none: not measured.
         windows_per_volume: windows of each reference mask sampled twice for the seed agreement gap.
+        new_per_window: new slices each expansion window keeps, as generation does; ``None``: all of them.
     """
 
     def __init__(
@@ -96,6 +97,7 @@ class MaskSamplePreview:
         interval: int = 1,
         reference: Sequence[str | os.PathLike] = (),
         windows_per_volume: int = 2,
+        new_per_window: int | None = None,
     ) -> None:
         self.network, self.sampler = network, sampler
         self.out = Path(output_dir) / "previews"
@@ -104,6 +106,7 @@ class MaskSamplePreview:
         self.num_condition, self.num_samples, self.interval = num_condition, num_samples, interval
         self.reference, self.windows_per_volume = [Path(f) for f in reference], windows_per_volume
         self._reference_volumes: list[np.ndarray] | None = None
+        self.new_per_window = new_per_window
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
@@ -114,7 +117,8 @@ class MaskSamplePreview:
         m = self.network.subsequence_length
         was_training = self.network.training
         self.network.eval()
-        plans = [generation_plan(self.depth, (self.depth - m) // 2, m, self.num_condition)] * self.num_samples
+        start = (self.depth - m) // 2
+        plans = [generation_plan(self.depth, start, m, self.num_condition, self.new_per_window)] * self.num_samples
         generator = torch.Generator().manual_seed(0)
         volumes = generate_volumes(
             self.network,

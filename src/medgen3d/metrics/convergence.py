@@ -26,7 +26,14 @@ from medgen3d.diffusion.conditions import SubsequenceCondition, condition_indica
 from medgen3d.diffusion.sampler import SubsequenceSampler
 from medgen3d.transforms.subsequence import resize_label_slices
 
-__all__ = ["pooled_dice", "seed_agreement_gap", "SeedAgreement", "window_starts", "sample_window_pairs"]
+__all__ = [
+    "pooled_dice",
+    "seed_agreement_gap",
+    "step_change_rates",
+    "SeedAgreement",
+    "window_starts",
+    "sample_window_pairs",
+]
 
 
 def pooled_dice(first: np.ndarray, second: np.ndarray, num_classes: int) -> np.ndarray:
@@ -60,6 +67,32 @@ def seed_agreement_gap(first: np.ndarray, second: np.ndarray, truth: np.ndarray,
     return between - to_truth
 
 
+def step_change_rates(last_given: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """The slice-change rate of each step through windows, pooled over the windows, ``(s,)``.
+
+    Step 0 goes from the last given slice to the first new one, step ``j`` from new slice ``j - 1`` to ``j``. A model
+    that draws a window's new slices as one average continuation changes less at every later step than real anatomy
+    does, however well its first step follows the given slices: these rates show where in a window it stalls.
+
+    Args:
+        last_given: ``(N, H, W)`` the last given slice of each window.
+        new: ``(N, s, H, W)`` the slices that continue it (generated or real).
+
+    Returns:
+        Per step, the voxels whose label changes over those foreground in either slice (as
+        :func:`~medgen3d.metrics.anatomy.slice_change_rate`); NaN for a step with no foreground.
+    """
+    last_given, new = np.asarray(last_given), np.asarray(new)
+    if new.ndim != 4 or last_given.shape != new.shape[:1] + new.shape[2:]:
+        raise ValueError(f"expected (N, H, W) and (N, s, H, W) slices, got {last_given.shape} and {new.shape}")
+    chain = np.concatenate([last_given[:, None], new], axis=1)
+    a, b = chain[:, :-1], chain[:, 1:]
+    foreground = (a > 0) | (b > 0)
+    counted = foreground.sum(axis=(0, 2, 3))
+    changed = ((a != b) & foreground).sum(axis=(0, 2, 3))
+    return np.where(counted > 0, changed / np.maximum(counted, 1), np.nan)
+
+
 def window_starts(depth: int, length: int, count: int) -> list[int]:
     """``count`` window starts at the centres of ``count`` equal parts of ``[0, depth - length]`` (fewer when the
     volume is too shallow): one window sits mid-volume, never at an end, where a mask is mostly background."""
@@ -69,11 +102,13 @@ def window_starts(depth: int, length: int, count: int) -> list[int]:
 
 
 class WindowSamples(NamedTuple):
-    """Two samples of the same windows and the real slices they continue: ``(N, m - n, H, W)`` int64 each."""
+    """Two samples of the same windows and the real slices they continue: ``(N, m - n, H, W)`` int64 each; the
+    last given (real) slice of each window, ``(N, H, W)``."""
 
     first: np.ndarray
     second: np.ndarray
     truth: np.ndarray
+    last_given: np.ndarray
 
 
 @torch.no_grad()
@@ -101,7 +136,7 @@ def sample_window_pairs(
         batch_size: windows per network call.
 
     Returns:
-        The new ``m - n`` slices of both samples and the real ones.
+        The new ``m - n`` slices of both samples and the real ones, and the last given slice.
     """
     m = network.subsequence_length
     device = next(network.parameters()).device
@@ -126,7 +161,8 @@ def sample_window_pairs(
             generators = [torch.Generator().manual_seed(seed + 2 * (lo + i) + draw) for i in range(len(chunk))]
             samples[draw].append(decode_slices(sampler.sample(network, condition, generators))[:, num_condition:])
     truth = torch.stack([volume[start + num_condition : start + m] for volume, start, _ in windows])
-    return WindowSamples(*(torch.cat(s).cpu().numpy() for s in samples), truth.cpu().numpy())
+    given = torch.stack([volume[start + num_condition - 1] for volume, start, _ in windows])
+    return WindowSamples(*(torch.cat(s).cpu().numpy() for s in samples), truth.cpu().numpy(), given.cpu().numpy())
 
 
 class SeedAgreement:
@@ -156,11 +192,18 @@ class SeedAgreement:
         self.image_size, self.num_condition, self.num_classes = tuple(image_size), num_condition, num_classes
         self.windows_per_volume, self.seed = windows_per_volume, seed
 
-    def __call__(self, volumes: Sequence[np.ndarray]) -> np.ndarray:
-        """``(K - 1,)`` gaps over the windows of ``volumes`` (real ``(H, W, D)`` label arrays)."""
+    def windows(self, volumes: Sequence[np.ndarray]) -> WindowSamples:
+        """The two samples of every window of ``volumes`` (real ``(H, W, D)`` label arrays) at the network's size."""
         slices = [torch.from_numpy(np.asarray(v)).long().permute(2, 0, 1) for v in volumes]  # (D, H, W)
         slices = [resize_label_slices(v, self.image_size, self.num_classes) for v in slices]
-        samples = sample_window_pairs(
+        return sample_window_pairs(
             self.network, self.sampler, slices, self.num_classes, self.num_condition, self.windows_per_volume, self.seed
         )
-        return seed_agreement_gap(*samples, self.num_classes)
+
+    def __call__(self, volumes: Sequence[np.ndarray]) -> np.ndarray:
+        """``(K - 1,)`` gaps over the windows of ``volumes`` (real ``(H, W, D)`` label arrays)."""
+        return self.gaps(self.windows(volumes))
+
+    def gaps(self, samples: WindowSamples) -> np.ndarray:
+        """``(K - 1,)`` gaps of samples drawn by :meth:`windows`."""
+        return seed_agreement_gap(samples.first, samples.second, samples.truth, self.num_classes)

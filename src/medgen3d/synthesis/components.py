@@ -150,6 +150,7 @@ class MaskSynthesis(_DatasetRun):
     start: int | None = None
     batch_size: int = 4
     seed: int = 0
+    new_per_window: int | None = None
 
     def __post_init__(self) -> None:
         _at_least(1, num_cases=self.num_cases, batch_size=self.batch_size)
@@ -161,12 +162,14 @@ class MaskSynthesis(_DatasetRun):
             raise SettingError(f"depth: {self.depth} is shallower than one subsequence ({m} slices)")
         if m is not None and self.num_condition >= m:
             raise SettingError(f"num_condition: must be below the subsequence length {m}, got {self.num_condition}")
+        _check_new_per_window(self.new_per_window, self.num_condition, m)
         check_size(self.network, self.image_size)
 
     def settings(self) -> dict[str, Any]:
         """What makes two runs the same run (recorded in the output folder)."""
         keys = ("num_cases", "depth", "start", "seed", "num_condition")
-        return {"reference": _where(self.reference), **{k: asdict(self)[k] for k in keys}}
+        kept = {} if self.new_per_window is None else {"new_per_window": self.new_per_window}  # earlier records lack it
+        return {"reference": _where(self.reference), **{k: asdict(self)[k] for k in keys}, **kept}
 
     def run(self) -> DatasetSpec | None:
         shard = self._claim(self.out_dir, "mask_mcdpm", self.settings(), "labels")
@@ -185,6 +188,7 @@ class MaskSynthesis(_DatasetRun):
                 self.seed,
                 shard,
                 self.progress,
+                self.new_per_window,
             )
 
 
@@ -202,9 +206,13 @@ class MaskCompletion:
     num_condition: int = 2
     seed: int = 0
     precision: str = "auto"
+    new_per_window: int | None = None
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
+        _check_new_per_window(
+            self.new_per_window, self.num_condition, getattr(self.network, "subsequence_length", None)
+        )
         if not self.partial_file:
             raise SettingError("partial_file: give the partial mask to complete (--partial_file FILE)")
         if len(self.known_slices) != 2 or not 0 <= self.known_slices[0] < self.known_slices[1]:
@@ -223,7 +231,18 @@ class MaskCompletion:
                 self.image_size,
                 self.num_condition,
                 self.seed,
+                self.new_per_window,
             )
+
+
+def _check_new_per_window(new_per_window: int | None, num_condition: int, length: int | None) -> None:
+    """A window keeps at least one of its new slices and at most all ``m - n`` of them."""
+    if new_per_window is None:
+        return
+    most = None if length is None else length - num_condition
+    if new_per_window < 1 or (most is not None and new_per_window > most):
+        bound = f"1..{most}" if most is not None else "at least 1"
+        raise SettingError(f"new_per_window: must be {bound} (null: every new slice of a window), got {new_per_window}")
 
 
 @dataclass

@@ -121,6 +121,7 @@ def synthesise_masks(
     seed: int = 0,
     shard: Shard = Shard(),
     progress: Progress | None = None,
+    new_per_window: int | None = None,
 ) -> DatasetSpec | None:
     """Generate ``num_cases`` mask volumes into ``out_dir`` (MedGen3D Sec. 3.1, "Inference").
 
@@ -138,6 +139,8 @@ def synthesise_masks(
         seed: the run seed.
         shard: this process's share of the cases.
         progress: optional ``callback(done, total, case_id)``.
+        new_per_window: new slices each expansion window keeps (see
+            :mod:`~medgen3d.diffusion.autoregressive`); ``None``: all of them.
 
     Returns:
         The written dataset once every case exists (see :meth:`~medgen3d.synthesis.cases.CaseRunner.finish`), else
@@ -158,7 +161,7 @@ def synthesise_masks(
         volumes = generate_volumes(
             network,
             sampler,
-            [generation_plan(p.depth, p.start, m, num_condition) for p in batch],
+            [generation_plan(p.depth, p.start, m, num_condition, new_per_window) for p in batch],
             [p.depth for p in batch],
             network.num_classes,
             size,
@@ -197,6 +200,7 @@ def complete_mask(
     image_size: Sequence[int] | None = None,
     num_condition: int = 2,
     seed: int = 0,
+    new_per_window: int | None = None,
 ) -> np.ndarray:
     """Grow a partial mask volume to its full depth from its known consecutive slices.
 
@@ -209,6 +213,7 @@ def complete_mask(
         image_size: the network's in-plane size; default the volume's.
         num_condition: ``n``.
         seed: random seed.
+        new_per_window: new slices each window keeps; ``None``: all of them.
 
     Returns:
         ``(H, W, D)`` uint8 labels; the known slices are returned unchanged.
@@ -221,7 +226,7 @@ def complete_mask(
         raise ValueError(f"known slices hold labels outside 0..{num_classes - 1}")
     known_volume = torch.full((depth, *size), -1, dtype=torch.long)
     known_volume[lo:hi] = resize_label_slices(slices, size, num_classes)
-    plan = expansion_plan(depth, known, network.subsequence_length, num_condition)
+    plan = expansion_plan(depth, known, network.subsequence_length, num_condition, new_per_window)
     [volume] = generate_volumes(
         network,
         sampler,
@@ -247,6 +252,7 @@ def complete_mask_file(
     image_size: Sequence[int] | None = None,
     num_condition: int = 2,
     seed: int = 0,
+    new_per_window: int | None = None,
 ) -> Path:
     """:func:`complete_mask` on a NIfTI file; the result keeps the input's geometry.
 
@@ -263,8 +269,9 @@ def complete_mask_file(
     unknown = sorted(values - {int(k) for k in labels})
     if unknown:
         raise DataError(f"{partial_file}: known slices hold label values {unknown} outside the configured labels")
+    array = volume.array.astype(np.int64)
     completed = complete_mask(
-        network, sampler, volume.array.astype(np.int64), (lo, hi), len(labels), image_size, num_condition, seed
+        network, sampler, array, (lo, hi), len(labels), image_size, num_condition, seed, new_per_window
     )
     save_nifti(output_file, completed, volume.affine)
     return Path(output_file)
