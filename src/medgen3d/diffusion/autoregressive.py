@@ -10,7 +10,9 @@ expansion started from the known slices instead of a first subsequence.
 A window may keep fewer than its ``m - n`` new slices (``new_per_window``): the ones nearest its given slices, the
 next window starting from them. The paper keeps all of them; a model that draws a window's new slices as one average
 continuation changes them little from one to the next (``metrics.convergence.step_change_rates``), and keeping one
-per window puts a window's first step, which follows its given slices, between every pair of slices.
+per window puts a window's first step, which follows its given slices, between every pair of slices. It also takes
+a step per slice where the paper takes one per ``m - n``, and each step may move the outline: on the brain preset at
+its CPU budget the masks lost their columns but their outline drifted (mask_mcdpm's docs), so no preset sets it.
 """
 
 from __future__ import annotations
