@@ -76,6 +76,10 @@ FIXES = {"dice_weighting": "low_noise", "p_min_known": 0.75, "condition_corrupti
 THORAX = BEFORE | FIXES | {"image_size": [64, 64], "learning_rate": 5e-4, "final_lr_fraction": 0.1}
 RFLOW = {"noise_schedule": "rflow", "rflow_sample_method": "uniform"}  # rectified flow, steps drawn uniformly
 LOGIT_NORMAL = {"rflow_sample_method": "logit-normal"}
+SCALED_LINEAR = {"beta_schedule": "scaled_linear_beta"}
+RATE = {"learning_rate": 0.001, "final_lr_fraction": 0.0}  # 1e-3 decaying to 0
+BRAIN_0_10 = BEFORE | FIXES | SCALED_LINEAR | RATE  # mask_mcdpm 0.10.0's brain preset
+CSF_TWICE = {"class_weights": [1.0, 1.0, 1.0, 1.0, 2.0]}  # brain labels: background, cortex, sGM, WM, CSF
 SETTINGS: dict[str, dict[str, Any]] = {
     "64x80 (before)": BEFORE,
     "80x96": NATIVE,
@@ -110,37 +114,25 @@ SETTINGS: dict[str, dict[str, Any]] = {
     | FIXES
     | {"beta_schedule": "scaled_linear_beta", "dice_weighting": "uniform"},
     # the image stage's lesson: a larger step decaying to 0 learnt most within a short budget (its FD 0.10 -> 0.013)
-    "64x80, fixes, scaled-linear betas, learning rate 1e-3 decaying to 0": BEFORE
-    | FIXES
-    | {"beta_schedule": "scaled_linear_beta", "learning_rate": 0.001, "final_lr_fraction": 0.0},
-    # a window's slices are channels of one 2D UNet, every new slice read out of the same 32 full-size features:
-    # from real given slices the 0.10.0 network changes 0.153, 0.115, 0.100, 0.086 of the labels per step through
-    # a window's four new slices (real 0.177), so its later slices repeat each other; windows of 4 make 2 at a time
-    "64x80, fixes, scaled-linear betas, learning rate 1e-3 decaying to 0, windows of 4": BEFORE
-    | FIXES
-    | {"beta_schedule": "scaled_linear_beta", "learning_rate": 0.001, "final_lr_fraction": 0.0}
-    | {"subsequence_length": 4},
-    # 0.11.0's brain preset (sampled keeping one new slice per window) with CSF's voxels counting twice in the
-    # regression: CSF keeps about half its real volume at every point of the learning curve, an arg-max of thin
-    # bands the network is unsure of
-    "64x80, fixes, scaled-linear betas, learning rate 1e-3 decaying to 0, windows of 4, CSF weighted 2": BEFORE
-    | FIXES
-    | {"beta_schedule": "scaled_linear_beta", "learning_rate": 0.001, "final_lr_fraction": 0.0}
-    | {"subsequence_length": 4, "class_weights": [1.0, 1.0, 1.0, 1.0, 2.0]},
-    # the same weight on 0.10.0's brain preset: on windows of 4 it brought CSF to its real volume (0.028 against 0.017)
-    "64x80, fixes, scaled-linear betas, learning rate 1e-3 decaying to 0, CSF weighted 2": BEFORE
-    | FIXES
-    | {"beta_schedule": "scaled_linear_beta", "learning_rate": 0.001, "final_lr_fraction": 0.0}
-    | {"class_weights": [1.0, 1.0, 1.0, 1.0, 2.0]},
+    "64x80, fixes, scaled-linear betas, learning rate 1e-3 decaying to 0": BEFORE | FIXES | SCALED_LINEAR | RATE,
     # the same at the data's own slice size, for about the same CPU time (ITERATION_FACTORS): at 64x80 the CSF, the
     # thinnest structure, keeps about half its real volume, and the flow at 80x96 drew more of it
-    "80x96, fixes, scaled-linear betas, learning rate 1e-3 decaying to 0": NATIVE
-    | FIXES
-    | {"beta_schedule": "scaled_linear_beta", "learning_rate": 0.001, "final_lr_fraction": 0.0},
+    "80x96, fixes, scaled-linear betas, learning rate 1e-3 decaying to 0": NATIVE | FIXES | SCALED_LINEAR | RATE,
+    # a window's slices are channels of one 2D UNet, every new slice read out of the same 32 full-size features:
+    # from real given slices the row above changes 0.163, 0.136, 0.110, 0.097 of the labels per step through a
+    # window's four new slices with DDIM-5 (real about 0.19 each), so its later slices repeat each other; windows of
+    # 4 make 2 at a time (``steps --new_per_window 1`` samples them keeping one)
+    "64x80, fixes, scaled-linear betas, learning rate 1e-3 decaying to 0, windows of 4": BRAIN_0_10
+    | {"subsequence_length": 4},
+    # CSF's voxels counting twice in the regression: CSF keeps about half its real volume at every point of the
+    # learning curve, the arg-max of thin bands the network is unsure of; on the windows of 4, then on 0.10.0's preset
+    "64x80, fixes, scaled-linear betas, learning rate 1e-3 decaying to 0, windows of 4, CSF weighted 2": BRAIN_0_10
+    | {"subsequence_length": 4}
+    | CSF_TWICE,
+    "64x80, fixes, scaled-linear betas, learning rate 1e-3 decaying to 0, CSF weighted 2": BRAIN_0_10 | CSF_TWICE,
     # thorax-phantom (--dataset thorax-phantom): its preset of 0.9.0, and the brain preset's learning rate on it
     "thorax 64x64, fixes": THORAX,
-    "thorax 64x64, fixes, learning rate 1e-3 decaying to 0": THORAX
-    | {"learning_rate": 0.001, "final_lr_fraction": 0.0},
+    "thorax 64x64, fixes, learning rate 1e-3 decaying to 0": THORAX | RATE,
 }
 # Settings whose iterations are this multiple of ``--iterations``, for about the same CPU time as the defaults: a
 # training step of the half-width network cost 1.56 s against 4.20 s (batch 8, 64x80, one thread, 2.7x; the

@@ -42,8 +42,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from image_stage import (  # noqa: E402  (the sibling benchmarks' judge, generator and helpers)
+from image_stage import (  # noqa: E402  (the sibling benchmarks' judge, generator, paths and helpers)
     DATASETS,
+    QUALITY,
     VIEWS,
     Judge,
     _contrast_to_noise,
@@ -56,9 +57,7 @@ from image_variants import _refine  # noqa: E402
 from mask_stage import _checkpoint_iteration  # noqa: E402
 from quality_benchmark import BUNDLES, RESULTS, _machine  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-QUALITY = ROOT / "benchmarks" / "runs" / "quality"
-RUNS = ROOT / "benchmarks" / "runs" / "refiner_curve"
+RUNS = QUALITY.parent / "refiner_curve"
 SOURCES = ("generated pairs", "real masks")
 TARGET = -0.10  # the issue's mark: refined feature FD at least 10% below unrefined
 

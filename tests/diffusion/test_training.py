@@ -241,3 +241,24 @@ def test_the_loss_weights_its_structure_term_by_noise_level():
     low_noise = mcdpm_loss(network, scheduler, x_0, condition, "low_noise")
     assert torch.equal(uniform.regression, low_noise.regression)  # only the structure term changes
     assert 0.0 < low_noise.dice.item() < uniform.dice.item()
+
+
+def test_class_weights_reach_the_regression_and_leave_the_structure_term():
+    network, (x_0, condition) = random_mcdpm(3, 4), _loss_batch()
+    scheduler = DDPMScheduler(100, prediction_type="sample")
+
+    def loss(weights):
+        torch.manual_seed(3)  # the same noise and steps for every call
+        return mcdpm_loss(network, scheduler, x_0, condition, "low_noise", weights)
+
+    plain, ones, heavy = loss(None), loss([1.0, 1.0, 1.0]), loss([1.0, 1.0, 20.0])
+    assert torch.allclose(ones.regression, plain.regression) and torch.allclose(ones.dice, plain.dice)
+    # label 2's voxels dominate the weighted mean: it moves towards their own error, away from the plain mean
+    assert not torch.allclose(heavy.regression, plain.regression) and torch.allclose(heavy.dice, plain.dice)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        noise, t = torch.randn_like(x_0), draw_timesteps(scheduler, x_0)
+        prediction = network_prediction(network, scheduler.add_noise(x_0, noise, t), t, condition)
+    only_label_2 = label_weights(x_0, [0.0, 0.0, 1.0])
+    expected = masked_slice_mse(prediction, x_0, condition.indicator, only_label_2 * 19 + 1)
+    assert heavy.regression.item() == pytest.approx(expected.item(), rel=1e-5)
