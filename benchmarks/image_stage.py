@@ -460,6 +460,39 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def draw_planes(panels: list[tuple[str, np.ndarray]], num_classes: int, planes: tuple[str, ...] = VIEWS):
+    """A figure with one column per ``(title, (H, W, D) volume)`` panel and one row per mid plane of ``planes``
+    (axial, coronal, sagittal): the panel titled ``mask`` in label colours, the others in grey on [-1, 1]."""
+    import matplotlib.pyplot as plt
+
+    from medgen3d.preview import label_colormap
+
+    h, w, d = panels[0][1].shape
+    cut = {"axial": lambda a: a[:, :, d // 2], "coronal": lambda a: a[:, w // 2, :], "sagittal": lambda a: a[h // 2]}
+    fig, axes = plt.subplots(len(planes), len(panels), figsize=(1.9 * len(panels), 2.1 * len(planes)), squeeze=False)
+    for c, (name, volume) in enumerate(panels):
+        for r, plane in enumerate(planes):
+            ax, cross_section = axes[r, c], cut[plane](volume).T
+            if name == "mask":
+                ax.imshow(
+                    cross_section,
+                    cmap=label_colormap(num_classes),
+                    vmin=0,
+                    vmax=num_classes - 1,
+                    origin="lower",
+                    interpolation="nearest",
+                )
+            else:
+                ax.imshow(cross_section, cmap="gray", vmin=-1, vmax=1, origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=7)
+    for r, plane in enumerate(planes):
+        axes[r, 0].set_ylabel(plane, fontsize=8)
+    return fig
+
+
 def montage(dataset: str, rows: dict[str, Any], path: Path) -> None:
     """The first held-out case: its mask, then each row's image, in three mid planes, on one grey scale."""
     import matplotlib
@@ -469,7 +502,6 @@ def montage(dataset: str, rows: dict[str, Any], path: Path) -> None:
 
     from medgen3d.data.dataset import read_dataset
     from medgen3d.metrics.report import load_pairs, lookup_pairs
-    from medgen3d.preview import label_colormap
 
     spec = read_dataset(QUALITY / dataset / f"{dataset}-small")
     real = load_pairs(spec, ("test",))
@@ -482,22 +514,7 @@ def montage(dataset: str, rows: dict[str, Any], path: Path) -> None:
         first = RUNS / dataset / _folder(name) / "first-case.pt"
         if first.exists():
             panels.append((name, torch.load(first, weights_only=True).numpy()))
-    h, w, d = label.shape
-    fig, axes = plt.subplots(3, len(panels), figsize=(1.9 * len(panels), 6), squeeze=False)
-    cmap = label_colormap(k)
-    for c, (name, volume) in enumerate(panels):
-        for r, take in enumerate((lambda a: a[:, :, d // 2], lambda a: a[:, w // 2, :], lambda a: a[h // 2, :, :])):
-            ax = axes[r, c]
-            if name == "mask":
-                ax.imshow(take(volume).T, cmap=cmap, vmin=0, vmax=k - 1, origin="lower", interpolation="nearest")
-            else:
-                ax.imshow(take(volume).T, cmap="gray", vmin=-1, vmax=1, origin="lower")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(name, fontsize=7)
-    for r, view in enumerate(VIEWS):
-        axes[r, 0].set_ylabel(view, fontsize=8)
+    fig = draw_planes(panels, k, VIEWS)
     fig.suptitle(f"{dataset}: one real held-out mask rendered by each row (grey scale [-1, 1])", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)

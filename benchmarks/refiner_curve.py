@@ -50,6 +50,7 @@ from image_stage import (  # noqa: E402  (the sibling benchmarks' judge, generat
     _contrast_to_noise,
     _read,
     _write,
+    draw_planes,
     generated_images,
     quality_generator,
 )
@@ -363,7 +364,6 @@ def _montage(dataset: str, results: dict[str, Any], path: Path) -> None:
     from medgen3d.data.dataset import read_dataset
     from medgen3d.data.intensity import reference_scale
     from medgen3d.metrics.report import load_pairs
-    from medgen3d.preview import label_colormap
 
     real = read_dataset(QUALITY / dataset / f"{dataset}-small")
     unrefined = load_pairs(
@@ -379,24 +379,7 @@ def _montage(dataset: str, results: dict[str, Any], path: Path) -> None:
             file = folder / f"{point['iterations']:06d}-t{level}.pt"
             if file.exists():
                 panels.append((f"{point['iterations']}/view, t_r {level}", torch.load(file, weights_only=True).numpy()))
-    k = len(real.labels)
-    h, w, d = label.shape
-    fig, axes = plt.subplots(2, len(panels), figsize=(1.9 * len(panels), 4.2), squeeze=False)
-    for c, (name, volume) in enumerate(panels):
-        for r, take in enumerate((lambda a: a[:, :, d // 2], lambda a: a[:, w // 2, :])):
-            ax = axes[r, c]
-            if name == "mask":
-                ax.imshow(
-                    take(volume).T, cmap=label_colormap(k), vmin=0, vmax=k - 1, origin="lower", interpolation="nearest"
-                )
-            else:
-                ax.imshow(take(volume).T, cmap="gray", vmin=-1, vmax=1, origin="lower")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(name, fontsize=7)
-    axes[0, 0].set_ylabel("axial", fontsize=8)
-    axes[1, 0].set_ylabel("coronal", fontsize=8)
+    fig = draw_planes(panels, len(real.labels), VIEWS[:2])
     fig.suptitle(f"{dataset}: one generated pair refined at each budget (grey scale [-1, 1])", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
