@@ -74,6 +74,44 @@ def test_ddim_timesteps_lie_on_the_stride_step_expects_and_ddpm_runs_its_full_ch
         sampling_timesteps(DDPMScheduler(1000), 50)
 
 
+def test_trailing_ddim_steps_start_from_pure_noise_and_end_one_stride_above_zero():
+    assert sampling_timesteps(DDIMScheduler(1000), 5, "trailing").tolist() == [999, 799, 599, 399, 199]
+    assert sampling_timesteps(DDIMScheduler(1000), 3, "trailing").tolist() == [998, 665, 332]
+    assert sampling_timesteps(DDIMScheduler(1000), 5).tolist() == [800, 600, 400, 200, 0]
+    # the full DDPM chain is the same either way
+    assert sampling_timesteps(DDPMScheduler(50), None, "trailing").tolist() == list(range(49, -1, -1))
+    with pytest.raises(ValueError, match="timestep_spacing"):
+        sampling_timesteps(DDIMScheduler(1000), 5, "middle")
+
+
+class _StepOracle:
+    """An x0-predicting network whose estimate at step ``t`` is ``x_0 (1 - t / 1000)`` (inside DDIM's clipping range),
+    so that a sample shows which call it came from; records the steps it is called at."""
+
+    subsequence_length = 4
+
+    def __init__(self, x_0):
+        self.x_0, self.steps = x_0, []
+
+    def __call__(self, x, timesteps, position):
+        self.steps.append(int(timesteps[0]))
+        estimate = self.x_0 * (1 - timesteps.view(-1, 1, 1, 1, 1).float() / 1000)
+        return estimate.reshape(self.x_0.shape[0], -1, *self.x_0.shape[-2:])
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("spacing, last", [("leading", 0), ("trailing", 199)])
+def test_a_ddim_chain_ends_on_the_estimate_of_its_last_step(spacing, last):
+    condition = _batch()
+    x_0 = one_hot_slices(torch.randint(0, 3, (2, 4, 8, 8), generator=torch.Generator().manual_seed(1)), 3)
+    oracle = _StepOracle(x_0)
+    scheduler = DDIMScheduler(1000, schedule="scaled_linear_beta", prediction_type="sample")
+    sample = SubsequenceSampler(scheduler, 5, timestep_spacing=spacing).sample(oracle, condition)
+    assert oracle.steps[-1] == last and len(oracle.steps) == 5
+    # DDIM's step from the last call lands on that call's x_0 estimate (the known slices come back as given)
+    assert torch.allclose(sample, condition.impose(x_0 * (1 - last / 1000)), atol=1e-4)
+
+
 def _rflow(scale=1.0, steps=5):
     return SubsequenceSampler(RectifiedFlowScheduler(1000), steps, guidance_scale=scale)
 

@@ -16,7 +16,7 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, RFlowSchedul
 
 from medgen3d.diffusion.conditions import SubsequenceCondition, SubsequenceDenoiser, network_prediction
 
-__all__ = ["Generators", "guide", "sampling_timesteps", "SubsequenceSampler"]
+__all__ = ["Generators", "guide", "sampling_timesteps", "SubsequenceSampler", "TIMESTEP_SPACINGS"]
 
 # One generator for the whole batch, or one per item: per-item generators make an item's sample independent of
 # the rest of its batch (up to floating point), so that sharded and resumed runs draw the same noise per case.
@@ -25,6 +25,8 @@ SamplingScheduler = Union[DDPMScheduler, DDIMScheduler, RFlowScheduler]
 
 # rectified flow's straight path needs few steps
 RFLOW_STEPS = 10
+# where a shortened DDIM chain's steps lie on the stride T // N (see sampling_timesteps)
+TIMESTEP_SPACINGS = ("leading", "trailing")
 
 
 def randn(shape: Sequence[int], generator: Generators, device: torch.device) -> torch.Tensor:
@@ -42,14 +44,28 @@ def guide(unconditional: torch.Tensor, conditional: torch.Tensor, scale: float) 
     return conditional + (scale - 1.0) * (conditional - unconditional)
 
 
-def sampling_timesteps(scheduler: SamplingScheduler, num_inference_steps: int | None) -> torch.Tensor:
+def sampling_timesteps(
+    scheduler: SamplingScheduler, num_inference_steps: int | None, spacing: str = "leading"
+) -> torch.Tensor:
     """The descending timesteps to visit.
 
     DDPM always runs its full chain: MONAI's ``DDPMScheduler.step`` computes the ``t -> t-1`` posterior, so a
     shortened DDPM chain would be wrong. DDIM's ``set_timesteps`` spaces steps with ``linspace`` while its ``step``
-    assumes a stride of ``T // N``; the steps are therefore laid on that stride here. Rectified flow (default 10
-    steps) visits MONAI's ``T, T - T/N, ..., T/N``, each step running to the next one and the last to 0.
+    assumes a stride of ``s = T // N``; the steps are therefore laid on that stride here, in one of two ways
+    (``spacing``):
+
+    - ``"leading"``: ``(N - 1) s, ..., s, 0``. The chain starts below ``T`` (at ``0.8 T`` for ``N = 5``, where a
+      scaled-linear schedule still keeps 2% of the signal's power, but the chain starts from pure noise) and its
+      last call denoises an almost clean ``x_0`` at ``t = 0``;
+    - ``"trailing"``: ``N s - 1, ..., 2 s - 1, s - 1``. The chain starts from pure noise where training put it and
+      ends on the network's ``x_0`` estimate at ``t = s - 1``, without the extra call at ``t = 0``.
+
+    The full DDPM chain is the same under both. Rectified flow (default 10 steps) visits MONAI's
+    ``T, T - T/N, ..., T/N``, each step running to the next one and the last to 0: its own trailing spacing, which
+    ``"leading"`` does not change.
     """
+    if spacing not in TIMESTEP_SPACINGS:
+        raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {spacing!r}")
     total = scheduler.num_train_timesteps
     if isinstance(scheduler, RFlowScheduler):
         if scheduler.use_timestep_transform:
@@ -65,7 +81,10 @@ def sampling_timesteps(scheduler: SamplingScheduler, num_inference_steps: int | 
         if not 1 <= steps <= total:
             raise ValueError(f"num_inference_steps must be in [1, {total}], got {steps}")
         scheduler.set_timesteps(steps)
-        return torch.arange(steps - 1, -1, -1) * (total // steps)
+        stride = total // steps
+        if spacing == "trailing":  # DDIM's step from s - 1 runs to -1, where it uses the clean x_0's alpha of 1
+            return torch.arange(steps, 0, -1) * stride - 1
+        return torch.arange(steps - 1, -1, -1) * stride
     if num_inference_steps not in (None, total):
         raise ValueError(
             f"DDPM samples with its full chain of {total} steps (got num_inference_steps={num_inference_steps}); "
@@ -85,6 +104,8 @@ class SubsequenceSampler:
         guidance_scale: classifier-free guidance scale ``s`` for conditional subsequences; the unconditional
             mode (no known slices) is the null condition.
         eta: DDIM stochasticity (0 is deterministic DDIM).
+        timestep_spacing: where a DDIM chain's steps lie, ``"leading"`` or ``"trailing"`` (see
+            :func:`sampling_timesteps`).
     """
 
     def __init__(
@@ -93,9 +114,10 @@ class SubsequenceSampler:
         num_inference_steps: int | None = None,
         guidance_scale: float = 1.0,
         eta: float = 0.0,
+        timestep_spacing: str = "leading",
     ) -> None:
         self.scheduler = scheduler
-        self.timesteps = sampling_timesteps(scheduler, num_inference_steps)
+        self.timesteps = sampling_timesteps(scheduler, num_inference_steps, timestep_spacing)
         self.guidance_scale = float(guidance_scale)
         self.step_kwargs = {"eta": eta} if isinstance(scheduler, DDIMScheduler) else {}
         self.network_evaluations = 0  # subsequence forwards, for benchmarks
