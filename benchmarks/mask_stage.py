@@ -12,6 +12,7 @@ the same windows, the change per step from the last given slice through the new 
     .venv/bin/python benchmarks/mask_stage.py report
     .venv/bin/python benchmarks/mask_stage.py curve --dataset brain-mni [--multiples 1,2,4] [--iterations 1400]
     .venv/bin/python benchmarks/mask_stage.py steps [--setting NAME] [--counts 5,10,20] [--eta 1] [--new_per_window 1]
+        [--spacing trailing] [--guidance 0.25]
 
 ``run`` keeps each setting under ``benchmarks/runs/mask_stage/<dataset>/<setting>/`` and skips finished ones; an
 interrupted training resumes from its checkpoint. ``report`` writes
@@ -20,9 +21,10 @@ two samples per setting beside two real masks).
 ``curve`` trains the shipped defaults once to the largest multiple of ``--iterations``, keeps the EMA weights at each
 multiple, scores each, and writes ``benchmarks/results/mask_learning_curve_<dataset>.{json,md,png}`` (each measure
 against iterations, the real value as a line) and ``_samples.png`` (two samples per multiple beside two real masks);
-``--start_from`` a finished ``run`` setting equal to the defaults makes that run the first point. ``steps`` samples
-a finished setting's model with several sampler step counts, optionally keeping fewer new slices per window (no
-training), and writes
+``--start_from`` a finished ``run`` setting equal to the defaults makes that run the first point. ``run`` and
+``curve`` score every model with the same sampler (DDIM-20, MONAI's step spacing, no guidance), so their rows
+compare training alone. ``steps`` samples a finished setting's model with several sampler step counts, optionally
+with another step spacing or guidance scale or keeping fewer new slices per window (no training), and writes
 ``benchmarks/results/mask_sampling_steps_<dataset>.{json,md,png}``. On the 2-core CPU with bf16 instructions a
 brain iteration costs about 0.33 s at 64x80 and 0.42 s at 80x96 (0.9 and 1.3 to 1.6 s in float32; the settings'
 training seconds): a setting takes 7 to 13 minutes (20 to 37 in float32), a sweep of ``steps`` about 1.5 minutes per
@@ -70,6 +72,7 @@ BEFORE = {
     "dice_weighting": "uniform",
     "p_min_known": 0.0,
     "condition_corruption": 0.0,
+    "class_weights": None,  # brain.json weights CSF since mask_mcdpm 0.12.0
 }
 NATIVE = BEFORE | {"image_size": None}  # None: the data's own slice size (80 x 96)
 FIXES = {"dice_weighting": "low_noise", "p_min_known": 0.75, "condition_corruption": 0.1}
@@ -80,6 +83,7 @@ SCALED_LINEAR = {"beta_schedule": "scaled_linear_beta"}
 RATE = {"learning_rate": 0.001, "final_lr_fraction": 0.0}  # 1e-3 decaying to 0
 BRAIN_0_10 = BEFORE | FIXES | SCALED_LINEAR | RATE  # mask_mcdpm 0.10.0's brain preset
 CSF_TWICE = {"class_weights": [1.0, 1.0, 1.0, 1.0, 2.0]}  # brain labels: background, cortex, sGM, WM, CSF
+CSF_SGM_TWICE = {"class_weights": [1.0, 1.0, 2.0, 1.0, 2.0]}
 SETTINGS: dict[str, dict[str, Any]] = {
     "64x80 (before)": BEFORE,
     "80x96": NATIVE,
@@ -130,6 +134,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
     | {"subsequence_length": 4}
     | CSF_TWICE,
     "64x80, fixes, scaled-linear betas, learning rate 1e-3 decaying to 0, CSF weighted 2": BRAIN_0_10 | CSF_TWICE,
+    # sampled with 0.12.0's sampler (trailing DDIM-5, guidance 0.25), CSF weighted 2 comes within 10% of its real volume
+    # while subcortical grey matter keeps about half of its: here both thin structures count twice
+    "64x80, fixes, scaled-linear betas, learning rate 1e-3 decaying to 0, CSF and subcortical GM weighted 2": BRAIN_0_10
+    | CSF_SGM_TWICE,
     # thorax-phantom (--dataset thorax-phantom): its preset of 0.9.0, and the brain preset's learning rate on it
     "thorax 64x64, fixes": THORAX,
     "thorax 64x64, fixes, learning rate 1e-3 decaying to 0": THORAX | RATE,
@@ -153,7 +161,7 @@ NETWORK_KEYS = (
     "channels",
     "subsequence_length",
 )
-SAMPLING_KEYS = ("num_inference_steps", "eta", "new_slices_per_window")
+SAMPLING_KEYS = ("num_inference_steps", "eta", "new_slices_per_window", "timestep_spacing", "guidance_scale")
 
 
 def _data(dataset: str) -> Path:
@@ -212,12 +220,16 @@ def structure_measures(synthetic: list[np.ndarray], real: list[np.ndarray], name
 # The sampler every row is scored with: DDIM-20 for DDPM networks (mask_mcdpm's default until 0.8.0, when every row
 # of the table was scored) and the flow's 10 steps, so that a rerun row compares with the others; ``steps`` sweeps it
 SCORING_STEPS = {"ddpm": 20, "rflow": 10}
+# the sampler every trained setting is scored with, whatever the bundle's defaults: the rows compare training
+# settings, so they keep the sampler of the table's first rows (mask_mcdpm before 0.12.0); `steps` varies it
+SCORING_SAMPLER = {"guidance_scale": 1.0, "timestep_spacing": "leading"}
 
 
 def score(dataset: str, run: Path, checkpoint: Path, overrides: dict[str, Any], out: Path) -> dict[str, Any]:
     """Sample :data:`VOLUMES` masks from ``checkpoint`` and measure them; the seed gap on the held-out masks."""
     steps = SCORING_STEPS[overrides.get("noise_schedule", "ddpm")]
-    sampling = {"num_inference_steps": steps} | {k: v for k, v in overrides.items() if k in SAMPLING_KEYS}
+    sampling = {"num_inference_steps": steps, **SCORING_SAMPLER}
+    sampling |= {k: v for k, v in overrides.items() if k in SAMPLING_KEYS}
     return score_stage(_stage(dataset, run), _data(dataset), checkpoint, overrides, out, sampling_overrides=sampling)
 
 
@@ -628,10 +640,13 @@ def steps(
     eta: float = 0.0,
     threads: int = 2,
     new_per_window: int | None = None,
+    spacing: str = "leading",
+    guidance: float = 1.0,
 ) -> None:
     """Sample one finished ``run`` setting's model with each number of sampler steps in ``counts`` (DDIM with
-    ``eta`` for a ``ddpm`` network, Euler steps for rectified flow), each expansion window keeping
-    ``new_per_window`` of its new slices (``None``: all), and score it as ``run`` does; writes
+    ``eta`` for a ``ddpm`` network, Euler steps for rectified flow), DDIM's steps laid by ``spacing`` (``"leading"``
+    or ``"trailing"``), classifier-free guidance ``guidance``, each expansion window keeping ``new_per_window`` of its
+    new slices (``None``: all), and score it as ``run`` does; writes
     ``benchmarks/results/mask_sampling_steps_<dataset>.{json,md,png}``, keeping the rows of earlier sweeps (other
     settings, another ``eta``)."""
     torch.set_num_threads(threads)
@@ -647,7 +662,12 @@ def steps(
     flow = SETTINGS[setting].get("noise_schedule") == "rflow"
     for count in counts:
         sampler = f"flow-{count}" if flow else f"DDIM-{count}" + (f", eta {eta:g}" if eta else "")
-        sampling = {"num_inference_steps": int(count), "eta": float(eta)}
+        sampling = {"num_inference_steps": int(count), "eta": float(eta), "timestep_spacing": spacing}
+        sampling["guidance_scale"] = float(guidance)
+        if spacing != "leading":
+            sampler += f", {spacing} steps"
+        if guidance != 1.0:
+            sampler += f", guidance {guidance:g}"
         if new_per_window is not None:
             sampler += f", {new_per_window} new slice{'s' if new_per_window > 1 else ''} per window"
             sampling["new_slices_per_window"] = int(new_per_window)

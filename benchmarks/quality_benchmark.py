@@ -248,6 +248,7 @@ def _settings(workflow, common: dict[str, Any]) -> dict[str, Any]:
             "ema_decay",
             "position_mode",
             "flip_prob",
+            "class_weights",
         ],
         "image": ["max_iterations", "batch_size"],
         "refiner": ["max_iterations", "batch_size"],
@@ -263,6 +264,9 @@ def _settings(workflow, common: dict[str, Any]) -> dict[str, Any]:
         out["mask"]["sampler"] = f"RFlow-{steps}"
     else:  # the betas too: they set where DDIM's steps fall (a result before they were named had linear ones)
         out["mask"]["sampler"] = f"DDIM-{steps}, {parser.get_parsed_content('beta_schedule')}"
+        if "timestep_spacing" in parser:  # named since mask_mcdpm 0.12.0; MONAI's leading steps before
+            out["mask"]["sampler"] += f", {parser.get_parsed_content('timestep_spacing')} steps"
+    out["mask"]["sampler"] += f", guidance {parser.get_parsed_content('guidance_scale'):g}"
     parser = stages.refiner.workflow(["inference.json"], dataset_dir=common["dataset_dir"]).parser
     names = ("noise_steps", "denoising_steps", "denoising_eta")
     out["refiner"].update({name: parser.get_parsed_content(name) for name in names})
@@ -385,6 +389,8 @@ def _generating_settings(results: dict[str, Any]) -> str:
     if "learning_rate" in mask and "final_lr_fraction" in mask:
         start, end = mask["learning_rate"], mask["learning_rate"] * mask["final_lr_fraction"]
         rate = f", trained at learning rate {start:g} to {end:g}"
+    if mask.get("class_weights"):  # recorded since mask_mcdpm 0.12.0, whose brain preset sets them
+        rate += f", class weights {', '.join(f'{w:g}' for w in mask['class_weights'])}"
     versions = [f"{STAGE_BUNDLES[k]} {settings[k]['version']}" for k in STAGES if "version" in settings.get(k, {})]
     return (
         f"masks {mask.get('sampler', 'not recorded')}{rate}; refiner "
@@ -410,8 +416,8 @@ def change(before: dict[str, Any], after: dict[str, Any], tolerance: float = 0.1
     measure and each mask measure's distance to the real masks, before, after, their ratio, and whether the after
     is within ``tolerance`` of the before (or closer to real)."""
     lines = [
-        f"Quality benchmark, {after['dataset']}: the same trained stages, every case generated again after a change "
-        "of the generating settings.",
+        f"Quality benchmark, {after['dataset']}: every case generated again after a change of the settings below "
+        "(the stages whose training settings changed trained again).",
         "",
         f"- before: {_generating_settings(before)}",
         f"- after: {_generating_settings(after)}",

@@ -99,9 +99,15 @@ def test_inference_config_writes_a_valid_mask_dataset_in_the_data_geometry(train
     if overlay:
         assert wf.parser.get_parsed_content("sampler").timesteps.tolist() == list(range(19, -1, -1))
     else:  # DDIM's stochasticity reaches the sampler's steps
-        assert wf.parser.get_parsed_content("sampler").step_kwargs == {"eta": 0.0}
+        sampler = wf.parser.get_parsed_content("sampler")
+        assert sampler.step_kwargs == {"eta": 0.0}
         stochastic = _workflow(["inference.json"], root, dataset, **infer, eta=1.0)
         assert stochastic.parser.get_parsed_content("sampler").step_kwargs == {"eta": 1.0}
+        # the CPU default: steps from pure noise to one stride above 0 (20 training steps, 4 DDIM steps), guidance
+        # 0.25; the paper's sampler (paper.json): MONAI's spacing, guidance 1
+        assert sampler.timesteps.tolist() == [19, 14, 9, 4] and sampler.guidance_scale == 0.25
+        paper = _workflow(["inference.json"], root, dataset, **infer, timestep_spacing="leading", guidance_scale=1.0)
+        assert paper.parser.get_parsed_content("sampler").timesteps.tolist() == [15, 10, 5, 0]
 
 
 def test_completion_config(trained, tmp_path):
@@ -201,9 +207,12 @@ def test_the_betas_train_and_sample_alike_and_are_kept_in_the_record(trained, tm
         scheduler = train.parser.get_parsed_content(key)
         scheduler = getattr(scheduler, "scheduler", scheduler)
         assert torch.allclose(scheduler.alphas_cumprod, cosine)
-    # the brain preset trains and samples with scaled-linear betas and DDIM-5, and trains at a learning rate of 1e-3
-    # decaying to 0 (mask_mcdpm's docs: Training choices)
-    brain = _workflow(["train.json", "brain.json"], tmp_path / "b", dataset, **TRAIN)
+    # the brain preset trains and samples with scaled-linear betas and DDIM-5, trains at a learning rate of 1e-3
+    # decaying to 0 and counts CSF (the 5th brain label) twice (mask_mcdpm's docs: Training choices); the test data
+    # has 4 labels, so its run leaves the weights out
+    preset = _workflow(["train.json", "brain.json"], tmp_path / "b", dataset, **TRAIN)
+    assert preset.parser.get_parsed_content("class_weights") == [1.0, 1.0, 1.0, 1.0, 2.0]
+    brain = _workflow(["train.json", "brain.json"], tmp_path / "b", dataset, **TRAIN, class_weights=None)
     scaled = DDPMScheduler(20, schedule="scaled_linear_beta").alphas_cumprod
     assert torch.allclose(brain.parser.get_parsed_content("noise_scheduler").alphas_cumprod, scaled)
     schedule = brain.parser.get_parsed_content("lr_schedule")
