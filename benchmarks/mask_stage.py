@@ -84,6 +84,7 @@ RATE = {"learning_rate": 0.001, "final_lr_fraction": 0.0}  # 1e-3 decaying to 0
 BRAIN_0_10 = BEFORE | FIXES | SCALED_LINEAR | RATE  # mask_mcdpm 0.10.0's brain preset
 CSF_TWICE = {"class_weights": [1.0, 1.0, 1.0, 1.0, 2.0]}  # brain labels: background, cortex, sGM, WM, CSF
 CSF_SGM_TWICE = {"class_weights": [1.0, 1.0, 2.0, 1.0, 2.0]}
+CSF_TWICE_SGM_HALF_AGAIN = {"class_weights": [1.0, 1.0, 1.5, 1.0, 2.0]}
 SETTINGS: dict[str, dict[str, Any]] = {
     "64x80 (before)": BEFORE,
     "80x96": NATIVE,
@@ -138,6 +139,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # while subcortical grey matter keeps about half of its: here both thin structures count twice
     "64x80, fixes, scaled-linear betas, learning rate 1e-3 decaying to 0, CSF and subcortical GM weighted 2": BRAIN_0_10
     | CSF_SGM_TWICE,
+    # between the two: CSF's volume came with a weight of 2 (0.027, real 0.029), subcortical grey matter's went from
+    # 0.005 to 0.013 (real 0.009) between 1 and 2
+    "64x80, fixes, scaled-linear betas, learning rate 1e-3 decaying to 0, CSF weighted 2, subcortical GM 1.5": (
+        BRAIN_0_10 | CSF_TWICE_SGM_HALF_AGAIN
+    ),
     # thorax-phantom (--dataset thorax-phantom): its preset of 0.9.0, and the brain preset's learning rate on it
     "thorax 64x64, fixes": THORAX,
     "thorax 64x64, fixes, learning rate 1e-3 decaying to 0": THORAX | RATE,
