@@ -52,7 +52,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_benchmark import tiny_preset  # noqa: E402  (one tiny size for every smoke run)
-from mask_stage import structure_measures  # noqa: E402
+from mask_stage import SCORING_SAMPLER, structure_measures  # noqa: E402
 from quality_benchmark import _build, _finished, _machine, distances_to_real  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,14 +63,15 @@ OVERLAYS = ["brain.json"]  # what the quality benchmark trains the brain's mask 
 REFERENCE = "DDIM-50"
 
 # each model: the bundle settings that differ from its defaults (sampling reads them too); the DDPM models were
-# recorded with linear betas, the default before mask_mcdpm 0.9.0
-LINEAR = {"beta_schedule": "linear_beta"}
+# recorded with linear betas, the default before mask_mcdpm 0.9.0, and with no class weights and the sampler of
+# before 0.12.0 (no guidance, MONAI's DDIM spacing), which the table's "guidance off" states
+RECORDED = {"beta_schedule": "linear_beta", "class_weights": None, **SCORING_SAMPLER}
 MODELS: dict[str, dict[str, Any]] = {
-    "x0": {"noise_schedule": "ddpm", **LINEAR, "prediction_type": "sample"},
+    "x0": {"noise_schedule": "ddpm", **RECORDED, "prediction_type": "sample"},
     # noise prediction without the structure Dice, which reads an x0 estimate noise prediction makes unstable (the
     # bundle refuses the pair); the recorded epsilon row predates this and had the Dice on
-    "epsilon": {"noise_schedule": "ddpm", **LINEAR, "prediction_type": "epsilon", "dice_weight": 0.0},
-    "rflow": {"noise_schedule": "rflow"},
+    "epsilon": {"noise_schedule": "ddpm", **RECORDED, "prediction_type": "epsilon", "dice_weight": 0.0},
+    "rflow": {"noise_schedule": "rflow", "class_weights": None, **SCORING_SAMPLER},
 }
 
 # the smoke run: tiny data, the bundle's tiny preset and a few iterations; the schedule keeps its 1000 steps, so that
@@ -187,7 +188,9 @@ def _plan(steps: tuple[int, ...], ddpm_volumes: int) -> list[Sampler]:
     ]
     plan += [Sampler(f"RFlow-{s}", "rflow", {"num_inference_steps": int(s)}) for s in steps]
     if ddpm_volumes > 0:
-        plan.append(Sampler("DDPM-1000", "x0", {}, ("inference.json", "inference_ddpm.json"), ddpm_volumes))
+        # the full chain: brain.json's DDIM step count (an overlay, read after inference_ddpm.json) must not reach it
+        full_chain = {"num_inference_steps": None}
+        plan.append(Sampler("DDPM-1000", "x0", full_chain, ("inference.json", "inference_ddpm.json"), ddpm_volumes))
     return plan
 
 

@@ -27,8 +27,8 @@ compare training alone. ``steps`` samples a finished setting's model with severa
 with another step spacing or guidance scale or keeping fewer new slices per window (no training), and writes
 ``benchmarks/results/mask_sampling_steps_<dataset>.{json,md,png}``. On the 2-core CPU with bf16 instructions a
 brain iteration costs about 0.33 s at 64x80 and 0.42 s at 80x96 (0.9 and 1.3 to 1.6 s in float32; the settings'
-training seconds): a setting takes 7 to 13 minutes (20 to 37 in float32), a sweep of ``steps`` about 1.5 minutes per
-sampler.
+training seconds): a setting takes 7 to 13 minutes (20 to 37 in float32), a sweep of ``steps`` 40 s to 1.5 minutes per
+sampler (guidance other than 1 doubles it).
 """
 
 from __future__ import annotations
@@ -668,8 +668,12 @@ def steps(
     flow = SETTINGS[setting].get("noise_schedule") == "rflow"
     for count in counts:
         sampler = f"flow-{count}" if flow else f"DDIM-{count}" + (f", eta {eta:g}" if eta else "")
-        sampling = {"num_inference_steps": int(count), "eta": float(eta), "timestep_spacing": spacing}
-        sampling["guidance_scale"] = float(guidance)
+        sampling = {
+            "num_inference_steps": int(count),
+            "eta": float(eta),
+            "timestep_spacing": spacing,
+            "guidance_scale": float(guidance),
+        }
         if spacing != "leading":
             sampler += f", {spacing} steps"
         if guidance != 1.0:
