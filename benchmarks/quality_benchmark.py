@@ -318,9 +318,10 @@ def summarise(title: str, run_dir: Path, workflow, common: dict[str, Any]) -> di
 
     report = json.loads((run_dir / "eval" / "report" / "report.json").read_text())
     timings = _timings(run_dir)
-    # The per-label lookup (baseline) is in reports written since it was measured.
-    lookup = {"lookup": report["lookup"]} if "lookup" in report else {}
-    sets = {"reference": report["reference"], **lookup, **report["sets"]}
+    # The per-label lookups (of the real masks: the baseline; of the synthetic ones) are in reports written since
+    # each was measured.
+    lookups = {key: report[key] for key in ("lookup", "lookup_synthetic") if key in report}
+    sets = {"reference": report["reference"], **lookups, **report["sets"]}
     anatomy = report["anatomy"]
     structures = {}
     for name in anatomy["presence_rate_synthetic"]:
@@ -375,6 +376,7 @@ def distances_to_real(structures: dict[str, dict[str, Any]]) -> dict[str, float 
 
 
 REFINER_SETTINGS = ("noise_steps", "denoising_steps", "denoising_eta")
+SET_TITLES = {"lookup": "per-label lookup (baseline)", "lookup_synthetic": "lookup of the synthetic masks"}
 IMAGE_MEASURES = {  # results key -> (title, whether lower is closer to real)
     "feature_fd": ("feature Fréchet distance", True),
     "ms_ssim": ("MS-SSIM among cases", None),  # diversity: compared, not ranked
@@ -427,7 +429,7 @@ def change(before: dict[str, Any], after: dict[str, Any], tolerance: float = 0.1
     ]
     kept = total = 0
     for key, (title, lower_is_better) in IMAGE_MEASURES.items():
-        for setting in ("refined", "unrefined"):
+        for setting in ("refined", "unrefined", "lookup_synthetic"):
             b, a = before[key].get(setting), after[key].get(setting)
             if b is None or a is None:
                 continue
@@ -436,7 +438,8 @@ def change(before: dict[str, Any], after: dict[str, Any], tolerance: float = 0.1
             else:
                 ok = a <= b * (1 + tolerance) if lower_is_better else a >= b * (1 - tolerance)
                 kept, total, verdict = kept + ok, total + 1, "yes" if ok else "**no**"
-            lines.append(f"| {title}, {setting} | {b:.3f} | {a:.3f} | {a / b if b else float('nan'):.2f} | {verdict} |")
+            name = f"{title}, {SET_TITLES.get(setting, setting)}"
+            lines.append(f"| {name} | {b:.3f} | {a:.3f} | {a / b if b else float('nan'):.2f} | {verdict} |")
     distances_before = distances_to_real(before["structures"])
     distances_after = distances_to_real(after["structures"])
     for key, b in distances_before.items():
@@ -458,8 +461,8 @@ def _f(value: Any, digits: int = 3) -> str:
 def markdown(results: dict[str, Any]) -> str:
     """The benchmark's tables."""
     t = results["training_seconds"]
-    # Results recorded before the per-label lookup was measured have no such column, and are drawn as they were.
-    lookup = "lookup" in results["alignment_dice"]
+    # Results recorded before a per-label lookup was measured have no such column, and are drawn as they were.
+    lookups = [k for k in ("lookup", "lookup_synthetic") if k in results["alignment_dice"]]
     lines = [
         f"Quality benchmark, {results['dataset']}: {results['cases']} synthetic pairs against "
         f"{results['held_out_cases']} real held-out cases; training {sum(t.values()) / 60:.1f} min in all ("
@@ -467,9 +470,9 @@ def markdown(results: dict[str, Any]) -> str:
         + f"), machine {results['machine'] or 'not recorded'}.",
         "",
         "| measure | real held-out (reference) | "
-        + ("per-label lookup (baseline) | " if lookup else "")
+        + "".join(f"{SET_TITLES[k]} | " for k in lookups)
         + "synthetic, refined | synthetic, unrefined |",
-        "|---|---|---|---|" + ("---|" if lookup else ""),
+        "|---|---|---|---|" + "---|" * len(lookups),
     ]
     for key, title in (
         ("feature_fd", "feature Fréchet distance, mean of 3 views (lower is closer to real)"),
@@ -477,7 +480,7 @@ def markdown(results: dict[str, Any]) -> str:
         ("alignment_dice", "alignment Dice (structures present)"),
     ):
         row = results[key]
-        cells = [row["reference"], *([row["lookup"]] if lookup else []), row.get("refined"), row.get("unrefined")]
+        cells = [row["reference"], *[row[k] for k in lookups], row.get("refined"), row.get("unrefined")]
         lines.append(f"| {title} | " + " | ".join(_f(c) for c in cells) + " |")
     # Results recorded before the convergence measures existed have neither, and are drawn as they were.
     gap = all("seed_agreement_gap" in s for s in results["structures"].values())

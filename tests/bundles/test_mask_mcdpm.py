@@ -208,10 +208,10 @@ def test_the_betas_train_and_sample_alike_and_are_kept_in_the_record(trained, tm
         scheduler = getattr(scheduler, "scheduler", scheduler)
         assert torch.allclose(scheduler.alphas_cumprod, cosine)
     # the brain preset trains and samples with scaled-linear betas and DDIM-5, trains at a learning rate of 1e-3
-    # decaying to 0 and counts CSF (the 5th brain label) twice (mask_mcdpm's docs: Training choices); the test data
-    # has 4 labels, so its run leaves the weights out
+    # decaying to 0 and counts subcortical GM 1.5 times and CSF (the 5th brain label) twice (mask_mcdpm's docs:
+    # Training choices); the test data has 4 labels, so its run leaves the weights out
     preset = _workflow(["train.json", "brain.json"], tmp_path / "b", dataset, **TRAIN)
-    assert preset.parser.get_parsed_content("class_weights") == [1.0, 1.0, 1.0, 1.0, 2.0]
+    assert preset.parser.get_parsed_content("class_weights") == [1.0, 1.0, 1.5, 1.0, 2.0]
     brain = _workflow(["train.json", "brain.json"], tmp_path / "b", dataset, **TRAIN, class_weights=None)
     scaled = DDPMScheduler(20, schedule="scaled_linear_beta").alphas_cumprod
     assert torch.allclose(brain.parser.get_parsed_content("noise_scheduler").alphas_cumprod, scaled)

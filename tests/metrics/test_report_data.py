@@ -118,10 +118,15 @@ def test_the_report_reads_synthetic_images_as_written_and_has_the_lookup_row(tmp
     )
     assert lookup["fidelity_frechet"]["axial"] >= 0 and -1 <= lookup["diversity_ms_ssim"]["mean"] <= 1
     assert "memorisation" not in lookup and set(lookup["diversity_lpips"]) == {"axial", "mean"}
+    # the synthetic masks in the same lookup: the held-out segmenter reads them whole, although the synthetic images
+    # of the brightened case are out of the real range
+    masks_lookup = report["lookup_synthetic"]
+    assert masks_lookup["alignment_dice"]["mean"] == 1.0 and "memorisation" not in masks_lookup
     text = (tmp_path / "report" / "report.md").read_text()
-    # the fidelity, both diversity and the alignment tables, and the sentence saying what it is
+    # the fidelity, both diversity and the alignment tables, and the sentences saying what they are
     assert text.count("| per-label lookup (baseline) |") == 4  # with the LPIPS table
-    assert "mean real training intensity" in text and "slab_3 1.000" in text
+    assert text.count("| per-label lookup of the synthetic masks |") == 4
+    assert "mean real training intensity" in text and "slab_3 1.000" in text and "what alignment they allow" in text
     loaded = json.loads((tmp_path / "report" / "report.json").read_text())
     assert markdown_report(loaded) == text
 
@@ -136,11 +141,12 @@ def test_each_set_s_features_are_extracted_once(tmp_path: Path):
     sets = {
         "refined": load_pairs(synthetic, ALL_SPLITS, reference_scale(real)),
         "lookup": lookup_pairs(training, held_out, 4)[0],
+        "lookup_synthetic": lookup_pairs(training, load_pairs(synthetic, ALL_SPLITS), 4)[0],
         "held_out": held_out,
         "training": training,
     }
     sizes = {name: sum(len(view_slices(i, "axial", 0.05)) for i in pairs.images) for name, pairs in sets.items()}
-    # four sets, each extracted once, although the held-out cases are the reference of three of the four distances
+    # five sets, each extracted once, although the held-out cases are the reference of four of the five distances
     assert sum(slices) == sum(sizes.values())
     uncached = view_frechet_distances(_extract, held_out.images, training.images, ("axial",))
     assert report["reference"]["fidelity_frechet"] == pytest.approx(uncached)

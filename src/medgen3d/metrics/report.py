@@ -20,7 +20,10 @@ Every measure is set beside what real data gives, so a number can be read withou
 - the refiner's effect: the image measures for the unrefined images too, when given;
 - the per-label lookup (:mod:`medgen3d.metrics.lookup`), as the baseline of the image measures: the real held-out
   masks with every voxel set to its label's mean real training intensity. An image stage that does not beat it on
-  alignment has not learnt label -> intensity.
+  alignment has not learnt label -> intensity;
+- the same lookup of the synthetic masks: what alignment the generated masks allow when every structure has its
+  real mean intensity. Its gap to the lookup of the real masks is the mask stage's (a segmenter trained on real
+  anatomy reads unreal anatomy worse), its gap to the synthetic rows the image stage's.
 
 Real images are scaled to [-1, 1] each by its own scale, as the networks were trained on them; synthetic images are
 read with the scale they were written with (the real data's reference scale), unclipped, so that they are measured
@@ -142,8 +145,8 @@ def _image_measures(
     """Fidelity, diversity, alignment and (unless told not to) memorisation of one set of pairs.
 
     Args:
-        pairs: the set measured: a synthetic set, the per-label lookup of the real held-out masks (the baseline),
-            or the real held-out cases for the reference row.
+        pairs: the set measured: a synthetic set, the per-label lookup of the real held-out masks (the baseline)
+            or of the synthetic masks, or the real held-out cases for the reference row.
         fidelity_reference: what the Fréchet distance compares ``pairs`` with: the real held-out cases for a
             synthetic set or the lookup, the real training cases for the reference (the distance two real samples
             have).
@@ -242,7 +245,8 @@ def quality_report(
     Returns:
         The report's content (as in ``report.json``): ``"sets"`` the synthetic sets' measures, ``"reference"`` the
         real held-out cases', ``"lookup"`` the per-label lookup's (no memorisation; ``"label_means"`` its intensity
-        per label on the networks' scale), ``"anatomy"`` the synthetic masks'.
+        per label on the networks' scale), ``"lookup_synthetic"`` the same lookup of the refined set's masks (no
+        memorisation), ``"anatomy"`` the synthetic masks'.
     """
     real, synthetic = read_dataset(real_dir), read_dataset(synthetic_dir)
     if synthetic.labels != real.labels:
@@ -272,20 +276,24 @@ def quality_report(
         "sets": {},
     }
     progress = progress_printer("quality report")
-    steps = len(sets) + 2
+    steps = len(sets) + 3
     for done, (name, pairs) in enumerate(sets.items()):
         progress(done, steps, f"measuring the {name} synthetic pairs")
         report["sets"][name] = _image_measures(pairs, held_out, setting)
-    progress(steps - 2, steps, "measuring the per-label lookup of the real held-out masks (the baseline)")
+    progress(steps - 3, steps, "measuring the per-label lookup of the real held-out masks (the baseline)")
     lookup, means = lookup_pairs(training, held_out, len(structures) + 1)
     # Beside "reference", not in "sets": readers take every entry of "sets" for a synthetic set.
     report["lookup"] = _image_measures(lookup, held_out, setting, memorisation=False)
     report["lookup"]["label_means"] = {real.labels[k]: float(m) for k, m in zip(sorted(real.labels), means)}
+    progress(steps - 2, steps, "measuring the per-label lookup of the synthetic masks (what they allow)")
+    masks_lookup = lookup_pairs(training, sets["refined"], len(structures) + 1)[0]
+    report["lookup_synthetic"] = _image_measures(masks_lookup, held_out, setting, memorisation=False)
     progress(steps - 1, steps, "measuring real held-out against real training (the reference)")
     report["reference"] = _image_measures(held_out, training, setting)
     if lpips is not None:
         rows = [(report["sets"][name], pairs) for name, pairs in sets.items()]
-        for row, pairs in [*rows, (report["lookup"], lookup), (report["reference"], held_out)]:
+        lookups = [(report["lookup"], lookup), (report["lookup_synthetic"], masks_lookup)]
+        for row, pairs in [*rows, *lookups, (report["reference"], held_out)]:
             row["diversity_lpips"] = view_lpips_diversity(lpips, pairs.images, views, max_pairs, seed=seed)
     report["anatomy"] = _anatomy(sets["refined"].labels, training.labels, structures)
     if seed_agreement is not None:
