@@ -1,0 +1,70 @@
+"""benchmarks/quality_benchmark's tables: the lookup of the synthetic masks gets its own column and change row, and
+results recorded before it was measured are drawn as they were."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+STRUCTURE = {
+    "presence_rate": 1.0,
+    "presence_rate_real": 1.0,
+    "fraction_real": 0.2,
+    "fraction_synthetic": 0.1,
+    "components_real": 10.0,
+    "components_synthetic": 5.0,
+    "continuity_real": 0.8,
+    "continuity_synthetic": 0.9,
+    "z_profile_correlation": 0.95,
+}
+
+
+def _results(alignment: dict[str, float]) -> dict[str, Any]:
+    rows = {name: 0.1 * (i + 1) for i, name in enumerate(alignment)}
+    return {
+        "dataset": "tiny small",
+        "cases": 2,
+        "held_out_cases": 2,
+        "machine": "test",
+        "settings": {"mask": {"sampler": "DDIM-5"}, "refiner": {}},
+        "training_seconds": {"mask": 60.0},
+        "structures": {"cortex": STRUCTURE},
+        "alignment_dice": alignment,
+        "feature_fd": rows,
+        "ms_ssim": rows,
+        "memorised_cases": 0,
+    }
+
+
+def test_the_lookup_of_the_synthetic_masks_is_a_column_between_the_lookup_and_the_synthetic_sets():
+    from quality_benchmark import markdown
+
+    alignment = {"reference": 0.8, "lookup": 0.83, "lookup_synthetic": 0.655, "refined": 0.584, "unrefined": 0.59}
+    lines = markdown(_results(alignment)).splitlines()
+    header = next(line for line in lines if line.startswith("| measure |"))
+    assert header == (
+        "| measure | real held-out (reference) | per-label lookup (baseline) | lookup of the synthetic masks | "
+        "synthetic, refined | synthetic, unrefined |"
+    )
+    assert "| alignment Dice (structures present) | 0.800 | 0.830 | 0.655 | 0.584 | 0.590 |" in lines
+    # results recorded before the measure: the columns they had
+    del alignment["lookup_synthetic"]
+    older = markdown(_results(alignment))
+    assert "lookup of the synthetic masks" not in older
+    assert "| alignment Dice (structures present) | 0.800 | 0.830 | 0.584 | 0.590 |" in older.splitlines()
+
+
+def test_the_change_file_compares_the_lookup_of_the_synthetic_masks_when_both_runs_have_it():
+    from quality_benchmark import change
+
+    before = _results({"reference": 0.8, "lookup": 0.83, "lookup_synthetic": 0.6, "refined": 0.5})
+    after = _results({"reference": 0.8, "lookup": 0.83, "lookup_synthetic": 0.66, "refined": 0.44})
+    text = change(before, after)
+    assert "| alignment Dice, lookup of the synthetic masks | 0.600 | 0.660 | 1.10 | yes |" in text
+    assert "| alignment Dice, refined | 0.500 | 0.440 | 0.88 | **no** |" in text  # more than 10% lower
+    del before["alignment_dice"]["lookup_synthetic"]
+    assert "lookup of the synthetic masks" not in change(before, after).split("| alignment Dice, refined")[1]
