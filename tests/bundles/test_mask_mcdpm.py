@@ -212,6 +212,9 @@ def test_the_betas_train_and_sample_alike_and_are_kept_in_the_record(trained, tm
     # Training choices); the test data has 4 labels, so its run leaves the weights out
     preset = _workflow(["train.json", "brain.json"], tmp_path / "b", dataset, **TRAIN)
     assert preset.parser.get_parsed_content("class_weights") == [1.0, 1.0, 1.5, 1.0, 2.0]
+    # the thorax preset counts the trachea, esophagus and spinal cord (its 6th to 8th labels) three times
+    thorax = _workflow(["train.json", "thorax.json"], tmp_path / "t", dataset, **TRAIN)
+    assert thorax.parser.get_parsed_content("class_weights") == [1.0] * 5 + [3.0] * 3
     brain = _workflow(["train.json", "brain.json"], tmp_path / "b", dataset, **TRAIN, class_weights=None)
     scaled = DDPMScheduler(20, schedule="scaled_linear_beta").alphas_cumprod
     assert torch.allclose(brain.parser.get_parsed_content("noise_scheduler").alphas_cumprod, scaled)
