@@ -430,6 +430,10 @@ def curve(
     total = iterations * multiples[-1]
     marks = {iterations * m for m in multiples}
     saved = {m: run_dir / "models" / f"ema-{m}.pt" for m in marks}
+    started = (_read(run_dir / "seeded.json") or {}).get("setting")
+    if start_from is not None and started not in (None, start_from):
+        # its weights are another preset's: continuing or scoring them would be mislabelled as this one's curve
+        raise SystemExit(f"{run_dir}: started from {started!r}, not {start_from!r}; remove it to start again")
     if not all(p.exists() for p in saved.values()):
         workflow = _stage(dataset, run_dir).workflow(["train.json"], max_iterations=total, val_interval=iterations)
         if start_from is not None and not (run_dir / "models" / "checkpoint.pt").exists():
