@@ -226,6 +226,7 @@ def test_the_betas_train_and_sample_alike_and_are_kept_in_the_record(trained, tm
     brain = _workflow(["inference.json", "brain.json"], tmp_path / "b", dataset, image_size=[16, 16])
     assert torch.allclose(brain.parser.get_parsed_content("inference_scheduler").alphas_cumprod, scaled)
     assert brain.parser.get_parsed_content("num_inference_steps") == 5
+    assert brain.parser.get_parsed_content("new_slices_per_window") == 2  # each window keeps 2 of its 4 new slices
     with pytest.raises(Exception) as err:  # weights trained with linear betas, sampled with cosine ones
         _workflow(["inference.json"], root, dataset, synthetic_dir=str(tmp_path / "x"), **INFER, beta_schedule="cosine")
     assert "trained with beta_schedule 'linear_beta'" in error_chain(err.value)
