@@ -252,8 +252,8 @@ def score(
     """Sample :data:`VOLUMES` masks from ``checkpoint`` and measure them; the seed gap on the held-out masks.
     ``pinned``: with the scoring sampler (:data:`SCORING_STEPS`, :data:`SCORING_SAMPLER`), else with the preset's
     own (``inference.json`` and the dataset's preset)."""
-    sampling = {"num_inference_steps": SCORING_STEPS[overrides.get("noise_schedule", "ddpm")], **SCORING_SAMPLER}
-    sampling = sampling if pinned else {}
+    steps = SCORING_STEPS[overrides.get("noise_schedule", "ddpm")]
+    sampling = {"num_inference_steps": steps, **SCORING_SAMPLER} if pinned else {}
     sampling |= {k: v for k, v in overrides.items() if k in SAMPLING_KEYS}
     return score_stage(_stage(dataset, run), _data(dataset), checkpoint, overrides, out, sampling_overrides=sampling)
 

@@ -267,6 +267,9 @@ def _settings(workflow, common: dict[str, Any]) -> dict[str, Any]:
         if "timestep_spacing" in parser:  # named since mask_mcdpm 0.12.0; MONAI's leading steps before
             out["mask"]["sampler"] += f", {parser.get_parsed_content('timestep_spacing')} steps"
     out["mask"]["sampler"] += f", guidance {parser.get_parsed_content('guidance_scale'):g}"
+    kept = parser.get_parsed_content("new_slices_per_window") if "new_slices_per_window" in parser else None
+    if kept is not None:  # named since mask_mcdpm 0.11.0; the brain preset keeps 2 since 0.13.0
+        out["mask"]["sampler"] += f", {kept} new slices kept per window"
     parser = stages.refiner.workflow(["inference.json"], dataset_dir=common["dataset_dir"]).parser
     names = ("noise_steps", "denoising_steps", "denoising_eta")
     out["refiner"].update({name: parser.get_parsed_content(name) for name in names})

@@ -104,7 +104,7 @@ def test_inference_config_writes_a_valid_mask_dataset_in_the_data_geometry(train
         stochastic = _workflow(["inference.json"], root, dataset, **infer, eta=1.0)
         assert stochastic.parser.get_parsed_content("sampler").step_kwargs == {"eta": 1.0}
         # the CPU default: steps from pure noise to one stride above 0 (20 training steps, 4 DDIM steps), guidance
-        # 0.25; the paper's sampler (paper.json): MONAI's spacing, guidance 1
+        # 0.25; the paper's sampler (the two settings paper.json sets): MONAI's spacing, guidance 1
         assert sampler.timesteps.tolist() == [19, 14, 9, 4] and sampler.guidance_scale == 0.25
         paper = _workflow(["inference.json"], root, dataset, **infer, timestep_spacing="leading", guidance_scale=1.0)
         assert paper.parser.get_parsed_content("sampler").timesteps.tolist() == [15, 10, 5, 0]

@@ -122,6 +122,8 @@ def test_the_report_reads_synthetic_images_as_written_and_has_the_lookup_row(tmp
     # of the brightened case are out of the real range
     masks_lookup = report["lookup_synthetic"]
     assert masks_lookup["alignment_dice"]["mean"] == 1.0 and "memorisation" not in masks_lookup
+    # the synthetic masks, not the held-out ones, are rendered: they keep slab_1, which the held-out masks lack
+    assert masks_lookup["alignment_dice"]["slab_1"] == 1.0 and set(masks_lookup["diversity_lpips"]) == {"axial", "mean"}
     text = (tmp_path / "report" / "report.md").read_text()
     # the fidelity, both diversity and the alignment tables, and the sentences saying what they are
     assert text.count("| per-label lookup (baseline) |") == 4  # with the LPIPS table
