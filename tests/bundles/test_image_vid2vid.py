@@ -97,6 +97,18 @@ def test_the_learning_rates_decay_to_0_by_default_and_a_final_fraction_of_1_hold
         assert np.allclose(rates, np.array([expected, expected]).T, rtol=1e-6, atol=0), overrides
 
 
+def test_l1_terms_weigh_1_by_default_and_the_paper_keeps_vid2vid_weights(trained, tmp_path):
+    _, dataset = trained
+    # 0.6.0: L1 at 10 held the images smoother than real inside each structure at any budget (the bundle's docs:
+    # the learning curve), so both L1 terms weigh 1 beside the adversarial 1 and feature matching 10
+    default = _workflow(["train.json"], tmp_path / "d", dataset, **TRAIN).parser.get_parsed_content("train#trainer")
+    weights = default.losses.weights
+    assert (weights["l1"], weights["hallucinated_l1"], weights["gan"], weights["feature_matching"]) == (1, 1, 1, 10)
+    paper = _workflow(["train.json", "paper.json"], tmp_path / "p", dataset, **TRAIN)
+    weights = paper.parser.get_parsed_content("train#trainer").losses.weights
+    assert (weights["l1"], weights["hallucinated_l1"]) == (10, 0)  # vid2vid's L1, on the blended slice only
+
+
 def test_training_resumes_from_its_checkpoint(trained):
     root, dataset = trained
     wf = _workflow(["train.json"], root, dataset, **{**TRAIN, "max_iterations": 5})
