@@ -474,11 +474,38 @@ def curve(
     if (run_dir / "seeded.json").exists():  # the first point's training ran as a ``run`` setting
         training["first_point_from"] = _read(run_dir / "seeded.json")
     results = {"dataset": dataset, "budget": iterations, "sampler": sampler, "training": training, "points": points}
+    size = tuple(_stage(dataset, run_dir).workflow(["inference.json"]).parser.get_parsed_content("slice_size"))
+    results["working_size"] = working_size_reference(dataset, size)
     stem = f"mask_learning_curve_{dataset}{suffix}"
     _write(RESULTS / f"{stem}.json", results)
     (RESULTS / f"{stem}.md").write_text(_curve_markdown(results))
     _curve_plot(results, RESULTS / f"{stem}.png")
     montage(dataset, samples, RESULTS / f"{stem}_samples.png", "learning curve")
+
+
+def resized_and_back(mask: np.ndarray, size: tuple[int, int], num_classes: int) -> np.ndarray:
+    """``(H, W, D)`` label map -> the same map with every slice resized to ``size`` and back to ``(H, W)`` by
+    :func:`~medgen3d.transforms.subsequence.resize_label_slices`, as the mask stage's training data and its samples
+    are resized."""
+    from medgen3d.transforms.subsequence import resize_label_slices
+
+    slices = torch.from_numpy(mask).permute(2, 0, 1)  # (D, H, W): in-plane resizing, depth kept
+    back = resize_label_slices(resize_label_slices(slices, size, num_classes), tuple(slices.shape[1:]), num_classes)
+    return back.permute(1, 2, 0).numpy()
+
+
+def working_size_reference(dataset: str, size: tuple[int, int]) -> dict[str, Any]:
+    """The real training masks resized to the network's slice ``size`` and back to theirs, as training and generation
+    resize (:func:`~medgen3d.transforms.subsequence.resize_label_slices`), measured as if they were samples: what a
+    model that learnt the real masks perfectly at that size would score, the ceiling of the learning curve."""
+    from medgen3d.data.dataset import read_dataset
+
+    real = _masks(_data(dataset), "training")
+    labels = read_dataset(_data(dataset)).labels  # value -> name, background 0
+    k, names = len(labels), [labels[v] for v in sorted(labels) if v != 0]
+    resized = [resized_and_back(m, size, k) for m in real]
+    measures = volume_measures(resized, real)
+    return {"slice_size": list(size), **measures, "structures": structure_measures(resized, real, names)}
 
 
 def _curve_markdown(results: dict[str, Any]) -> str:
@@ -501,7 +528,18 @@ def _curve_markdown(results: dict[str, Any]) -> str:
         }
         for p in results["points"]
     }
+    reference = results.get("working_size")
+    if reference:  # curves written before it was measured have none
+        h, w = reference["slice_size"]
+        entry = {"iterations": "–", "training_seconds": "–", "scores": reference}
+        rows = {f"real masks at {h}x{w} and back": entry} | rows
     text = markdown({"dataset": results["dataset"], "volumes": VOLUMES, "rows": rows})
+    if reference:
+        text += (
+            f"\nThe row `real masks at {h}x{w} and back`: the real training masks resized to the network's slice size "
+            "and back, as training and generation resize them, measured as samples are: what a model that learnt the "
+            "real masks perfectly at that size would score.\n"
+        )
     if results.get("sampler") == "preset":  # curves written before the option were all sampled for scoring
         return "Sampled with the preset's own sampler (its inference settings), as the quality benchmark does. " + text
     return text
@@ -521,7 +559,7 @@ def _curve_plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = results["points"]
+    points, reference = results["points"], results.get("working_size")
     x = [p["iterations"] for p in points]
     names = list(points[0]["structures"])
     fig, axes = plt.subplots(1, len(CURVE_MEASURES) + 1, figsize=(3.4 * (len(CURVE_MEASURES) + 1), 3.2))
@@ -532,6 +570,8 @@ def _curve_plot(results: dict[str, Any], path: Path) -> None:
             ax.plot(x, [np.nan if v is None else v for v in values], "o-", color=colours[i], label=name)
             if real_key is not None:
                 ax.axhline(points[0]["structures"][name][real_key], color=colours[i], ls="--", lw=0.8)
+                if reference:
+                    ax.axhline(reference["structures"][name][key], color=colours[i], ls=":", lw=1.0)
             elif i == 0:
                 ax.axhline(0.0, color="k", ls="--", lw=0.8)
         if key == "components_synthetic":  # real CSF has thousands, the other structures tens to hundreds
@@ -541,10 +581,13 @@ def _curve_plot(results: dict[str, Any], path: Path) -> None:
     rate = axes[-1]
     rate.plot(x, [p["slice_change_rate"]["synthetic"] for p in points], "o-", color="k")
     rate.axhline(points[0]["slice_change_rate"]["real"], color="k", ls="--", lw=0.8)
+    if reference:
+        rate.axhline(reference["slice_change_rate"]["synthetic"], color="k", ls=":", lw=1.0)
     rate.set_title("slice-change rate", fontsize=9)
     rate.set_xlabel("iterations", fontsize=8)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"mask_mcdpm on {results['dataset']}: measures against iterations (dashed: real)", fontsize=9)
+    dotted = f"; dotted: real at {'x'.join(map(str, reference['slice_size']))} and back" if reference else ""
+    fig.suptitle(f"mask_mcdpm on {results['dataset']}: measures against iterations (dashed: real{dotted})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -626,7 +669,7 @@ def markdown(results: dict[str, Any]) -> str:
         s = entry["scores"]
         cells = [
             f"{_f(m['presence_rate'])} / {_f(m['fraction_synthetic'], 3)} / {m['components_synthetic']:.1f} / "
-            f"{_f(m['continuity_synthetic'])} / {_f(m['z_profile_correlation'])} / {_f(m['seed_agreement_gap'])}"
+            f"{_f(m['continuity_synthetic'])} / {_f(m['z_profile_correlation'])} / {_f(m.get('seed_agreement_gap'))}"
             for m in s["structures"].values()
         ]
         resumed = entry.get("resumed_from_iteration")
@@ -637,7 +680,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{_f(s['slice_change_rate']['synthetic'], 3)} | {_f(s.get('outline_pieces', {}).get('synthetic'))} | "
             f"{_steps(s.get('window_step_change', {}).get('synthetic'))} | " + " | ".join(cells) + " |"
         )
-    machines = sorted({entry["machine"] for entry in rows.values()})
+    machines = sorted({entry["machine"] for entry in rows.values() if "machine" in entry})  # reference rows: none
     lines += ["", "Training machine: " + "; ".join(machines) + "."]
     if any(entry.get("earlier_run") for entry in rows.values()):
         lines += ["", EARLIER_NOTE]

@@ -1,0 +1,92 @@
+"""benchmarks/mask_stage's working-size reference: the real masks resized to the network's slice size and back, the
+ceiling of the mask stage's learning curve, and its row in the curve's table."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def _mask() -> np.ndarray:
+    """``(40, 48, 6)``: a block of label 1 crossed by a one-voxel line of label 2."""
+    mask = np.zeros((40, 48, 6), dtype=np.int64)
+    mask[8:32, 8:40] = 1
+    mask[20, 8:40] = 2
+    return mask
+
+
+def test_same_size_is_unchanged() -> None:
+    from mask_stage import resized_and_back
+
+    mask = _mask()
+    np.testing.assert_array_equal(resized_and_back(mask, (40, 48), 3), mask)
+
+
+def test_half_size_loses_thin_structures_and_keeps_blocks() -> None:
+    from mask_stage import resized_and_back
+
+    mask = _mask()
+    back = resized_and_back(mask, (20, 24), 3)
+    assert back.shape == mask.shape
+    assert set(np.unique(back)) <= {0, 1, 2}  # no invented labels
+    assert (back == 2).sum() < (mask == 2).sum()  # the one-voxel line does not survive whole at half size
+    # the block away from its edges and from the line keeps its label
+    assert (back[12:19, 12:36] == 1).all() and (back[22:28, 12:36] == 1).all()
+
+
+def _structure(fraction: float, gap: float | None) -> dict[str, Any]:
+    entry = {
+        "presence_rate": 1.0,
+        "presence_rate_real": 1.0,
+        "fraction_real": 0.03,
+        "fraction_synthetic": fraction,
+        "components_real": 100.0,
+        "components_synthetic": 50.0,
+        "continuity_real": 0.44,
+        "continuity_synthetic": 0.6,
+        "z_profile_correlation": 0.95,
+    }
+    return entry | ({} if gap is None else {"seed_agreement_gap": gap})
+
+
+def _point(iterations: int) -> dict[str, Any]:
+    return {
+        "iterations": iterations,
+        "slice_change_rate": {"synthetic": 0.15, "real": 0.2},
+        "outline_pieces": {"synthetic": 1.6, "real": 1.4},
+        "structures": {"csf": _structure(0.02, 0.05)},
+    }
+
+
+def test_curve_table_has_the_reference_row() -> None:
+    from mask_stage import _curve_markdown
+
+    reference = {
+        "slice_size": [64, 80],
+        "slice_change_rate": {"synthetic": 0.19, "real": 0.2},
+        "outline_pieces": {"synthetic": 1.4, "real": 1.4},
+        "structures": {"csf": _structure(0.022, None)},
+    }
+    results = {
+        "dataset": "brain-mni",
+        "budget": 1400,
+        "sampler": "scoring",
+        "training": {"machine": "test", "seconds_at": {"1400": 10.0}},
+        "points": [_point(1400)],
+        "working_size": reference,
+    }
+    text = _curve_markdown(results)
+    rows = [line for line in text.splitlines() if line.startswith("| ")][1:]
+    names = [r.split(" | ")[0] for r in rows]
+    assert names == ["| real", "| `real masks at 64x80 and back`", "| `defaults, 1400 iterations`"]
+    assert rows[1].rstrip(" |").endswith("1.00 / 0.022 / 50.0 / 0.60 / 0.95 / n/a")  # no seed gap: not sampled
+    assert "Training machine: test." in text  # the reference row names no machine
+    assert "what a model that learnt the real masks perfectly at that size would score" in text
+    del results["working_size"]  # curves written before the reference
+    assert "and back" not in _curve_markdown(results)
