@@ -21,7 +21,9 @@ interrupted training resumes from its checkpoint. ``report`` writes
 two samples per setting beside two real masks).
 ``curve`` trains the shipped defaults once to the largest multiple of ``--iterations``, keeps the EMA weights at each
 multiple, scores each, and writes ``benchmarks/results/mask_learning_curve_<dataset>.{json,md,png}`` (each measure
-against iterations, the real value as a line) and ``_samples.png`` (two samples per multiple beside two real masks);
+against iterations, the real value as a line, the working-size reference dotted: the real masks resized to the
+network's slice size and back, what a perfect model at that size would score) and ``_samples.png`` (two samples per
+multiple beside two real masks);
 ``--start_from`` a finished ``run`` setting equal to the defaults makes that run the first point. ``run`` and
 ``curve`` score every model with the same sampler (DDIM-20, MONAI's step spacing, no guidance), so their rows
 compare training alone; ``curve --sampler preset`` samples the same weights with the preset's own sampler, as the
