@@ -102,7 +102,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "learning_rate": 1e-3,
         "final_lr_fraction": 0.0,
     },
-    # the learning curve (image_learning_curve_brain-mni.md) stays flat in contrast-to-noise and feature distance
+    # the learning curve (image_learning_curve_brain-mni_l1-10.md) stays flat in contrast-to-noise and feature distance
     # from 400 to 1600 iterations: the objective, not the budget, keeps the images smoother than real inside each
     # structure. L1 (weight 10 on the blended and the hallucinated slice) pulls every pixel to its conditional median;
     # pix2pixHD and vid2vid have no L1 term, their adversarial and feature-matching terms alone shape the texture
