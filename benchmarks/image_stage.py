@@ -76,6 +76,14 @@ DATASETS: dict[str, dict[str, Any]] = {
 # the paper's losses and generator, then the changes one at a time
 CONSTANT_2E4 = {"learning_rate": 2e-4, "final_lr_fraction": 1.0}  # vid2vid's rate, held for the whole run
 L1_10 = {"loss_weights#l1": 10.0}  # the blended slice's L1 weight before image_vid2vid 0.6.0 (vid2vid's own)
+SPADE_DECAYING = {"spade": True, "p_own_history": 0.5, "learning_rate": 1e-3, "final_lr_fraction": 0.0}  # + L1 weights
+
+
+def _l1_weight(weight: float) -> dict[str, float]:
+    """The same weight on both L1 terms, the blended and the hallucinated slice's."""
+    return {"loss_weights#l1": weight, "loss_weights#hallucinated_l1": weight}
+
+
 SETTINGS: dict[str, dict[str, Any]] = {
     # each row names every setting it changes from the bundle's defaults, so a later default leaves it unchanged
     "vid2vid": {"spade": False, "p_own_history": 0.0, "loss_weights#hallucinated_l1": 0.0} | L1_10 | CONSTANT_2E4,
@@ -85,51 +93,16 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "+SPADE": {"spade": True, "p_own_history": 0.5, "loss_weights#hallucinated_l1": 10.0} | L1_10 | CONSTANT_2E4,
     # vid2vid's 2e-4 is sized for 100k+ iterations: an Adam step moves a weight by about the learning rate, so in
     # 400 steps no output intensity can move far
-    "+SPADE, learning rate 1e-3": {
-        "spade": True,
-        "p_own_history": 0.5,
-        "loss_weights#l1": 10.0,
-        "loss_weights#hallucinated_l1": 10.0,
-        "learning_rate": 1e-3,
-        "final_lr_fraction": 1.0,
-    },
+    "+SPADE, learning rate 1e-3": SPADE_DECAYING | {"final_lr_fraction": 1.0} | _l1_weight(10.0),
     # pix2pixHD and vid2vid end with the rate decaying to 0: the last steps settle instead of jumping by 1e-3
-    "+SPADE, learning rate 1e-3 decaying to 0": {
-        "spade": True,
-        "p_own_history": 0.5,
-        "loss_weights#l1": 10.0,
-        "loss_weights#hallucinated_l1": 10.0,
-        "learning_rate": 1e-3,
-        "final_lr_fraction": 0.0,
-    },
+    "+SPADE, learning rate 1e-3 decaying to 0": SPADE_DECAYING | _l1_weight(10.0),
     # the learning curve (image_learning_curve_brain-mni_l1-10.md) stays flat in contrast-to-noise and feature distance
     # from 400 to 1600 iterations: the objective, not the budget, keeps the images smoother than real inside each
     # structure. L1 (weight 10 on the blended and the hallucinated slice) pulls every pixel to its conditional median;
     # pix2pixHD and vid2vid have no L1 term, their adversarial and feature-matching terms alone shape the texture
-    "+SPADE, learning rate 1e-3 decaying to 0, L1 weight 1": {
-        "spade": True,
-        "p_own_history": 0.5,
-        "loss_weights#l1": 1.0,
-        "loss_weights#hallucinated_l1": 1.0,
-        "learning_rate": 1e-3,
-        "final_lr_fraction": 0.0,
-    },
-    "+SPADE, learning rate 1e-3 decaying to 0, L1 weight 2": {
-        "spade": True,
-        "p_own_history": 0.5,
-        "loss_weights#l1": 2.0,
-        "loss_weights#hallucinated_l1": 2.0,
-        "learning_rate": 1e-3,
-        "final_lr_fraction": 0.0,
-    },
-    "+SPADE, learning rate 1e-3 decaying to 0, no L1": {
-        "spade": True,
-        "p_own_history": 0.5,
-        "loss_weights#l1": 0.0,
-        "loss_weights#hallucinated_l1": 0.0,
-        "learning_rate": 1e-3,
-        "final_lr_fraction": 0.0,
-    },
+    "+SPADE, learning rate 1e-3 decaying to 0, L1 weight 1": SPADE_DECAYING | _l1_weight(1.0),
+    "+SPADE, learning rate 1e-3 decaying to 0, L1 weight 2": SPADE_DECAYING | _l1_weight(2.0),
+    "+SPADE, learning rate 1e-3 decaying to 0, no L1": SPADE_DECAYING | _l1_weight(0.0),
 }
 DEFAULT = "+SPADE, learning rate 1e-3 decaying to 0, L1 weight 1"  # the row the bundle's defaults reproduce (0.6.0)
 # what a user of the workflow gets on these masks: the quality benchmark's own generator (the defaults, trained at its
@@ -358,7 +331,7 @@ def curve(
     """The image stage's learning curve: the defaults (:data:`DEFAULT`) trained for each multiple of ``iterations``
     from the same seed, each run with its own learning-rate schedule (decaying to 0 at its end, as a user who sets
     ``max_iterations`` gets), scored like every ``run`` row; writes
-    ``benchmarks/results/image_learning_curve_<dataset>.{json,md,png}``."""
+    ``benchmarks/results/image_learning_curve_<dataset>.{json,md,png}`` and ``_montage.png``."""
     torch.set_num_threads(threads)
     _check(dataset)
     multiples = (multiples,) if isinstance(multiples, int) else tuple(sorted(set(multiples)))
@@ -367,9 +340,10 @@ def curve(
     judge = Judge(dataset)
     results = {"dataset": dataset, "setting": DEFAULT, "iterations": iterations, "points": []}
     results |= baselines(dataset, judge)
+    curve_dir = RUNS / dataset / "curve" / _folder(DEFAULT)  # per setting: a new default trains its own points
     for multiple in multiples:
         total = multiple * iterations
-        run_dir = RUNS / dataset / "curve" / _folder(DEFAULT) / f"{total}-iterations"
+        run_dir = curve_dir / f"{total}-iterations"
         entry = _read(run_dir / "result.json")
         if (entry or {}).get("iterations") != total or entry.get("overrides") != SETTINGS[DEFAULT]:
             entry = train_and_score(dataset, run_dir, SETTINGS[DEFAULT], total, judge, threads)
@@ -380,9 +354,8 @@ def curve(
     _write(stem.with_suffix(".json"), results)
     stem.with_suffix(".md").write_text(curve_markdown(results))
     curve_plot(results, stem.with_suffix(".png"))
-    curve_dir = RUNS / dataset / "curve" / _folder(DEFAULT)
-    runs = {p["iterations"]: curve_dir / f"{p['iterations']}-iterations" for p in results["points"]}
-    firsts = {f"{n} iterations": run_dir / "first-case.pt" for n, run_dir in runs.items()}
+    budgets = [p["iterations"] for p in results["points"]]
+    firsts = {f"{n} iterations": curve_dir / f"{n}-iterations" / "first-case.pt" for n in budgets}
     montage(dataset, {}, RESULTS / f"{stem.name}_montage.png", firsts)
     print(curve_markdown(results))
 

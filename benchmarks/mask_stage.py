@@ -27,7 +27,8 @@ multiple beside two real masks);
 ``--start_from`` a finished ``run`` setting equal to the defaults makes that run the first point. ``run`` and
 ``curve`` score every model with the same sampler (DDIM-20, MONAI's step spacing, no guidance), so their rows
 compare training alone; ``curve --sampler preset`` samples the same weights with the preset's own sampler, as the
-quality benchmark does (``…_preset_sampler.*``). ``steps`` samples a finished setting's model with several sampler
+quality benchmark does (``…_preset_sampler.*``; each point's kept scores name their sampler, and a preset whose
+sampler changed is sampled again). ``steps`` samples a finished setting's model with several sampler
 step counts, optionally with another step spacing or guidance scale or keeping fewer new slices per window (no
 training), and writes
 ``benchmarks/results/mask_sampling_steps_<dataset>.{json,md,png}``. On the 2-core CPU with bf16 instructions a
@@ -254,10 +255,29 @@ def score(
     """Sample :data:`VOLUMES` masks from ``checkpoint`` and measure them; the seed gap on the held-out masks.
     ``pinned``: with the scoring sampler (:data:`SCORING_STEPS`, :data:`SCORING_SAMPLER`), else with the preset's
     own (``inference.json`` and the dataset's preset)."""
+    sampling = _sampling(overrides, pinned)
+    return score_stage(_stage(dataset, run), _data(dataset), checkpoint, overrides, out, sampling_overrides=sampling)
+
+
+def _sampling(overrides: dict[str, Any], pinned: bool) -> dict[str, Any]:
+    """The sampler overrides :func:`score` samples ``overrides``' model with (see its ``pinned``)."""
     steps = SCORING_STEPS[overrides.get("noise_schedule", "ddpm")]
     sampling = {"num_inference_steps": steps, **SCORING_SAMPLER} if pinned else {}
-    sampling |= {k: v for k, v in overrides.items() if k in SAMPLING_KEYS}
-    return score_stage(_stage(dataset, run), _data(dataset), checkpoint, overrides, out, sampling_overrides=sampling)
+    return sampling | {k: v for k, v in overrides.items() if k in SAMPLING_KEYS}
+
+
+def scored_with(record: dict[str, Any] | None, sampler: dict[str, Any], pinned: bool) -> bool:
+    """Whether a kept score ``record`` was drawn with ``sampler`` (:func:`sampler_settings`). A preset's sampler
+    changes with its config, so its scores count only for the sampler they name; the pinned scoring sampler changes
+    only with this file, so its records from before they named it count as its own."""
+    if record is None:
+        return False
+    return record.get("sampler", sampler if pinned else None) == sampler
+
+
+def sampler_settings(parser) -> dict[str, Any]:
+    """The sampler an ``inference.json`` parser samples with, in the form a score record keeps it."""
+    return {k: _value(parser.get_parsed_content(k)) for k in SAMPLING_KEYS if k in parser}
 
 
 def score_stage(
@@ -318,6 +338,7 @@ def score_stage(
         "volumes": len(synthetic),
         "sampling_seconds": round(seconds, 1),
         "slice_size": list(parser.get_parsed_content("slice_size")),
+        "sampler": sampler_settings(parser),
         **volume_measures(synthetic, real),
         "window_step_change": steps,
         "structures": structures,
@@ -461,23 +482,23 @@ def curve(
         _write(run_dir / "training.json", record)
     points, samples = [], {}
     seeded = _read(run_dir / "seeded.json") or {}
-    suffix = CURVE_SAMPLERS[sampler]
+    suffix, pinned = CURVE_SAMPLERS[sampler], sampler == "scoring"
+    inference = _stage(dataset, run_dir).workflow(["inference.json"], **_sampling({}, pinned)).parser
+    expected = sampler_settings(inference)
     for mark in sorted(marks):
         record = run_dir / f"score-{mark}{suffix}.json"
         samples[f"{mark} iterations"] = run_dir / "eval" / f"samples-{mark}{suffix}"
         # the first point's scores and samples are those of the run it came from, which used the scoring sampler
-        if seeded.get("iterations") == mark and sampler == "scoring":
+        if seeded.get("iterations") == mark and pinned:
             samples[f"{mark} iterations"] = RUNS / dataset / _folder(seeded["setting"]) / "eval" / "samples"
-        if not record.exists():
-            pinned = sampler == "scoring"
+        if not scored_with(_read(record), expected, pinned):
             _write(record, score(dataset, run_dir, saved[mark], {}, samples[f"{mark} iterations"], pinned))
         points.append({"iterations": mark, **_read(record)})
     training = _read(run_dir / "training.json") or {}
     if (run_dir / "seeded.json").exists():  # the first point's training ran as a ``run`` setting
         training["first_point_from"] = _read(run_dir / "seeded.json")
     results = {"dataset": dataset, "budget": iterations, "sampler": sampler, "training": training, "points": points}
-    size = tuple(_stage(dataset, run_dir).workflow(["inference.json"]).parser.get_parsed_content("slice_size"))
-    results["working_size"] = working_size_reference(dataset, size)
+    results["working_size"] = working_size_reference(dataset, tuple(inference.get_parsed_content("slice_size")))
     stem = f"mask_learning_curve_{dataset}{suffix}"
     _write(RESULTS / f"{stem}.json", results)
     (RESULTS / f"{stem}.md").write_text(_curve_markdown(results))

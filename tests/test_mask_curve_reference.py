@@ -1,5 +1,5 @@
 """benchmarks/mask_stage's working-size reference: the real masks resized to the network's slice size and back, the
-ceiling of the mask stage's learning curve, and its row in the curve's table."""
+ceiling of the mask stage's learning curve, and its row in the curve's table; and which kept curve scores count."""
 
 from __future__ import annotations
 
@@ -90,3 +90,14 @@ def test_curve_table_has_the_reference_row() -> None:
     assert "what a model that learnt the real masks perfectly at that size would score" in text
     del results["working_size"]  # curves written before the reference
     assert "and back" not in _curve_markdown(results)
+
+
+def test_kept_curve_scores_count_only_for_their_sampler() -> None:
+    from mask_stage import scored_with
+
+    preset = {"num_inference_steps": 5, "guidance_scale": 0.25, "new_slices_per_window": 2}
+    assert scored_with({"sampler": preset}, preset, pinned=False)
+    assert not scored_with({"sampler": preset | {"num_inference_steps": 3}}, preset, pinned=False)  # config changed
+    assert not scored_with({}, preset, pinned=False)  # drawn before records named their sampler: score again
+    assert scored_with({}, preset, pinned=True)  # the pinned sampler is this file's own
+    assert not scored_with(None, preset, pinned=True)
