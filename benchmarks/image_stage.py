@@ -16,7 +16,10 @@ image, against the mask); feature Fréchet distance to the real held-out images 
 structure's mean intensity; contrast-to-noise of the dataset's structure pairs (``|mean_a - mean_b|`` over the pooled
 standard deviation, per case, averaged); and drift: from real slices at 30%, 50% and 70% of each volume's depth the
 generator continues on its own, and the error inside the foreground is recorded by slices since the last real one
-(``drift_ratio``: at 10 slices over at 1).
+(``drift_ratio``: at 10 slices over at 1; ``excess_drift_ratio``: at 10 slices over the error at the same slices of
+the whole volume the generator made without real slices, 1 when its own fed-back slices cost nothing). The real row
+also holds the feature FD of the real images mirrored and shifted by a voxel (:data:`OTHER_REAL`): where the FD of
+real images that are not copies of the held-out ones lies.
 
 The dataset and the segmenter are the quality benchmark's, so run its segmenter first:
 
@@ -240,6 +243,12 @@ def generated_images(generator, size, judge: Judge) -> list[torch.Tensor]:
     return [image.permute(1, 2, 0) for image in images]
 
 
+def drift_windows(depth: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each drift window of a volume of ``depth`` slices: real slices before ``start``, slices
+    ``start .. stop - 1`` generated (:data:`DRIFT_SLICES`, fewer at the volume's end)."""
+    return [(int(f * depth), min(int(f * depth) + DRIFT_SLICES, depth)) for f in DRIFT_STARTS]
+
+
 def drift(generator, size, judge: Judge) -> list[float]:
     """Mean absolute error inside the foreground at 1 .. :data:`DRIFT_SLICES` slices after the last real slice."""
     from medgen3d.synthesis.images import generate_image_volumes
@@ -249,10 +258,7 @@ def drift(generator, size, judge: Judge) -> list[float]:
     errors = torch.zeros(DRIFT_SLICES)
     count = 0
     for label, real in zip(_volumes(judge.real.labels), judge.real.images):
-        depth = label.shape[0]
-        for fraction in DRIFT_STARTS:
-            start = int(fraction * depth)
-            stop = min(start + DRIFT_SLICES, depth)
+        for start, stop in drift_windows(label.shape[0]):
             window = label[start - history : stop]
             known = real.permute(2, 0, 1)[start - history : start]
             resized = resize_label_slices(window, size, judge.num_classes)
@@ -263,6 +269,35 @@ def drift(generator, size, judge: Judge) -> list[float]:
             for k in range(1, stop - start + 1):
                 inside = window[history + k - 1] > 0
                 errors[k - 1] += (image[history + k - 1, 0] - truth[history + k - 1]).abs()[inside].mean()
+            count += 1
+    return (errors / count).tolist()
+
+
+def errors_at_drift_slices(
+    images: list[torch.Tensor], labels: list[np.ndarray], real: list[torch.Tensor]
+) -> list[float]:
+    """The error :func:`drift` records, at the same slices, of images made without real slices before them: whole
+    volumes generated from their first slice, or the lookup.
+
+    A generator whose error after real slices settles where its whole volume's error lies does not drift: what
+    its own slices feed back is no worse than what it feeds back from the volume's start. ``drift_ratio`` mixes
+    that with how much the real slices help the first generated slice, which a better generator raises.
+
+    Args:
+        images, real: per case ``(H, W, D)``, generated and real.
+        labels: per case ``(H, W, D)`` masks.
+
+    Returns:
+        :data:`DRIFT_SLICES` mean errors: at 1 .. :data:`DRIFT_SLICES` slices from each window's start.
+    """
+    errors = torch.zeros(DRIFT_SLICES)
+    count = 0
+    for label, image, truth in zip(_volumes(labels), images, real):
+        image, truth = image.permute(2, 0, 1), truth.permute(2, 0, 1)
+        for start, stop in drift_windows(label.shape[0]):
+            for k, z in enumerate(range(start, stop)):
+                inside = label[z] > 0
+                errors[k] += (image[z] - truth[z]).abs()[inside].mean()
             count += 1
     return (errors / count).tolist()
 
@@ -279,7 +314,9 @@ def run(
     for name in _names(settings, SETTINGS):
         run_dir = base / _folder(name)
         record = run_dir / "result.json"
-        if (_read(record) or {}).get("iterations") == iterations:
+        entry = _read(record)
+        if (entry or {}).get("iterations") == iterations:
+            with_whole_volume_scores(dataset, run_dir, entry, judge)
             continue
         entry = train_and_score(dataset, run_dir, SETTINGS[name], iterations, judge, threads)
         print(f"{name}: {entry}", file=sys.stderr, flush=True)
@@ -287,22 +324,52 @@ def run(
 
 def baselines(dataset: str, judge: Judge) -> dict[str, dict[str, Any]]:
     """The scores of the real images and of the per-label lookup (``{"real": ..., "lookup": ...}``), measured once
-    and kept in ``benchmarks/runs/image_stage/<dataset>/{real,lookup}/result.json``."""
+    and kept in ``benchmarks/runs/image_stage/<dataset>/{real,lookup}/result.json``: every :meth:`Judge.score`
+    measure, the real row's :func:`other_real_fd` and the lookup's error at the drift slices."""
+    from medgen3d.metrics.report import lookup_pairs
+
+    extra = {"real": "feature_fd_of_other_real", "lookup": "whole_volume_error"}
     scores = {}
     for name in ("real", "lookup"):
         record = RUNS / dataset / name / "result.json"
-        if not record.exists():
+        kept = (_read(record) or {}).get("scores")
+        if kept is None or extra[name] not in kept:
             if name == "real":
                 images = judge.real.images
-            else:
-                from medgen3d.metrics.report import lookup_pairs
-
-                # the quality report's lookup row, so the benchmark and the report measure the same baseline
+            else:  # the quality report's lookup row, so the benchmark and the report measure the same baseline
                 images = lookup_pairs(judge.training, judge.real, judge.num_classes)[0].images
-            contrasts = _check(dataset)["contrasts"]
-            _write(record, {"scores": judge.score(images, contrasts, real_row=name == "real")})
-        scores[name] = json.loads(record.read_text())["scores"]
+            kept = judge.score(images, _check(dataset)["contrasts"], real_row=name == "real")
+            if name == "real":
+                kept[extra[name]] = other_real_fd(judge)
+            else:
+                kept[extra[name]] = errors_at_drift_slices(images, judge.real.labels, judge.real.images)
+            _write(record, {"scores": kept})
+        scores[name] = kept
     return scores
+
+
+# real images that are not the held-out ones, each scored by feature FD against them: where the FD of images as
+# real as real, but not copies of these ten, lies
+OTHER_REAL = {
+    "mirrored left to right": lambda image: image.flip(0),  # the datasets' first axis runs right to left (RAS)
+    "shifted one voxel": lambda image: image.roll(1, 0),
+}
+
+
+def other_real_fd(judge: Judge) -> dict[str, float]:
+    """Feature FD to the real held-out images of the same images altered as :data:`OTHER_REAL` says.
+
+    The FD of generated images is measured against the real images of the same masks, 10 cases: a mirrored brain is
+    as real as the brain, yet its FD shows how much of a small FD is owed to copying these very images rather than
+    to realism. A target below it asks for near-copies of images the generator never saw.
+    """
+    from medgen3d.metrics.fidelity import view_frechet_distances
+
+    real = judge.real.images
+    return {
+        name: view_frechet_distances(judge.extract, [alter(i) for i in real], real, VIEWS)["mean"]
+        for name, alter in OTHER_REAL.items()
+    }
 
 
 def train_and_score(
@@ -318,9 +385,29 @@ def train_and_score(
     scores = judge.score(images, _check(dataset)["contrasts"])
     errors = drift(generator, size, judge)
     scores |= {"drift": errors, "drift_ratio": errors[DRIFT_AT - 1] / errors[0], "slice_size": list(size)}
+    scores |= whole_volume_scores(errors, images, judge)
     torch.save(images[0].clone(), run_dir / "first-case.pt")  # for the montage
     entry = {"iterations": iterations, "training_seconds": round(seconds, 1), "threads": threads, "machine": machine}
     entry |= {"overrides": overrides, "scores": scores}
+    _write(run_dir / "result.json", entry)
+    return entry
+
+
+def whole_volume_scores(errors: list[float], images: list[torch.Tensor], judge: Judge) -> dict[str, Any]:
+    """``whole_volume_error`` (:func:`errors_at_drift_slices` of ``images``, the whole volumes the generator made of
+    the held-out masks) and ``excess_drift_ratio``: the error :data:`DRIFT_AT` slices after real slices (``errors``,
+    from :func:`drift`) over the whole volume's at the same slices; 1 when the generator does not drift."""
+    whole = errors_at_drift_slices(images, judge.real.labels, judge.real.images)
+    return {"whole_volume_error": whole, "excess_drift_ratio": errors[DRIFT_AT - 1] / whole[DRIFT_AT - 1]}
+
+
+def with_whole_volume_scores(dataset: str, run_dir: Path, entry: dict[str, Any], judge: Judge) -> dict[str, Any]:
+    """``entry`` (a run's ``result.json``, scored before :func:`whole_volume_scores` existed) with those scores, its
+    trained generator's images generated again (the same seed, the same images); written back."""
+    if "excess_drift_ratio" in entry["scores"] or "drift" not in entry["scores"]:
+        return entry
+    generator, size = _generator(dataset, run_dir, entry["overrides"])
+    entry["scores"] |= whole_volume_scores(entry["scores"]["drift"], generated_images(generator, size, judge), judge)
     _write(run_dir / "result.json", entry)
     return entry
 
@@ -348,6 +435,7 @@ def curve(
         if (entry or {}).get("iterations") != total or entry.get("overrides") != SETTINGS[DEFAULT]:
             entry = train_and_score(dataset, run_dir, SETTINGS[DEFAULT], total, judge, threads)
             print(f"{total} iterations: {entry}", file=sys.stderr, flush=True)
+        entry = with_whole_volume_scores(dataset, run_dir, entry, judge)
         point = {"multiple": multiple} | {k: entry[k] for k in ("iterations", "training_seconds", "machine")}
         results["points"].append(point | entry["scores"])
     stem = RESULTS / f"image_learning_curve_{dataset}"
@@ -365,6 +453,7 @@ CURVE_MEASURES = (  # (key, column and axis label); the contrast-to-noise pairs 
     ("alignment_dice", "alignment Dice"),
     ("feature_fd", "feature FD"),
     ("drift_ratio", f"drift ({DRIFT_AT} slices / 1)"),
+    ("excess_drift_ratio", "excess drift (over the whole volume's)"),
 )
 
 
@@ -385,7 +474,7 @@ def curve_markdown(results: dict[str, Any]) -> str:
     ]
 
     def cells(row: dict[str, Any]) -> list[str]:
-        measures = [_f(row[k], 2 if k == "drift_ratio" else 3) if k in row else "–" for k, _ in CURVE_MEASURES]
+        measures = [_f(row[k], 2 if "drift" in k else 3) if k in row else "–" for k, _ in CURVE_MEASURES]
         return measures + [_f(row["contrast_to_noise"][p], 2) for p in pairs]
 
     lines.append("| real image | – | " + " | ".join(cells(real)) + " |")
@@ -406,7 +495,8 @@ def curve_plot(results: dict[str, Any], path: Path) -> None:
 
     points, real, lookup = results["points"], results["real"], results["lookup"]
     pairs = list(real["contrast_to_noise"])
-    panels = [*CURVE_MEASURES] + [(p, f"CNR {p}") for p in pairs]
+    measured = [(k, label) for k, label in CURVE_MEASURES if any(k in p for p in points)]  # older curves lack some
+    panels = measured + [(p, f"CNR {p}") for p in pairs]
     fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.6), squeeze=False)
     x = [p["iterations"] for p in points]
 
@@ -418,6 +508,13 @@ def curve_plot(results: dict[str, Any], path: Path) -> None:
         for row, name, colour in ((real, "real image", "C2"), (lookup, "lookup", "C3")):
             if value(row, key) is not None:
                 ax.axhline(value(row, key), color=colour, linestyle="--", label=name)
+        mirrored = (real.get("feature_fd_of_other_real") or {}).get("mirrored left to right")
+        if key == "feature_fd" and mirrored is not None:  # where real images that are not these ten lie
+            ax.axhline(mirrored, color="C2", linestyle=":", label="real image mirrored")
+            ax.legend(handles=ax.get_lines()[-1:], fontsize=6)
+        if key == "excess_drift_ratio":  # 1: no drift; a flat axis, so that rounding does not look like a trend
+            ax.axhline(1.0, color="grey", linestyle=":")
+            ax.set_ylim(0.8, 1.4)
         ax.set_xscale("log", base=2)
         ax.set_xticks(x, [str(i) for i in x])
         ax.set_title(label, fontsize=8)
@@ -558,8 +655,8 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "| image of the real held-out mask | mean abs. difference to real | alignment Dice | feature FD | "
         + " | ".join(f"CNR {p}" for p in pairs)
-        + f" | drift ({DRIFT_AT} slices / 1) | training s |",
-        "|---|---|---|---|" + "---|" * len(pairs) + "---|---|",
+        + f" | drift ({DRIFT_AT} slices / 1) | excess drift | training s |",
+        "|---|---|---|---|" + "---|" * len(pairs) + "---|---|---|",
     ]
     for name, row in rows.items():
         label = {"real": "real image", "lookup": "per-label lookup"}.get(name, f"`{name}`")
@@ -568,8 +665,25 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {label} | {_f(row['mean_abs_difference'])} | {_f(row['alignment_dice'])} | {_f(row['feature_fd'])} | "
             + " | ".join(_f(row["contrast_to_noise"][p], 2) for p in pairs)
             + f" | {_f(row['drift_ratio'], 2) if 'drift_ratio' in row else '–'} | "
+            + f"{_f(row['excess_drift_ratio'], 2) if 'excess_drift_ratio' in row else '–'} | "
             + f"{row.get('training_seconds', '–')} |"
         )
+    other = rows.get("real", {}).get("feature_fd_of_other_real")
+    lines += [
+        "",
+        f"Drift: the error {DRIFT_AT} slices after the last real slice over the first generated slice's. Excess drift: "
+        "the same error over the error at the same slices of the whole volume the generator made from the first "
+        "slice on (1: what it feeds back of its own slices costs nothing more than generating without real slices; "
+        "drift above 1 at excess 1 is the help the real slices give the first slices, which fades).",
+    ]
+    if other:
+        described = ", ".join(f"{name} {value:.4f}" for name, value in other.items())
+        lines += [
+            "",
+            f"Feature FD to the real held-out images of the same images altered: {described}. A mirrored image is "
+            "as real as the image; an FD far below its value measures how nearly an image copies these ten, not how "
+            "real it is.",
+        ]
     lines += [
         "",
         "Mean intensity per structure:",
@@ -589,6 +703,13 @@ def markdown(results: dict[str, Any]) -> str:
             "|---|" + "---|" * DRIFT_SLICES,
         ]
         lines += [f"| {n} | " + " | ".join(f"{e:.3f}" for e in errs) + " |" for n, errs in drifting.items()]
+        whole = {n: row["whole_volume_error"] for n, row in rows.items() if "whole_volume_error" in row}
+        lines += [
+            f"| {n}, {'no real slices' if n == 'lookup' else 'whole volume'} | "
+            + " | ".join(f"{e:.3f}" for e in errs)
+            + " |"
+            for n, errs in whole.items()
+        ]
     machines = {row["machine"] for row in rows.values() if "machine" in row}
     lines += ["", "Training machine: " + "; ".join(sorted(machines)) + "." if machines else ""]
     if any(row.get("earlier_run") for row in rows.values()):

@@ -75,3 +75,29 @@ def test_curve_refuses_multiples_below_one() -> None:
 
     with pytest.raises(SystemExit, match="--multiples"):
         curve("brain-mni", multiples=(0, 2))
+
+
+def test_curve_plot_shows_excess_drift_and_the_mirrored_real_images_only_when_measured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from image_stage import curve_plot
+
+    figures = []
+    monkeypatch.setattr(plt.Figure, "savefig", lambda fig, path, **_: figures.append(fig))
+    monkeypatch.setattr(plt, "close", lambda fig: None)
+    curve_plot(_results(), tmp_path / "before.png")  # a curve scored before both measures
+    results = _results()
+    for point in results["points"]:
+        point["excess_drift_ratio"] = 1.0
+    results["real"]["feature_fd_of_other_real"] = {"mirrored left to right": 0.0099, "shifted one voxel": 0.0045}
+    curve_plot(results, tmp_path / "after.png")
+    before, after = ({ax.get_title(): ax for ax in figure.axes} for figure in figures)
+    excess = "excess drift (over the whole volume's)"
+    assert excess not in before and excess in after
+    assert [ln.get_ydata()[0] for ln in after[excess].get_lines() if ln.get_linestyle() == ":"] == [1.0]
+    dotted = [ln.get_ydata()[0] for ln in after["feature FD"].get_lines() if ln.get_linestyle() == ":"]
+    assert dotted == [0.0099] and not [ln for ln in before["feature FD"].get_lines() if ln.get_linestyle() == ":"]
