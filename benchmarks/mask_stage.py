@@ -346,28 +346,35 @@ def score_stage(
 
 
 def volume_measures(synthetic: list[np.ndarray], real: list[np.ndarray]) -> dict[str, dict[str, float]]:
-    """The whole-volume measures, synthetic and real: the slice-change rate and the outline pieces per slice."""
-    from medgen3d.metrics.anatomy import outline_pieces, slice_change_rate
+    """The whole-volume measures, synthetic and real: the slice-change rate, the outline pieces per slice and the
+    specks among them (pieces of at most 4 voxels)."""
+    from medgen3d.metrics.anatomy import outline_pieces, outline_specks, slice_change_rate
 
+    measures = {"slice_change_rate": slice_change_rate, "outline_pieces": outline_pieces}
+    measures["outline_specks"] = outline_specks
     return {
         key: {
             "synthetic": float(np.nanmean([f(v) for v in synthetic])),
             "real": float(np.nanmean([f(v) for v in real])),
         }
-        for key, f in (("slice_change_rate", slice_change_rate), ("outline_pieces", outline_pieces))
+        for key, f in measures.items()
     }
 
 
+OUTLINE_MEASURES = ("outline_pieces", "outline_specks")  # measured after the first scorings: filled in from samples
+
+
 def _with_outline(dataset: str, entry: dict[str, Any], samples: Path) -> dict[str, Any]:
-    """``entry`` with the outline measure, computed from its samples on disk when its scoring predates it."""
+    """``entry`` with the outline measures (:data:`OUTLINE_MEASURES`), computed from its samples on disk when its
+    scoring predates them."""
     from medgen3d.data.io import load_nifti
 
     files = sorted((samples / "labels").glob("*.nii.gz"))
-    if "outline_pieces" in entry["scores"] or not files:
+    if all(k in entry["scores"] for k in OUTLINE_MEASURES) or not files:
         return entry
     synthetic = [load_nifti(f).array.astype(np.int64) for f in files]
-    outline = volume_measures(synthetic, _masks(_data(dataset), "training"))["outline_pieces"]
-    return entry | {"scores": entry["scores"] | {"outline_pieces": outline}}
+    measures = volume_measures(synthetic, _masks(_data(dataset), "training"))
+    return entry | {"scores": entry["scores"] | {k: measures[k] for k in OUTLINE_MEASURES}}
 
 
 def _checkpoint_iteration(path: Path) -> int:
@@ -493,7 +500,11 @@ def curve(
             samples[f"{mark} iterations"] = RUNS / dataset / _folder(seeded["setting"]) / "eval" / "samples"
         if not scored_with(_read(record), expected, pinned):
             _write(record, score(dataset, run_dir, saved[mark], {}, samples[f"{mark} iterations"], pinned))
-        points.append({"iterations": mark, **_read(record)})
+        kept = _read(record)
+        filled = _with_outline(dataset, {"scores": kept}, samples[f"{mark} iterations"])["scores"]
+        if filled is not kept:  # the measures computed from the samples, kept with the point's record
+            _write(record, filled)
+        points.append({"iterations": mark, **filled})
     training = _read(run_dir / "training.json") or {}
     if (run_dir / "seeded.json").exists():  # the first point's training ran as a ``run`` setting
         training["first_point_from"] = _read(run_dir / "seeded.json")
@@ -643,10 +654,18 @@ def _f(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _outline(scores: dict[str, Any], which: str) -> str:
+    """``pieces (specks)`` per slice of ``which`` (``"synthetic"`` or ``"real"``), ``n/a`` for a measure scored
+    before it."""
+    pieces, specks = (scores.get(k, {}).get(which) for k in OUTLINE_MEASURES)
+    return f"{_f(pieces)} ({_f(specks)})"
+
+
 def _real_outline(rows: dict[str, Any]) -> str:
-    """The real masks' outline pieces, from the first row that has the measure."""
-    known = [e["scores"]["outline_pieces"]["real"] for e in rows.values() if "outline_pieces" in e["scores"]]
-    return _f(known[0]) if known else "n/a"
+    """The real masks' outline pieces and specks, from the first row that has both measures."""
+    known = [e["scores"] for e in rows.values() if all(k in e["scores"] for k in OUTLINE_MEASURES)]
+    known = known or [e["scores"] for e in rows.values() if "outline_pieces" in e["scores"]]
+    return _outline(known[0], "real") if known else "n/a"
 
 
 def _steps(rates: list[float | None] | None) -> str:
@@ -668,12 +687,14 @@ def markdown(results: dict[str, Any]) -> str:
         f"Mask stage on {results['dataset']} small: {results['volumes']} volumes per setting against the real "
         "training masks; seed agreement gap on windows of the real held-out masks. Each structure cell: present in "
         "(fraction of volumes) / volume fraction / components / slice continuity / z-profile r / seed gap. Outline "
-        "pieces: separate pieces of foreground per slice (n/a: scored before the measure, samples not on this "
-        "machine). Change per window step: the slice-change rate from the last given slice to the first new one, then "
-        "from each new slice to the next, over windows of the held-out masks started from real slices (n/a: scored "
+        "pieces: separate pieces of foreground per slice, in brackets the specks among them (pieces of at most 4 "
+        "voxels; n/a: scored before the measure, samples not on this machine). Change per window step: the "
+        "slice-change rate from the last given slice to the first new one, then from each new slice to the next, "
+        "over windows of the held-out masks started from real slices (n/a: scored "
         "before the measure).",
         "",
-        "| setting | iterations | training s | slice-change rate | outline pieces per slice | change per window step | "
+        "| setting | iterations | training s | slice-change rate | outline pieces (specks) per slice | "
+        "change per window step | "
         + " | ".join(names)
         + " |",
         "|---|---|---|---|---|---|" + "---|" * len(names),
@@ -700,7 +721,7 @@ def markdown(results: dict[str, Any]) -> str:
         earlier = f" {EARLIER}" if entry.get("earlier_run") else ""
         lines.append(
             f"| `{name}`{earlier} | {entry['iterations']} | {seconds} | "
-            f"{_f(s['slice_change_rate']['synthetic'], 3)} | {_f(s.get('outline_pieces', {}).get('synthetic'))} | "
+            f"{_f(s['slice_change_rate']['synthetic'], 3)} | {_outline(s, 'synthetic')} | "
             f"{_steps(s.get('window_step_change', {}).get('synthetic'))} | " + " | ".join(cells) + " |"
         )
     machines = sorted({entry["machine"] for entry in rows.values() if "machine" in entry})  # reference rows: none

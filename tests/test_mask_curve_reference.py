@@ -60,6 +60,7 @@ def _point(iterations: int) -> dict[str, Any]:
         "iterations": iterations,
         "slice_change_rate": {"synthetic": 0.15, "real": 0.2},
         "outline_pieces": {"synthetic": 1.6, "real": 1.4},
+        "outline_specks": {"synthetic": 0.37, "real": 0.09},
         "structures": {"csf": _structure(0.02, 0.05)},
     }
 
@@ -86,6 +87,9 @@ def test_curve_table_has_the_reference_row() -> None:
     names = [r.split(" | ")[0] for r in rows]
     assert names == ["| real", "| `real masks at 64x80 and back`", "| `defaults, 1400 iterations`"]
     assert rows[1].rstrip(" |").endswith("1.00 / 0.022 / 50.0 / 0.60 / 0.95 / n/a")  # no seed gap: not sampled
+    assert rows[0].split(" | ")[4] == "1.40 (0.09)"  # the real outline pieces and specks, from the point
+    assert rows[1].split(" | ")[4] == "1.40 (n/a)"  # the reference was measured before the specks
+    assert rows[2].split(" | ")[4] == "1.60 (0.37)"
     assert "Training machine: test." in text  # the reference row names no machine
     assert "what a model that learnt the real masks perfectly at that size would score" in text
     del results["working_size"]  # curves written before the reference

@@ -7,7 +7,7 @@ from monai.networks.schedulers import DDIMScheduler
 
 from medgen3d.diffusion.conditions import one_hot_slices
 from medgen3d.diffusion.sampler import SubsequenceSampler
-from medgen3d.metrics.anatomy import outline_pieces, slice_change_rate
+from medgen3d.metrics.anatomy import outline_pieces, outline_specks, slice_change_rate
 from medgen3d.metrics.convergence import (
     SeedAgreement,
     pooled_dice,
@@ -39,6 +39,19 @@ def test_outline_pieces_counts_the_foreground_islands_of_each_slice_whatever_the
     volume[0, 0, 2] = 1  # a diagonal neighbour is not 4-connected: 2 pieces in slice 2
     assert outline_pieces(volume) == pytest.approx((1 + 3 + 2) / 3)
     assert np.isnan(outline_pieces(np.zeros((4, 4, 2), dtype=np.int64)))
+
+
+def test_outline_specks_count_the_pieces_of_at_most_max_voxels_only():
+    volume = np.zeros((8, 8, 3), dtype=np.int64)
+    volume[1:6, 1:6, :3] = 1  # one piece of 25 voxels in every slice: no speck
+    assert outline_specks(volume) == 0.0
+    volume[7, 7, 0] = 4  # slice 0: a single-voxel speck
+    volume[7, 0:4, 1] = 2  # slice 1: a piece of 4 voxels is a speck, one of 5 is not
+    volume[0:5, 7, 2] = 1
+    assert outline_specks(volume) == pytest.approx((1 + 1 + 0) / 3)
+    assert outline_specks(volume, max_voxels=5) == pytest.approx((1 + 1 + 1) / 3)
+    assert outline_specks(volume, max_voxels=0) == 0.0
+    assert np.isnan(outline_specks(np.zeros((4, 4, 2), dtype=np.int64)))
 
 
 def test_seed_gap_is_0_when_both_samples_equal_the_truth_and_positive_for_a_collapsed_model():

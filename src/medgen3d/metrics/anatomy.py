@@ -19,6 +19,7 @@ __all__ = [
     "slice_continuity",
     "slice_change_rate",
     "outline_pieces",
+    "outline_specks",
     "AnatomySummary",
     "summarise",
     "fraction_distance",
@@ -97,6 +98,31 @@ def outline_pieces(volume: np.ndarray) -> float:
     """
     foreground = np.asarray(volume) > 0
     counts = [ndimage.label(foreground[..., z])[1] for z in range(foreground.shape[-1]) if foreground[..., z].any()]
+    return float(np.mean(counts)) if counts else float("nan")
+
+
+def outline_specks(volume: np.ndarray, max_voxels: int = 4) -> float:
+    """The mean number of specks in a slice: pieces of foreground of at most ``max_voxels`` voxels, over the slices
+    that have foreground.
+
+    The part of :func:`outline_pieces` that is not anatomy: the real brain's extra pieces are lobes of a hundred
+    voxels or more (a speck of 4 voxels at its 2 mm is 4 mm across), while a sampler can leave single voxels apart from
+    the outline. Pieces are 4-connected in the slice plane, as there.
+
+    Args:
+        volume: ``(H, W, D)`` labels, 0 the background.
+        max_voxels: the largest piece that counts as a speck.
+
+    Returns:
+        At least 0; NaN for a volume with no foreground.
+    """
+    foreground = np.asarray(volume) > 0
+    counts = []
+    for z in range(foreground.shape[-1]):
+        pieces, n = ndimage.label(foreground[..., z])
+        if n:
+            sizes = np.bincount(pieces.ravel())[1:]
+            counts.append(int((sizes <= max_voxels).sum()))
     return float(np.mean(counts)) if counts else float("nan")
 
 
