@@ -20,6 +20,12 @@ rerun after an interruption continues (the seconds of a stage are those of the r
     .venv/bin/python benchmarks/quality_benchmark.py run --regenerate   # stages kept, every case generated again
     .venv/bin/python benchmarks/quality_benchmark.py compare --dataset brain-mni   # the change file again
     .venv/bin/python benchmarks/quality_benchmark.py record      # the files of a finished `make demo`
+    .venv/bin/python benchmarks/quality_benchmark.py curve_point --iterations 5600   # masks trained 4x as long
+
+``curve_point`` generates and evaluates the pairs again with a mask model of the mask stage's learning curve
+(``mask_stage.py curve``: the same preset trained longer), every other stage the benchmark's own, into
+``benchmarks/runs/quality/<dataset>_mask-<n>-iterations/`` and ``results/quality_<dataset>_mask-<n>-iterations.*``:
+what more mask training buys the whole pipeline.
 """
 
 from __future__ import annotations
@@ -190,6 +196,57 @@ def run(
         text = change(json.loads(before_path.read_text()), results)
         (RESULTS / f"quality_{dataset}_change.md").write_text(text)
         print(text)
+    return results
+
+
+def curve_point(dataset: str = "brain-mni", iterations: int = 5600, cases: int = 8, threads: int = 2) -> dict:
+    """The quality benchmark's pairs generated again with the mask model the mask stage's learning curve kept at
+    ``iterations`` (``benchmarks/runs/mask_stage/<dataset>/learning-curve/models/ema-<iterations>.pt``), every other
+    stage (image generator, refiner, segmenter) the benchmark's own; see the module docstring."""
+    from medgen3d.pipeline.stages import StageBundle
+
+    if dataset not in DATASETS:
+        raise SystemExit(f"--dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
+    torch.set_num_threads(threads)
+    base, curve = RUNS / dataset, ROOT / "benchmarks" / "runs" / "mask_stage" / dataset / "learning-curve"
+    weights = curve / "models" / f"ema-{iterations}.pt"
+    needed = [weights, base / "models" / "segmenter" / "model.pt", base / "models" / "image_vid2vid" / "model.pt"]
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+        raise SystemExit(f"run `quality_benchmark.py run` and `mask_stage.py curve` first; missing {missing}")
+    name = f"mask-{iterations}-iterations"
+    run_dir = RUNS / f"{dataset}_{name}"
+    models = run_dir / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    for stage in sorted(p.name for p in (base / "models").iterdir() if p.is_dir()):
+        if stage == "mask_mcdpm":  # the benchmark's record of the preset, with the longer-trained weights
+            (models / stage).mkdir(exist_ok=True)
+            shutil.copyfile(base / "models" / stage / "training_data.json", models / stage / "training_data.json")
+            shutil.copyfile(weights, models / stage / "model.pt")
+        elif not (models / stage).exists():
+            (models / stage).symlink_to(base / "models" / stage, target_is_directory=True)
+    timings = _timings(base)
+    curve_training = json.loads((ROOT / "benchmarks" / "results" / f"mask_learning_curve_{dataset}.json").read_text())
+    training = curve_training["training"]
+    first = training.get("first_point_from") or {}
+    reached = (training.get("seconds_at") or {}).get(str(iterations))
+    if reached is not None:  # the curve's seconds count from its first point, whose own run's seconds come first
+        timings["mask"] = {"seconds": round(first.get("seconds", 0.0) + reached, 1), "machine": training["machine"]}
+    else:
+        timings.pop("mask", None)
+    (run_dir / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    data = base / f"{dataset}-small"
+    workflow = StageBundle(BUNDLES / "medgen3d", models, run_dir / "eval", overlays=DATASETS[dataset])
+    common = {"bundle_root": str(run_dir), "stages_dir": str(BUNDLES), "dataset_dir": str(data)}
+    for task, extra in (("generate", {"num_cases": cases}), ("evaluate", {})):
+        machine, start = _machine(), time.monotonic()
+        workflow.run([f"{task}.json"], **common, **extra)
+        _record(run_dir, task, time.monotonic() - start, machine)
+    title = f"{dataset} small, the mask model trained {iterations} iterations"
+    results = _write_results(title, f"quality_{dataset}_{name}", run_dir, data, workflow, common)
+    results["settings"]["mask"]["max_iterations"] = iterations  # the configs say the preset's; these weights trained on
+    (RESULTS / f"quality_{dataset}_{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / f"quality_{dataset}_{name}.md").write_text(markdown(results))
     return results
 
 
@@ -548,4 +605,4 @@ def montage(real_dir: Path, synthetic_dir: Path, path: Path, title: str, count: 
 
 
 if __name__ == "__main__":
-    fire.Fire({"run": run, "compare": compare, "record": record})
+    fire.Fire({"run": run, "compare": compare, "record": record, "curve_point": curve_point})

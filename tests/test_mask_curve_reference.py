@@ -1,13 +1,17 @@
 """benchmarks/mask_stage's working-size reference: the real masks resized to the network's slice size and back, the
-ceiling of the mask stage's learning curve, and its row in the curve's table; and which kept curve scores count."""
+ceiling of the mask stage's learning curve, and its row in the curve's table; which kept curve scores count; and the
+lookup alignment of generated masks."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -61,6 +65,7 @@ def _point(iterations: int) -> dict[str, Any]:
         "slice_change_rate": {"synthetic": 0.15, "real": 0.2},
         "outline_pieces": {"synthetic": 1.6, "real": 1.4},
         "outline_specks": {"synthetic": 0.37, "real": 0.09},
+        "lookup_alignment": {"mean": 0.656, "structures": {"csf": 0.656}},
         "structures": {"csf": _structure(0.02, 0.05)},
     }
 
@@ -90,6 +95,7 @@ def test_curve_table_has_the_reference_row() -> None:
     assert rows[0].split(" | ")[4] == "1.40 (0.09)"  # the real outline pieces and specks, from the point
     assert rows[1].split(" | ")[4] == "1.40 (n/a)"  # the reference was measured before the specks
     assert rows[2].split(" | ")[4] == "1.60 (0.37)"
+    assert [r.split(" | ")[6] for r in rows] == ["–", "n/a", "0.656"]  # the lookup alignment, measured on samples
     assert "Training machine: test." in text  # the reference row names no machine
     assert "what a model that learnt the real masks perfectly at that size would score" in text
     del results["working_size"]  # curves written before the reference
@@ -105,3 +111,35 @@ def test_kept_curve_scores_count_only_for_their_sampler() -> None:
     assert not scored_with({}, preset, pinned=False)  # drawn before records named their sampler: score again
     assert scored_with({}, preset, pinned=True)  # the pinned sampler is this file's own
     assert not scored_with(None, preset, pinned=True)
+
+
+def test_lookup_alignment_is_1_for_a_segmenter_that_reads_the_lookup_and_0_for_one_that_sees_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mask_stage
+
+    from medgen3d.metrics.lookup import lookup_images
+
+    (tmp_path / "brain-mni" / "models" / "segmenter").mkdir(parents=True)
+    (tmp_path / "brain-mni" / "models" / "segmenter" / "model.pt").touch()
+    monkeypatch.setattr(mask_stage, "QUALITY", tmp_path)
+    masks = [np.zeros((6, 6, 4), dtype=np.int64) for _ in range(2)]
+    masks[0][1:4, 1:4] = 1
+    masks[1][2:5, 2:5] = 2  # structure 3 is in neither mask: it is left out of the mean
+    means = torch.tensor([-1.0, 0.2, 0.6, -0.3])
+    training = SimpleNamespace(images=lookup_images(masks, means), labels=masks)
+    reader = SimpleNamespace(
+        training=training,
+        num_classes=4,
+        labels={0: "background", 1: "a", 2: "b", 3: "c"},
+        segment=lambda image: (image[..., None] - means).abs().argmin(-1).numpy(),  # the nearest label mean
+    )
+    monkeypatch.setitem(mask_stage._JUDGES, "brain-mni", reader)
+    read = mask_stage.lookup_alignment("brain-mni", masks)
+    assert read["mean"] == pytest.approx(1.0)
+    assert read["structures"] == {"a": pytest.approx(1.0), "b": pytest.approx(1.0), "c": None}
+    blind = SimpleNamespace(**vars(reader) | {"segment": lambda image: np.zeros(image.shape, dtype=np.int64)})
+    monkeypatch.setitem(mask_stage._JUDGES, "brain-mni", blind)
+    assert mask_stage.lookup_alignment("brain-mni", masks)["mean"] == pytest.approx(0.0)
+    monkeypatch.setattr(mask_stage, "QUALITY", tmp_path / "elsewhere")  # no segmenter trained: not measured
+    assert mask_stage.lookup_alignment("brain-mni", masks) is None

@@ -68,3 +68,16 @@ def test_the_change_file_compares_the_lookup_of_the_synthetic_masks_when_both_ru
     assert "| alignment Dice, refined | 0.500 | 0.440 | 0.88 | **no** |" in text  # more than 10% lower
     del before["alignment_dice"]["lookup_synthetic"]
     assert "lookup of the synthetic masks" not in change(before, after).split("| alignment Dice, refined")[1]
+
+
+def test_curve_point_names_what_it_needs_before_it_builds_anything(tmp_path: Path, monkeypatch) -> None:
+    import pytest
+    import quality_benchmark
+
+    monkeypatch.setattr(quality_benchmark, "RUNS", tmp_path / "quality")
+    monkeypatch.setattr(quality_benchmark, "ROOT", tmp_path)
+    with pytest.raises(SystemExit, match="ema-5600.pt"):
+        quality_benchmark.curve_point("brain-mni", iterations=5600)
+    assert not (tmp_path / "quality").exists()  # no run folder half made
+    with pytest.raises(SystemExit, match="--dataset"):
+        quality_benchmark.curve_point("lungs", iterations=5600)

@@ -9,6 +9,11 @@ through the time embedding, in one of two ways (``position_mode``):
 - ``"concat"`` (the paper): the sinusoidal codes of ``t`` and ``z / D`` are concatenated and go through one MLP,
   so the embedding can mix the two (what a slice looks like at a position depends on the noise level);
 - ``"add"``: each code has its own MLP and the two embeddings are summed (MONAI's class-embedding branch).
+
+With ``coordinates`` the network also sees where in the slice each pixel lies: two channels, the row and the column
+scaled to [-1, 1], appended to its input. Convolutions are blind to absolute position, and in a registered dataset
+(brain-mni is in MNI space) where a structure lies is half of what it is: the deep grey nuclei sit either side of
+the midline, never across it.
 """
 
 from __future__ import annotations
@@ -20,7 +25,13 @@ from monai.networks.nets import DiffusionModelUNet
 from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from torch import nn
 
-__all__ = ["PositionEmbedding", "JointTimePositionEmbedding", "MultiConditionDiffusionUNet", "POSITION_MODES"]
+__all__ = [
+    "PositionEmbedding",
+    "JointTimePositionEmbedding",
+    "MultiConditionDiffusionUNet",
+    "POSITION_MODES",
+    "coordinate_channels",
+]
 
 POSITION_MODES = ("concat", "add")
 
@@ -50,6 +61,16 @@ class PositionEmbedding(nn.Module):
 def position_code(position: torch.Tensor, channels: int) -> torch.Tensor:
     """``(B,)`` positions in [0, 1] -> ``(B, channels)`` sinusoids."""
     return get_timestep_embedding(position.float() * POSITION_SCALE, channels)
+
+
+def coordinate_channels(x: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W)`` -> ``(B, 2, H, W)``: each pixel's row and column, scaled to [-1, 1] (pixel centres), in
+    ``x``'s dtype and device."""
+    b, _, h, w = x.shape
+    rows = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=x.device, dtype=x.dtype)
+    columns = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=x.device, dtype=x.dtype)
+    grid = torch.stack(torch.meshgrid(rows, columns, indexing="ij"))  # (2, H, W)
+    return grid.expand(b, -1, -1, -1)
 
 
 class JointTimePositionEmbedding(nn.Module):
@@ -93,6 +114,8 @@ class MultiConditionDiffusionUNet(DiffusionModelUNet):
         norm_num_groups: group-norm groups.
         num_head_channels: channels per attention head.
         position_mode: how the position joins the time embedding, ``"concat"`` or ``"add"`` (see the module).
+        coordinates: append the in-plane coordinate channels to the input (see the module); the input the caller
+            passes is the same either way.
     """
 
     def __init__(
@@ -105,6 +128,7 @@ class MultiConditionDiffusionUNet(DiffusionModelUNet):
         norm_num_groups: int = 16,
         num_head_channels: int | Sequence[int] = 32,
         position_mode: str = "add",
+        coordinates: bool = False,
     ) -> None:
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2 (background and one structure), got {num_classes}")
@@ -116,7 +140,7 @@ class MultiConditionDiffusionUNet(DiffusionModelUNet):
         # branch; the embedding itself is replaced by the continuous position embedding below.
         super().__init__(
             spatial_dims=2,
-            in_channels=subsequence_length * (num_classes + 1),
+            in_channels=subsequence_length * (num_classes + 1) + (2 if coordinates else 0),
             out_channels=subsequence_length * num_classes,
             num_res_blocks=num_res_blocks,
             channels=channels,
@@ -128,6 +152,7 @@ class MultiConditionDiffusionUNet(DiffusionModelUNet):
         self.num_classes = num_classes
         self.subsequence_length = subsequence_length
         self.position_mode = position_mode
+        self.coordinates = coordinates
         # every level but the last halves the slice: both sides must be multiples of this
         self.size_multiple = 2 ** (len(channels) - 1)
         if position_mode == "add":
@@ -148,6 +173,8 @@ class MultiConditionDiffusionUNet(DiffusionModelUNet):
         Returns:
             ``(B, m * K, H, W)``.
         """
+        if self.coordinates:
+            x = torch.cat([x, coordinate_channels(x)], dim=1)
         if self.position_mode == "add":
             return super().forward(x, timesteps, class_labels=position)
         self.time_embed.position = position_code(position, self.block_out_channels[0])
