@@ -351,7 +351,7 @@ def baselines(dataset: str, judge: Judge) -> dict[str, dict[str, Any]]:
 # real images that are not the held-out ones, each scored by feature FD against them: where the FD of images as
 # real as real, but not copies of these ten, lies
 OTHER_REAL = {
-    "mirrored left to right": lambda image: image.flip(0),  # the datasets' first axis runs right to left (RAS)
+    "mirrored left to right": lambda image: image.flip(0),  # the datasets' first axis is left-right (RAS)
     "shifted one voxel": lambda image: image.roll(1, 0),
 }
 
@@ -359,9 +359,10 @@ OTHER_REAL = {
 def other_real_fd(judge: Judge) -> dict[str, float]:
     """Feature FD to the real held-out images of the same images altered as :data:`OTHER_REAL` says.
 
-    The FD of generated images is measured against the real images of the same masks, 10 cases: a mirrored brain is
-    as real as the brain, yet its FD shows how much of a small FD is owed to copying these very images rather than
-    to realism. A target below it asks for near-copies of images the generator never saw.
+    The FD of generated images is measured against the real images of the same masks (10 held-out cases in the
+    embedded datasets): a mirrored brain is as real as the brain, yet its FD shows how much of a small FD is owed to
+    copying these very images rather than to realism. A target below it asks for near-copies of images the generator
+    never saw.
     """
     from medgen3d.metrics.fidelity import view_frechet_distances
 
