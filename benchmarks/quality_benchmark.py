@@ -21,11 +21,13 @@ rerun after an interruption continues (the seconds of a stage are those of the r
     .venv/bin/python benchmarks/quality_benchmark.py compare --dataset brain-mni   # the change file again
     .venv/bin/python benchmarks/quality_benchmark.py record      # the files of a finished `make demo`
     .venv/bin/python benchmarks/quality_benchmark.py curve_point --iterations 5600   # masks trained 4x as long
+    .venv/bin/python benchmarks/quality_benchmark.py curve_point --iterations 5600 --image_iterations 1600  # + images
 
 ``curve_point`` generates and evaluates the pairs again with a mask model of the mask stage's learning curve
-(``mask_stage.py curve``: the same preset trained longer), every other stage the benchmark's own, into
-``benchmarks/runs/quality/<dataset>_mask-<n>-iterations/`` and ``results/quality_<dataset>_mask-<n>-iterations.*``:
-what more mask training buys the whole pipeline.
+(``mask_stage.py curve``: the same preset trained longer), and optionally an image generator of the image stage's
+(``image_stage.py curve``), every other stage the benchmark's own, into ``benchmarks/runs/quality/<dataset>_<name>/``
+and ``results/quality_<dataset>_<name>.*`` (``mask-<n>-iterations``, ``mask-<n>-image-<m>-iterations``): what more
+training of the generators buys the whole pipeline.
 """
 
 from __future__ import annotations
@@ -199,33 +201,53 @@ def run(
     return results
 
 
-def curve_point(dataset: str = "brain-mni", iterations: int = 5600, cases: int = 8, threads: int = 2) -> dict:
+def curve_point(
+    dataset: str = "brain-mni",
+    iterations: int = 5600,
+    image_iterations: int | None = None,
+    cases: int = 8,
+    threads: int = 2,
+) -> dict:
     """The quality benchmark's pairs generated again with the mask model the mask stage's learning curve kept at
     ``iterations`` (``benchmarks/runs/mask_stage/<dataset>/learning-curve/models/ema-<iterations>.pt``), every other
-    stage (image generator, refiner, segmenter) the benchmark's own; see the module docstring."""
+    stage (image generator, refiner, segmenter) the benchmark's own; with ``image_iterations``, the image generator
+    too is the one its learning curve trained that long (``image_stage.py curve``: the defaults, their learning rate
+    decaying over that run). See the module docstring."""
     from medgen3d.pipeline.stages import StageBundle
 
     if dataset not in DATASETS:
         raise SystemExit(f"--dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
     torch.set_num_threads(threads)
     base, curve = RUNS / dataset, ROOT / "benchmarks" / "runs" / "mask_stage" / dataset / "learning-curve"
-    weights = curve / "models" / f"ema-{iterations}.pt"
-    needed = [weights, base / "models" / "segmenter" / "model.pt", base / "models" / "image_vid2vid" / "model.pt"]
+    replaced = {"mask_mcdpm": (curve / "models" / f"ema-{iterations}.pt", base / "models" / "mask_mcdpm")}
+    name = f"mask-{iterations}-iterations"
+    if image_iterations is not None:
+        from image_stage import DEFAULT, _folder
+
+        image_run = ROOT / "benchmarks" / "runs" / "image_stage" / dataset / "curve" / _folder(DEFAULT)
+        image_run = image_run / f"{image_iterations}-iterations"
+        replaced["image_vid2vid"] = (image_run / "models" / "model.pt", image_run / "models")
+        name = f"mask-{iterations}-image-{image_iterations}-iterations"
+    needed = [weights for weights, _ in replaced.values()] + [base / "models" / "segmenter" / "model.pt"]
+    needed.append(base / "models" / "image_vid2vid" / "model.pt")
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
-        raise SystemExit(f"run `quality_benchmark.py run` and `mask_stage.py curve` first; missing {missing}")
-    name = f"mask-{iterations}-iterations"
+        raise SystemExit(f"run `quality_benchmark.py run` and the stages' `curve` first; missing {missing}")
     run_dir = RUNS / f"{dataset}_{name}"
     models = run_dir / "models"
     models.mkdir(parents=True, exist_ok=True)
     for stage in sorted(p.name for p in (base / "models").iterdir() if p.is_dir()):
-        if stage == "mask_mcdpm":  # the benchmark's record of the preset, with the longer-trained weights
+        if stage in replaced:  # the stage's training record beside the longer-trained weights
+            weights, record = replaced[stage]
             (models / stage).mkdir(exist_ok=True)
-            shutil.copyfile(base / "models" / stage / "training_data.json", models / stage / "training_data.json")
+            shutil.copyfile(record / "training_data.json", models / stage / "training_data.json")
             shutil.copyfile(weights, models / stage / "model.pt")
         elif not (models / stage).exists():
             (models / stage).symlink_to(base / "models" / stage, target_is_directory=True)
     timings = _timings(base)
+    if image_iterations is not None:
+        trained = json.loads((image_run / "result.json").read_text())
+        timings["image"] = {"seconds": trained["training_seconds"], "machine": trained["machine"]}
     curve_training = json.loads((ROOT / "benchmarks" / "results" / f"mask_learning_curve_{dataset}.json").read_text())
     training = curve_training["training"]
     first = training.get("first_point_from") or {}
@@ -243,8 +265,12 @@ def curve_point(dataset: str = "brain-mni", iterations: int = 5600, cases: int =
         workflow.run([f"{task}.json"], **common, **extra)
         _record(run_dir, task, time.monotonic() - start, machine)
     title = f"{dataset} small, the mask model trained {iterations} iterations"
+    if image_iterations is not None:
+        title += f" and the image generator {image_iterations}"
     results = _write_results(title, f"quality_{dataset}_{name}", run_dir, data, workflow, common)
     results["settings"]["mask"]["max_iterations"] = iterations  # the configs say the preset's; these weights trained on
+    if image_iterations is not None:
+        results["settings"]["image"]["max_iterations"] = image_iterations
     (RESULTS / f"quality_{dataset}_{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / f"quality_{dataset}_{name}.md").write_text(markdown(results))
     return results

@@ -79,5 +79,7 @@ def test_curve_point_names_what_it_needs_before_it_builds_anything(tmp_path: Pat
     with pytest.raises(SystemExit, match="ema-5600.pt"):
         quality_benchmark.curve_point("brain-mni", iterations=5600)
     assert not (tmp_path / "quality").exists()  # no run folder half made
+    with pytest.raises(SystemExit, match="curve/.*/1600-iterations/models/model.pt"):  # the image curve's generator
+        quality_benchmark.curve_point("brain-mni", iterations=5600, image_iterations=1600)
     with pytest.raises(SystemExit, match="--dataset"):
         quality_benchmark.curve_point("lungs", iterations=5600)
