@@ -11,6 +11,7 @@ from medgen3d.data.dataset import Case, DatasetSpec, write_dataset
 from medgen3d.data.io import load_nifti, save_nifti
 from medgen3d.data.validate import validate_dataset
 from tests.bundles.helpers import (
+    BUNDLES,
     DEFAULT_LABELS,
     check_cached_preprocessing,
     error_chain,
@@ -107,6 +108,29 @@ def test_l1_terms_weigh_1_by_default_and_the_paper_keeps_vid2vid_weights(trained
     paper = _workflow(["train.json", "paper.json"], tmp_path / "p", dataset, **TRAIN)
     weights = paper.parser.get_parsed_content("train#trainer").losses.weights
     assert (weights["l1"], weights["hallucinated_l1"]) == (10, 0)  # vid2vid's L1, on the blended slice only
+
+
+def test_the_generator_returns_its_hallucinated_slice_by_default_and_the_paper_the_composite(trained, tmp_path):
+    from monai.bundle import ConfigParser
+
+    root, dataset = trained
+    # 0.7.0: the composite's bilinear warp softens thin structures; the hallucinated slice alone aligns as well as the
+    # real images (the bundle's docs), with the same weights
+    configs = BUNDLES / "image_vid2vid" / "configs"
+
+    def configured(*files):
+        parser = ConfigParser()
+        parser.read_config([str(configs / f) for f in files])
+        return parser["output_slice"], parser["generator_def"]["output"]
+
+    assert configured("inference.json") == ("hallucinated", "@output_slice")
+    assert configured("inference.json", "paper.json")[0] == "composite"  # vid2vid's blend in the paper preset
+    masks = str(_mask_dataset(tmp_path / "masks"))
+    for output in ("hallucinated", "composite"):  # the trained weights serve either
+        flow = _workflow(["inference.json"], root, dataset, masks_dir=masks, output_slice=output)
+        assert flow.parser.get_parsed_content("network").output == output
+    trainer = _workflow(["train.json"], tmp_path / "r", dataset, output_slice="composite", **TRAIN)
+    assert trainer.parser.get_parsed_content("network").output == "composite"  # train.json takes it from there
 
 
 def test_training_resumes_from_its_checkpoint(trained):

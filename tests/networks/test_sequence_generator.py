@@ -101,3 +101,22 @@ def test_spade_brings_the_mask_to_every_decoder_scale():
     # vid2vid's generator has no such parameters, so the two do not share weights
     plain = SequenceGenerator(3, history=2, ngf=8, n_downsample=2, n_blocks=2)
     assert set(spade.state_dict()) != set(plain.state_dict())
+
+
+def test_the_hallucinated_output_is_returned_when_evaluating_and_the_composite_when_training():
+    torch.manual_seed(0)
+    blend = SequenceGenerator(3, history=2, ngf=8, n_downsample=2, n_blocks=2)
+    alone = SequenceGenerator(3, history=2, ngf=8, n_downsample=2, n_blocks=2, output="hallucinated")
+    alone.load_state_dict(blend.state_dict())  # the option adds no weight
+    masks, previous, valid = torch.randn(1, 3, 3, 16, 16), torch.randn(1, 2, 1, 16, 16), torch.ones(1, 2)
+    with torch.no_grad():
+        evaluated = alone.eval()(masks, previous, valid)
+        composite_out = blend.eval()(masks, previous, valid)
+        assert torch.equal(evaluated.image, evaluated.hallucinated)
+        assert torch.equal(evaluated.hallucinated, composite_out.hallucinated)
+        assert (composite_out.image - composite_out.hallucinated).abs().max() > 1e-3  # a real previous slice blends in
+        alone.train(), blend.train()
+        trained, blended = alone(masks, previous, valid), blend(masks, previous, valid)
+    assert torch.allclose(trained.image, blended.image)  # training sees the composite either way
+    with pytest.raises(ValueError, match="output"):
+        SequenceGenerator(3, output="warped")

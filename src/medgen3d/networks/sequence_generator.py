@@ -35,6 +35,9 @@ __all__ = ["GeneratorOutput", "warp_slice", "composite", "SequenceGenerator"]
 FLOW_SCALE = 20.0
 
 
+OUTPUTS = ("composite", "hallucinated")  # what SequenceGenerator may return as its image when evaluating
+
+
 class GeneratorOutput(NamedTuple):
     """One generated slice and its parts, each ``(B, C, H, W)``: ``image`` and ``hallucinated`` (1 channel),
     ``flow`` (2 channels: displacement in pixels along H then W), ``occlusion`` (1 channel, in [0, 1])."""
@@ -162,6 +165,10 @@ class SequenceGenerator(nn.Module):
             vid2vid's own generator; both have the same parameters, so either loads the other's weights.
         spade: condition every upsampling of both decoders on the current mask slice (SPADE; see the module
             docstring). False is vid2vid's generator, whose weights it does not load.
+        output: the slice an evaluating generator returns as ``image``: ``"composite"`` (vid2vid's blend of the
+            warped previous slice and the hallucinated one) or ``"hallucinated"`` (that slice alone; the bilinear
+            warp of the blend softens thin structures). Training always returns the composite its losses are
+            defined on, so the option changes no weight.
     """
 
     def __init__(
@@ -173,6 +180,7 @@ class SequenceGenerator(nn.Module):
         n_blocks: int = 4,
         skips: bool = False,
         spade: bool = False,
+        output: str = "composite",
     ):
         super().__init__()
         if num_classes < 2:
@@ -180,7 +188,9 @@ class SequenceGenerator(nn.Module):
         if history < 1:
             raise ValueError(f"history must be at least 1, got {history}")
         self.num_classes, self.history, self.n_downsample, self.skips = num_classes, history, n_downsample, skips
-        self.spade = spade
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        self.spade, self.output = spade, output
         spade_classes = num_classes if spade else 0
         self.size_multiple = 2**n_downsample  # both sides of a slice must be multiples of it
         shared, branch = n_blocks - n_blocks // 2, n_blocks // 2
@@ -233,5 +243,8 @@ class SequenceGenerator(nn.Module):
         # without the previous slice there is nothing to warp: the slice is hallucinated outright
         has_previous = valid[:, -1].to(previous.dtype)[:, None, None, None]
         occlusion = self.occlusion_head(flow_features) * has_previous + (1.0 - has_previous)
-        image = composite(previous[:, -1] * has_previous, hallucinated, flow, occlusion)
+        if self.output == "hallucinated" and not self.training:
+            image = hallucinated
+        else:
+            image = composite(previous[:, -1] * has_previous, hallucinated, flow, occlusion)
         return GeneratorOutput(image, hallucinated, flow, occlusion)
