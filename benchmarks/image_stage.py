@@ -114,6 +114,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
     | {"output_slice": "hallucinated"},
 }
 DEFAULT = "+SPADE, learning rate 1e-3 decaying to 0, L1 weight 1, hallucinated slice out"  # the defaults (0.7.0)
+# the setting whose learning-curve runs (``curve`` under 0.6.0) hold the generators trained as 0.7.0's defaults train:
+# the output slice is chosen at generation, so their weights are the defaults' at each budget
+CURVE_TRAINING = "+SPADE, learning rate 1e-3 decaying to 0, L1 weight 1"
 # what a user of the workflow gets on these masks: the quality benchmark's own generator (the defaults, trained at its
 # budget), as it writes its images and after its refiner (the defaults: t_r = 10, DDIM-5 with fresh noise)
 PIPELINE = ("quality benchmark's generator", "quality benchmark's generator, refined")

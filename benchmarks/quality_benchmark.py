@@ -212,7 +212,7 @@ def curve_point(
     ``iterations`` (``benchmarks/runs/mask_stage/<dataset>/learning-curve/models/ema-<iterations>.pt``), every other
     stage (image generator, refiner, segmenter) the benchmark's own; with ``image_iterations``, the image generator
     too is the one its learning curve trained that long (``image_stage.py curve``: the defaults, their learning rate
-    decaying over that run). See the module docstring."""
+    decaying over that run), generating as the bundle's defaults do. See the module docstring."""
     from medgen3d.pipeline.stages import StageBundle
 
     if dataset not in DATASETS:
@@ -222,9 +222,9 @@ def curve_point(
     replaced = {"mask_mcdpm": (curve / "models" / f"ema-{iterations}.pt", base / "models" / "mask_mcdpm")}
     name = f"mask-{iterations}-iterations"
     if image_iterations is not None:
-        from image_stage import DEFAULT, _folder
+        from image_stage import CURVE_TRAINING, _folder
 
-        image_run = ROOT / "benchmarks" / "runs" / "image_stage" / dataset / "curve" / _folder(DEFAULT)
+        image_run = ROOT / "benchmarks" / "runs" / "image_stage" / dataset / "curve" / _folder(CURVE_TRAINING)
         image_run = image_run / f"{image_iterations}-iterations"
         replaced["image_vid2vid"] = (image_run / "models" / "model.pt", image_run / "models")
         name = f"mask-{iterations}-image-{image_iterations}-iterations"
