@@ -32,8 +32,8 @@ The dataset and the segmenter are the quality benchmark's, so run its segmenter 
 ``run`` keeps each setting's result in ``benchmarks/runs/image_stage/<dataset>/`` and skips what is finished;
 ``report`` writes ``benchmarks/results/image_stage_<dataset>.{json,md}`` and a montage ``.png`` (one held-out case:
 its mask, its real image, the lookup and every setting, in three planes), and ``_pipeline.png`` the same for the
-:data:`PIPELINE` rows. ``curve`` trains the defaults for each multiple of ``--iterations`` (each run's learning rate
-decaying to 0 at its own end), scores each like ``run``, and writes
+:data:`PIPELINE` rows. ``curve`` trains :data:`CURVE_SETTING` for each multiple of ``--iterations`` (each run's
+learning rate decaying to 0 at its own end), scores each like ``run``, and writes
 ``benchmarks/results/image_learning_curve_<dataset>.{json,md,png}`` (each measure against iterations, the real
 images' and the lookup's values as lines) and ``_montage.png`` (the first held-out case at each budget): what more
 training buys the image stage. At about 0.55 s an iteration on the 2-core CPU with bf16, 1, 2 and 4 times 400
@@ -114,9 +114,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
     | {"output_slice": "hallucinated"},
 }
 DEFAULT = "+SPADE, learning rate 1e-3 decaying to 0, L1 weight 1, hallucinated slice out"  # the defaults (0.7.0)
-# the setting whose learning-curve runs (``curve`` under 0.6.0) hold the generators trained as 0.7.0's defaults train:
-# the output slice is chosen at generation, so their weights are the defaults' at each budget
-CURVE_TRAINING = "+SPADE, learning rate 1e-3 decaying to 0, L1 weight 1"
+# the setting ``curve`` trains at each budget: 0.6.0's defaults, which 0.7.0's train alike (the output slice is chosen
+# at generation), so its runs hold the defaults' weights at each budget; its scores are of 0.6.0's composite output
+CURVE_SETTING = "+SPADE, learning rate 1e-3 decaying to 0, L1 weight 1"
 # what a user of the workflow gets on these masks: the quality benchmark's own generator (the defaults, trained at its
 # budget), as it writes its images and after its refiner (the defaults: t_r = 10, DDIM-5 with fresh noise)
 PIPELINE = ("quality benchmark's generator", "quality benchmark's generator, refined")
@@ -211,14 +211,34 @@ def generated_masks(dataset: str) -> list[np.ndarray] | None:
     return [spec.load_case(c)[1].array.astype(np.int64) for c in spec.split("training")]
 
 
-def generated_mask_alignment(images: list[torch.Tensor], judge: Judge) -> float:
-    """Alignment Dice of ``images`` (``(H, W, D)``, one per :attr:`Judge.generated` mask, in order) against those
-    masks: how well an image stage shows masks of the mask stage, not the real anatomy it trained on."""
+def mask_alignment(judge: Judge, images: list[torch.Tensor], masks: list[np.ndarray]) -> dict[str, Any]:
+    """Alignment Dice of ``images`` against ``masks`` (``(H, W, D)`` each, in order) by the judge's segmenter:
+    ``{"mean": ..., "structures": {name: ... or None}}``, the mean over the structures present, as the quality
+    report averages it."""
     from medgen3d.metrics.alignment import alignment_dice
     from medgen3d.metrics.segmentation import mean_present
 
-    dice = alignment_dice(judge.segment, images, judge.generated, judge.num_classes)
-    return float(mean_present(mean_present(dice, axis=0)))
+    per_structure = mean_present(alignment_dice(judge.segment, images, masks, judge.num_classes), axis=0)
+    names = [judge.labels[v] for v in sorted(judge.labels) if v != 0]
+    return {
+        "mean": float(mean_present(per_structure)),
+        "structures": {n: (None if np.isnan(d) else float(d)) for n, d in zip(names, per_structure)},
+    }
+
+
+def lookup_alignment(judge: Judge, masks: list[np.ndarray]) -> dict[str, Any]:
+    """:func:`mask_alignment` of ``masks`` rendered by the per-label lookup of the real training images (the quality
+    report's ``lookup_synthetic`` for generated masks): what the masks allow an image stage."""
+    from medgen3d.metrics.lookup import label_means, lookup_images
+
+    means = label_means(judge.training.images, judge.training.labels, judge.num_classes)
+    return mask_alignment(judge, lookup_images(masks, means), masks)
+
+
+def generated_mask_alignment(images: list[torch.Tensor], judge: Judge) -> float:
+    """Alignment Dice of ``images`` (``(H, W, D)``, one per :attr:`Judge.generated` mask, in order) against those
+    masks: how well an image stage shows masks of the mask stage, not the real anatomy it trained on."""
+    return mask_alignment(judge, images, judge.generated)["mean"]
 
 
 def _contrast_to_noise(images: list[torch.Tensor], labels: list[np.ndarray], a: int, b: int) -> float | None:
@@ -356,7 +376,6 @@ def baselines(dataset: str, judge: Judge) -> dict[str, dict[str, Any]]:
     """The scores of the real images and of the per-label lookup (``{"real": ..., "lookup": ...}``), measured once
     and kept in ``benchmarks/runs/image_stage/<dataset>/{real,lookup}/result.json``: every :meth:`Judge.score`
     measure, the real row's :func:`other_real_fd` and the lookup's error at the drift slices."""
-    from medgen3d.metrics.lookup import lookup_images
     from medgen3d.metrics.report import lookup_pairs
 
     extra = {"real": ["feature_fd_of_other_real"], "lookup": ["whole_volume_error"]}
@@ -377,9 +396,7 @@ def baselines(dataset: str, judge: Judge) -> dict[str, dict[str, Any]]:
             else:
                 kept["whole_volume_error"] = errors_at_drift_slices(images, judge.real.labels, judge.real.images)
                 if judge.generated is not None:
-                    means = lookup_pairs(judge.training, judge.real, judge.num_classes)[1]
-                    looked_up = lookup_images(judge.generated, means)
-                    kept["generated_mask_alignment"] = generated_mask_alignment(looked_up, judge)
+                    kept["generated_mask_alignment"] = lookup_alignment(judge, judge.generated)["mean"]
             _write(record, {"scores": kept})
         scores[name] = kept
     return scores
@@ -471,7 +488,7 @@ def with_later_scores(dataset: str, run_dir: Path, entry: dict[str, Any], judge:
 def curve(
     dataset: str = "brain-mni", multiples: tuple[int, ...] = (1, 2, 4), iterations: int = 400, threads: int = 2
 ) -> None:
-    """The image stage's learning curve: the defaults (:data:`DEFAULT`) trained for each multiple of ``iterations``
+    """The image stage's learning curve: :data:`CURVE_SETTING` trained for each multiple of ``iterations``
     from the same seed, each run with its own learning-rate schedule (decaying to 0 at its end, as a user who sets
     ``max_iterations`` gets), scored like every ``run`` row; writes
     ``benchmarks/results/image_learning_curve_<dataset>.{json,md,png}`` and ``_montage.png``."""
@@ -481,15 +498,15 @@ def curve(
     if not multiples or min(multiples) < 1:
         raise SystemExit(f"--multiples must be whole numbers from 1, got {multiples}")
     judge = Judge(dataset)
-    results = {"dataset": dataset, "setting": DEFAULT, "iterations": iterations, "points": []}
+    results = {"dataset": dataset, "setting": CURVE_SETTING, "iterations": iterations, "points": []}
     results |= baselines(dataset, judge)
-    curve_dir = RUNS / dataset / "curve" / _folder(DEFAULT)  # per setting: a new default trains its own points
+    curve_dir = RUNS / dataset / "curve" / _folder(CURVE_SETTING)  # per setting: another trains its own points
     for multiple in multiples:
         total = multiple * iterations
         run_dir = curve_dir / f"{total}-iterations"
         entry = _read(run_dir / "result.json")
-        if (entry or {}).get("iterations") != total or entry.get("overrides") != SETTINGS[DEFAULT]:
-            entry = train_and_score(dataset, run_dir, SETTINGS[DEFAULT], total, judge, threads)
+        if (entry or {}).get("iterations") != total or entry.get("overrides") != SETTINGS[CURVE_SETTING]:
+            entry = train_and_score(dataset, run_dir, SETTINGS[CURVE_SETTING], total, judge, threads)
             print(f"{total} iterations: {entry}", file=sys.stderr, flush=True)
         entry = with_later_scores(dataset, run_dir, entry, judge)
         point = {"multiple": multiple} | {k: entry[k] for k in ("iterations", "training_seconds", "machine")}
@@ -519,7 +536,7 @@ def curve_markdown(results: dict[str, Any]) -> str:
     pairs = list(real["contrast_to_noise"])
     head = ["iterations", "training s"] + [label for _, label in CURVE_MEASURES] + [f"CNR {p}" for p in pairs]
     lines = [
-        f"Image stage learning curve on {results['dataset']} small: the defaults (`{results['setting']}`) trained "
+        f"Image stage learning curve on {results['dataset']} small: the setting `{results['setting']}` trained "
         f"for each multiple of {results['iterations']} iterations from the same seed, each run's learning rate "
         "decaying to 0 at its own end; every row renders the 10 real held-out masks and is scored as "
         f"`image_stage_{results['dataset']}.md` scores (images as written, [-1, 1] scale). Contrast-to-noise of the "

@@ -397,25 +397,13 @@ def lookup_alignment(dataset: str, synthetic: list[np.ndarray]) -> dict[str, Any
     real masks the lookup aligns better than the real images). None where the quality benchmark's segmenter has not
     been trained here.
     """
-    from image_stage import Judge
-
-    from medgen3d.metrics.alignment import alignment_dice
-    from medgen3d.metrics.lookup import label_means, lookup_images
-    from medgen3d.metrics.segmentation import mean_present
+    import image_stage
 
     if not (QUALITY / dataset / "models" / "segmenter" / "model.pt").exists():
         return None
     if dataset not in _JUDGES:
-        _JUDGES[dataset] = Judge(dataset)
-    judge = _JUDGES[dataset]
-    means = label_means(judge.training.images, judge.training.labels, judge.num_classes)
-    dice = alignment_dice(judge.segment, lookup_images(synthetic, means), synthetic, judge.num_classes)
-    names = [judge.labels[v] for v in sorted(judge.labels) if v != 0]
-    per_structure = mean_present(dice, axis=0)
-    return {
-        "mean": float(mean_present(per_structure)),
-        "structures": {n: (None if np.isnan(d) else float(d)) for n, d in zip(names, per_structure)},
-    }
+        _JUDGES[dataset] = image_stage.Judge(dataset)
+    return image_stage.lookup_alignment(_JUDGES[dataset], synthetic)
 
 
 def _with_alignment(dataset: str, scores: dict[str, Any], samples: Path) -> dict[str, Any]:
