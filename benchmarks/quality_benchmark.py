@@ -5,9 +5,10 @@ workflow bundle and no overlay but the dataset's own (``thorax.json`` for the th
 (each timed), ``generate.json`` with 8 cases, ``evaluate.json``; then it writes
 
 - ``benchmarks/results/quality_<dataset>.json``: training seconds per stage, the report's image measures (feature
-  Fréchet distance, MS-SSIM, alignment Dice: reference, refined, unrefined), per-structure anatomy (presence rate,
-  volume fraction, components, continuity, z-profile correlation, the mask model's seed agreement gap), the
-  slice-change rate of the synthetic and real masks, and the memorised cases;
+  Fréchet distance, MS-SSIM, alignment Dice: reference, refined, unrefined; alignment per structure, and the
+  estimate of what images as segmentable as the real ones would score on the synthetic masks), per-structure
+  anatomy (presence rate, volume fraction, components, continuity, z-profile correlation, the mask model's seed
+  agreement gap), the slice-change rate of the synthetic and real masks, and the memorised cases;
 - ``benchmarks/results/quality_<dataset>.md``: the same as tables (what the top README shows);
 - ``benchmarks/results/quality_<dataset>.png``: real cases beside synthetic ones, image and mask, three planes.
 
@@ -22,6 +23,7 @@ rerun after an interruption continues (the seconds of a stage are those of the r
     .venv/bin/python benchmarks/quality_benchmark.py record      # the files of a finished `make demo`
     .venv/bin/python benchmarks/quality_benchmark.py curve_point --iterations 5600   # masks trained 4x as long
     .venv/bin/python benchmarks/quality_benchmark.py curve_point --iterations 5600 --image_iterations 1600  # + images
+    .venv/bin/python benchmarks/quality_benchmark.py tables --dataset brain-mni   # the files again from the reports
 
 ``curve_point`` generates and evaluates the pairs again with a mask model of the mask stage's learning curve
 (``mask_stage.py curve``: the same preset trained longer), and optionally an image generator of the image stage's
@@ -405,10 +407,7 @@ def summarise(title: str, run_dir: Path, workflow, common: dict[str, Any]) -> di
 
     report = json.loads((run_dir / "eval" / "report" / "report.json").read_text())
     timings = _timings(run_dir)
-    # The per-label lookups (of the real masks: the baseline; of the synthetic ones) are in reports written since
-    # each was measured.
-    lookups = {key: report[key] for key in ("lookup", "lookup_synthetic") if key in report}
-    sets = {"reference": report["reference"], **lookups, **report["sets"]}
+    sets = _report_sets(report)
     anatomy = report["anatomy"]
     structures = {}
     for name in anatomy["presence_rate_synthetic"]:
@@ -439,11 +438,70 @@ def summarise(title: str, run_dir: Path, workflow, common: dict[str, Any]) -> di
         "structures": structures,
         **convergence,
         "alignment_dice": {k: v["alignment_dice"]["mean"] for k, v in sets.items()},
+        **alignment_by_structure(sets),
         "feature_fd": {k: v["fidelity_frechet"]["mean"] for k, v in sets.items()},
         "ms_ssim": {k: v["diversity_ms_ssim"]["mean"] for k, v in sets.items()},
         "memorised_cases": len(memorised),
         "features": report["features"],
     }
+
+
+def _report_sets(report: dict[str, Any]) -> dict[str, Any]:
+    """The report's image sets: real held-out, the per-label lookups (in reports written since each was measured),
+    refined and unrefined."""
+    lookups = {key: report[key] for key in ("lookup", "lookup_synthetic") if key in report}
+    return {"reference": report["reference"], **lookups, **report["sets"]}
+
+
+def alignment_by_structure(sets: dict[str, Any]) -> dict[str, Any]:
+    """``alignment_dice_structures``: each set's alignment Dice per structure; ``alignment_dice_real_looking``: the
+    estimate of :func:`real_looking_alignment`, where the report has both lookups."""
+    by_structure = {k: {n: d for n, d in v["alignment_dice"].items() if n != "mean"} for k, v in sets.items()}
+    out: dict[str, Any] = {"alignment_dice_structures": by_structure}
+    if {"reference", "lookup", "lookup_synthetic"} <= by_structure.keys():
+        out["alignment_dice_real_looking"] = real_looking_alignment(
+            by_structure["reference"], by_structure["lookup"], by_structure["lookup_synthetic"]
+        )
+    return out
+
+
+def tables(dataset: str = "brain-mni") -> None:
+    """Write the results files of ``dataset``'s finished quality runs (the benchmark's own and its curve points)
+    again from their reports, after a change of what the tables show: nothing is generated or scored again, and the
+    recorded settings and timings are kept."""
+    for path in sorted(RESULTS.glob(f"quality_{dataset}*.json")):
+        report = RUNS / path.stem.removeprefix("quality_") / "eval" / "report" / "report.json"
+        if path.stem.endswith("_before") or not report.is_file():
+            continue
+        results = json.loads(path.read_text())
+        results.update(alignment_by_structure(_report_sets(json.loads(report.read_text()))))
+        path.write_text(json.dumps(results, indent=2) + "\n")
+        path.with_suffix(".md").write_text(markdown(results))
+        print(f"{path.with_suffix('.md')}: rewritten from {report}")
+
+
+def real_looking_alignment(
+    reference: dict[str, float | None], lookup: dict[str, float | None], lookup_synthetic: dict[str, float | None]
+) -> dict[str, float | None]:
+    """What images as segmentable as the real ones would score on the synthetic masks, an estimate per structure.
+
+    A lookup renders each structure at its mean intensity, so its alignment Dice is what a mask allows; the real
+    images lose part of it (their noise, partial volume and texture). Each structure's Dice on the lookup of the
+    synthetic masks, times the real images' Dice over the lookup's on the real masks, carries that loss over to the
+    synthetic masks: an image stage that renders as real images do would land near it, one that renders like the
+    lookup above it. Where the lookup scores 0 on the real masks there is no loss to carry over (the ratio is 1),
+    so the estimate has the structures of the synthetic masks' lookup and its ``mean`` is over the same ones, as the
+    report's means are over the structures present. None where a value is missing."""
+    out: dict[str, float | None] = {}
+    for name, synthetic in lookup_synthetic.items():
+        real, table = reference.get(name), lookup.get(name)
+        if not all(v is not None and np.isfinite(v) for v in (synthetic, real, table)):
+            out[name] = None
+            continue
+        out[name] = float(synthetic * real / table) if table > 0 else float(synthetic)
+    kept = [v for v in out.values() if v is not None]
+    out["mean"] = float(np.mean(kept)) if kept else None
+    return out
 
 
 def distances_to_real(structures: dict[str, dict[str, Any]]) -> dict[str, float | None]:
@@ -588,7 +646,40 @@ def markdown(results: dict[str, Any]) -> str:
             f"{_f(s['components_synthetic'], 1)} | {_f(s['continuity_real'])} / {_f(s['continuity_synthetic'])} | "
             f"{_f(s['z_profile_correlation'], 2)} |" + (f" {_f(s['seed_agreement_gap'], 2)} |" if gap else "")
         )
+    lines += _alignment_by_structure(results, lookups)
     return "\n".join(lines) + "\n"
+
+
+def _alignment_by_structure(results: dict[str, Any], lookups: list[str]) -> list[str]:
+    """The alignment Dice of each structure per set, with the estimate for real-looking images of the synthetic
+    masks beside the lookup of those masks; nothing for results recorded before either was kept."""
+    by_structure, estimate = results.get("alignment_dice_structures"), results.get("alignment_dice_real_looking")
+    if not by_structure or estimate is None:
+        return []
+    columns = ["reference", *lookups, "real_looking", "refined", "unrefined"]
+    titles = {
+        **SET_TITLES,
+        "reference": "real held-out",
+        "real_looking": "real-looking images of the synthetic masks (estimate)",
+        "refined": "synthetic, refined",
+        "unrefined": "synthetic, unrefined",
+    }
+    means = {**results["alignment_dice"], "real_looking": estimate["mean"]}
+    table = {c: {**by_structure.get(c, {}), "mean": means.get(c)} for c in columns if c != "real_looking"}
+    table["real_looking"] = estimate
+    lines = [
+        "",
+        "Alignment Dice by structure. The estimate: each structure's Dice on the lookup of the synthetic masks times "
+        "the real images' Dice over the lookup's on the real masks, i.e. what images that lose to a lookup what the "
+        f"real images lose would score on these masks (mean {_f(estimate['mean'])}).",
+        "",
+        "| structure | " + " | ".join(titles[c] for c in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    names = [n for n in estimate if n != "mean"]
+    for name in [*names, "mean"]:
+        lines.append(f"| {name} | " + " | ".join(_f(table[c].get(name)) for c in columns) + " |")
+    return lines
 
 
 def montage(real_dir: Path, synthetic_dir: Path, path: Path, title: str, count: int = 3) -> None:
@@ -632,4 +723,4 @@ def montage(real_dir: Path, synthetic_dir: Path, path: Path, title: str, count: 
 
 
 if __name__ == "__main__":
-    fire.Fire({"run": run, "compare": compare, "record": record, "curve_point": curve_point})
+    fire.Fire({"run": run, "compare": compare, "record": record, "curve_point": curve_point, "tables": tables})

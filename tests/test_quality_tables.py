@@ -83,3 +83,67 @@ def test_curve_point_names_what_it_needs_before_it_builds_anything(tmp_path: Pat
         quality_benchmark.curve_point("brain-mni", iterations=5600, image_iterations=1600)
     with pytest.raises(SystemExit, match="--dataset"):
         quality_benchmark.curve_point("lungs", iterations=5600)
+
+
+def test_the_real_looking_estimate_carries_the_real_images_loss_to_the_lookup_of_the_synthetic_masks():
+    import pytest
+    from quality_benchmark import real_looking_alignment
+
+    reference = {"cortex": 0.9, "csf": 0.6, "cord": 0.0, "vessel": None}
+    lookup = {"cortex": 1.0, "csf": 0.8, "cord": 0.0, "vessel": 0.5}
+    synthetic = {"cortex": 0.8, "csf": 0.4, "cord": 0.2, "vessel": 0.3}
+    estimate = real_looking_alignment(reference, lookup, synthetic)
+    assert estimate["cortex"] == pytest.approx(0.8 * 0.9 / 1.0)
+    assert estimate["csf"] == pytest.approx(0.4 * 0.6 / 0.8)  # 0.3: the real images keep 3/4 of the lookup's CSF
+    assert estimate["cord"] == pytest.approx(0.2)  # a lookup that scores 0 on real masks leaves no loss to carry
+    assert estimate["vessel"] is None  # no real value: no estimate, and not in the mean
+    assert estimate["mean"] == pytest.approx((0.72 + 0.3 + 0.2) / 3)
+    # images exactly as segmentable as the lookup on real masks: the estimate is the synthetic lookup itself
+    same = real_looking_alignment(lookup, lookup, synthetic)
+    assert same["cortex"] == pytest.approx(0.8) and same["csf"] == pytest.approx(0.4)
+
+
+def _report(sets: dict[str, dict[str, float]]) -> dict[str, Any]:
+    def entry(dice: dict[str, float]) -> dict[str, Any]:
+        return {"alignment_dice": {**dice, "mean": sum(dice.values()) / len(dice)}}
+
+    report = {k: entry(v) for k, v in sets.items() if k in ("reference", "lookup", "lookup_synthetic")}
+    report["sets"] = {k: entry(v) for k, v in sets.items() if k in ("refined", "unrefined")}
+    return report
+
+
+def test_tables_rewrites_the_results_files_from_the_reports_with_alignment_by_structure(tmp_path, monkeypatch):
+    import json
+
+    import quality_benchmark
+
+    sets = {
+        "reference": {"cortex": 0.9, "csf": 0.6},
+        "lookup": {"cortex": 1.0, "csf": 0.8},
+        "lookup_synthetic": {"cortex": 0.8, "csf": 0.4},
+        "refined": {"cortex": 0.7, "csf": 0.2},
+        "unrefined": {"cortex": 0.75, "csf": 0.25},
+    }
+    monkeypatch.setattr(quality_benchmark, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(quality_benchmark, "RUNS", tmp_path / "runs")
+    report = tmp_path / "runs" / "tiny_mask-10-iterations" / "eval" / "report" / "report.json"
+    report.parent.mkdir(parents=True)
+    report.write_text(json.dumps(_report(sets)))
+    (tmp_path / "results").mkdir()
+    results = _results({k: sum(v.values()) / 2 for k, v in sets.items()})
+    path = tmp_path / "results" / "quality_tiny_mask-10-iterations.json"
+    path.write_text(json.dumps(results))
+    untouched = tmp_path / "results" / "quality_tiny_before.json"  # a copy of older results: never rewritten
+    untouched.write_text(json.dumps(results))
+    quality_benchmark.tables("tiny")
+    written = json.loads(path.read_text())
+    assert written["alignment_dice_structures"]["unrefined"] == {"cortex": 0.75, "csf": 0.25}
+    assert written["alignment_dice_real_looking"]["csf"] == 0.4 * 0.6 / 0.8
+    assert written["training_seconds"] == results["training_seconds"]  # the recorded rest kept
+    lines = path.with_suffix(".md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| structure | real held-out |"))
+    assert header.split(" | ")[4] == "real-looking images of the synthetic masks (estimate)"
+    assert "| csf | 0.600 | 0.800 | 0.400 | 0.300 | 0.200 | 0.250 |" in lines
+    assert "| mean | 0.750 | 0.900 | 0.600 | 0.510 | 0.450 | 0.500 |" in lines
+    assert json.loads(untouched.read_text()) == results
+    assert "by structure" not in quality_benchmark.markdown(results)  # results recorded before: as they were
