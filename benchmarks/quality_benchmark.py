@@ -455,7 +455,9 @@ def _report_sets(report: dict[str, Any]) -> dict[str, Any]:
 
 def alignment_by_structure(sets: dict[str, Any]) -> dict[str, Any]:
     """``alignment_dice_structures``: each set's alignment Dice per structure; ``alignment_dice_real_looking``: the
-    estimate of :func:`real_looking_alignment`, where the report has both lookups."""
+    estimate of :func:`medgen3d.metrics.alignment.real_looking_alignment`, where the report has both lookups."""
+    from medgen3d.metrics.alignment import real_looking_alignment
+
     by_structure = {k: {n: d for n, d in v["alignment_dice"].items() if n != "mean"} for k, v in sets.items()}
     out: dict[str, Any] = {"alignment_dice_structures": by_structure}
     if {"reference", "lookup", "lookup_synthetic"} <= by_structure.keys():
@@ -478,30 +480,6 @@ def tables(dataset: str = "brain-mni") -> None:
         path.write_text(json.dumps(results, indent=2) + "\n")
         path.with_suffix(".md").write_text(markdown(results))
         print(f"{path.with_suffix('.md')}: rewritten from {report}")
-
-
-def real_looking_alignment(
-    reference: dict[str, float | None], lookup: dict[str, float | None], lookup_synthetic: dict[str, float | None]
-) -> dict[str, float | None]:
-    """What images as segmentable as the real ones would score on the synthetic masks, an estimate per structure.
-
-    A lookup renders each structure at its mean intensity, so its alignment Dice is what a mask allows; the real
-    images lose part of it (their noise, partial volume and texture). Each structure's Dice on the lookup of the
-    synthetic masks, times the real images' Dice over the lookup's on the real masks, carries that loss over to the
-    synthetic masks: an image stage that renders as real images do would land near it, one that renders like the
-    lookup above it. Where the lookup scores 0 on the real masks there is no loss to carry over (the ratio is 1),
-    so the estimate has the structures of the synthetic masks' lookup and its ``mean`` is over the same ones, as the
-    report's means are over the structures present. None where a value is missing."""
-    out: dict[str, float | None] = {}
-    for name, synthetic in lookup_synthetic.items():
-        real, table = reference.get(name), lookup.get(name)
-        if not all(v is not None and np.isfinite(v) for v in (synthetic, real, table)):
-            out[name] = None
-            continue
-        out[name] = float(synthetic * real / table) if table > 0 else float(synthetic)
-    kept = [v for v in out.values() if v is not None]
-    out["mean"] = float(np.mean(kept)) if kept else None
-    return out
 
 
 def distances_to_real(structures: dict[str, dict[str, Any]]) -> dict[str, float | None]:

@@ -85,24 +85,6 @@ def test_curve_point_names_what_it_needs_before_it_builds_anything(tmp_path: Pat
         quality_benchmark.curve_point("lungs", iterations=5600)
 
 
-def test_the_real_looking_estimate_carries_the_real_images_loss_to_the_lookup_of_the_synthetic_masks():
-    import pytest
-    from quality_benchmark import real_looking_alignment
-
-    reference = {"cortex": 0.9, "csf": 0.6, "cord": 0.0, "vessel": None}
-    lookup = {"cortex": 1.0, "csf": 0.8, "cord": 0.0, "vessel": 0.5}
-    synthetic = {"cortex": 0.8, "csf": 0.4, "cord": 0.2, "vessel": 0.3}
-    estimate = real_looking_alignment(reference, lookup, synthetic)
-    assert estimate["cortex"] == pytest.approx(0.8 * 0.9 / 1.0)
-    assert estimate["csf"] == pytest.approx(0.4 * 0.6 / 0.8)  # 0.3: the real images keep 3/4 of the lookup's CSF
-    assert estimate["cord"] == pytest.approx(0.2)  # a lookup that scores 0 on real masks leaves no loss to carry
-    assert estimate["vessel"] is None  # no real value: no estimate, and not in the mean
-    assert estimate["mean"] == pytest.approx((0.72 + 0.3 + 0.2) / 3)
-    # images exactly as segmentable as the lookup on real masks: the estimate is the synthetic lookup itself
-    same = real_looking_alignment(lookup, lookup, synthetic)
-    assert same["cortex"] == pytest.approx(0.8) and same["csf"] == pytest.approx(0.4)
-
-
 def _report(sets: dict[str, dict[str, float]]) -> dict[str, Any]:
     def entry(dice: dict[str, float]) -> dict[str, Any]:
         return {"alignment_dice": {**dice, "mean": sum(dice.values()) / len(dice)}}

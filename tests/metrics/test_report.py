@@ -142,3 +142,26 @@ def test_the_lookup_is_a_row_of_the_image_tables_but_not_of_memorisation(tmp_pat
 def test_a_report_without_the_lookup_renders_without_its_row():
     text = markdown_report(_report())
     assert "per-label lookup" not in text and "| real held-out (reference) |" in text
+
+
+def test_the_real_looking_estimate_is_a_row_of_the_alignment_table_when_both_lookups_were_measured(tmp_path):
+    report = _report_with_lookup()  # reference 1.0 / 0.5 / n/a, lookup 0.25 / 0.5 / 0.75
+    report["lookup_synthetic"] = report["lookup"] | {
+        "alignment_dice": _mean_rows(np.array([[0.2, 0.4, 0.6]]), STRUCTURES)
+    }
+    text = markdown_report(report)
+    alignment = text.split("## Alignment")[1].split("## Anatomy")[0]
+    # wedge 0.2 * 1.0 / 0.25, block 0.4 * 0.5 / 0.5; the nodule has no real score, so no estimate
+    assert "| real-looking images of the synthetic masks (estimate) | 0.800 | 0.400 | n/a | 0.600 |" in alignment
+    order = [line.split(" | ")[0] for line in alignment.splitlines() if line.startswith("| ")][1:]
+    assert order == [
+        "| real held-out (reference)",
+        "| per-label lookup (baseline)",
+        "| per-label lookup of the synthetic masks",
+        "| real-looking images of the synthetic masks (estimate)",
+        "| refined",
+    ]
+    assert text.count("real-looking images") == 2  # its row and the sentence saying how it is derived
+    write_json(tmp_path / "report.json", json_safe(report))
+    assert markdown_report(json.loads((tmp_path / "report.json").read_text())) == text
+    assert "real-looking" not in markdown_report(_report_with_lookup())  # one lookup: nothing to derive it from
