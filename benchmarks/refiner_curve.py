@@ -18,7 +18,7 @@ Each beside the same images unrefined, so the change is the refiner's alone. The
 the refiner helps, and what a larger ``t_r`` buys.
 
     .venv/bin/python benchmarks/quality_benchmark.py run --dataset brain-mni     # first: the stages and their pairs
-    .venv/bin/python benchmarks/refiner_curve.py run --dataset brain-mni [--budgets 150,450,1350] [--noise_steps 10,30]
+    .venv/bin/python benchmarks/refiner_curve.py run --dataset brain-mni [--budgets 150,450,1350] [--noise_steps 10,20,30]
     .venv/bin/python benchmarks/refiner_curve.py report --dataset brain-mni
 
 ``run`` keeps its views and each budget's scores in ``benchmarks/runs/refiner_curve/<dataset>/`` and skips what is
@@ -159,7 +159,7 @@ def _measure(
 def run(
     dataset: str = "brain-mni",
     budgets: int | str | tuple[int, ...] = "150,450,1350",
-    noise_steps: int | str | tuple[int, ...] = "10,30",
+    noise_steps: int | str | tuple[int, ...] = "10,20,30",
     threads: int = 2,
 ) -> None:
     """Continue the quality benchmark's refiner to each budget (iterations per view); refine and score after each."""
