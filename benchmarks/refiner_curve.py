@@ -18,7 +18,7 @@ Each beside the same images unrefined, so the change is the refiner's alone. The
 the refiner helps, and what a larger ``t_r`` buys.
 
     .venv/bin/python benchmarks/quality_benchmark.py run --dataset brain-mni     # first: the stages and their pairs
-    .venv/bin/python benchmarks/refiner_curve.py run --dataset brain-mni [--budgets 150,450,1350] [--noise_steps 10,20,30]
+    .venv/bin/python benchmarks/refiner_curve.py run --dataset brain-mni # --budgets 150,450,1350 --noise_steps 10,20,30
     .venv/bin/python benchmarks/refiner_curve.py report --dataset brain-mni
 
 ``run`` keeps its views and each budget's scores in ``benchmarks/runs/refiner_curve/<dataset>/`` and skips what is
