@@ -167,6 +167,15 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "left-right flip": BRAIN_0_10
     | CSF_TWICE_SGM_HALF_AGAIN
     | {"flip_prob": 0.5},
+    # both again from another training seed (sampled with the same seed): is the flip's small gain more than chance?
+    "64x80, fixes, scaled-linear betas, learning rate 1e-3 decaying to 0, CSF weighted 2, subcortical GM 1.5, "
+    "training seed 1": BRAIN_0_10
+    | CSF_TWICE_SGM_HALF_AGAIN
+    | {"seed": 1},
+    "64x80, fixes, scaled-linear betas, learning rate 1e-3 decaying to 0, CSF weighted 2, subcortical GM 1.5, "
+    "left-right flip, training seed 1": BRAIN_0_10
+    | CSF_TWICE_SGM_HALF_AGAIN
+    | {"flip_prob": 0.5, "seed": 1},
     # the image stage learnt most in a short budget from a larger step decaying to 0: twice the preset's step
     "64x80, fixes, scaled-linear betas, learning rate 2e-3 decaying to 0, CSF weighted 2, "
     "subcortical GM 1.5": BRAIN_0_10
