@@ -379,8 +379,11 @@ def volume_measures(synthetic: list[np.ndarray], real: list[np.ndarray]) -> dict
     specks among them (pieces of at most 4 voxels)."""
     from medgen3d.metrics.anatomy import outline_pieces, outline_specks, slice_change_rate
 
-    measures = {"slice_change_rate": slice_change_rate, "outline_pieces": outline_pieces}
-    measures["outline_specks"] = outline_specks
+    measures = {
+        "slice_change_rate": slice_change_rate,
+        "outline_pieces": outline_pieces,
+        "outline_specks": outline_specks,
+    }
     return {
         key: {
             "synthetic": float(np.nanmean([f(v) for v in synthetic])),
@@ -754,8 +757,8 @@ def markdown(results: dict[str, Any]) -> str:
         "pieces: separate pieces of foreground per slice, in brackets the specks among them (pieces of at most 4 "
         "voxels; n/a: scored before the measure, samples not on this machine). Change per window step: the "
         "slice-change rate from the last given slice to the first new one, then from each new slice to the next, "
-        "over windows of the held-out masks started from real slices (n/a: scored "
-        "before the measure). Lookup alignment: the masks with every structure at its real mean intensity, segmented "
+        "over windows of the held-out masks started from real slices (n/a: scored before the measure). Lookup "
+        "alignment: the masks with every structure at its real mean intensity, segmented "
         "by the quality benchmark's real-trained segmenter, Dice against the masks (its mean over the structures; the "
         "quality report's `lookup_synthetic`, what these masks allow an image stage; n/a: samples not on this "
         "machine).",
